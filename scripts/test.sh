@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine (needs only cargo, node, npm):
+# installs the pinned toolchain, checks the committed contract artifacts, runs the
+# Foundry suite (unit, fuzz, invariant, gas), then the Rust suite (unit, property,
+# integration on anvil, crash tests) and builds the benches.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+PATH="$(bash scripts/tools.sh):$PATH"
+export PATH
+
+echo "== contract artifacts match forge build"
+bash scripts/export-artifacts.sh --check
+
+echo "== forge test"
+(cd contracts && forge test)
+
+echo "== cargo test"
+cargo test --all-targets --locked
+cargo test --doc --locked
+
+echo "== benches build"
+cargo bench --no-run --locked

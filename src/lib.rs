@@ -1,0 +1,1 @@
+//! x402-upto: a settlement engine for x402 v2 `batch-settlement` on EVM.
