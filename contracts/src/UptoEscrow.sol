@@ -1,0 +1,423 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Multicall} from "@openzeppelin/contracts/utils/Multicall.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+
+import {IDepositCollector} from "./interfaces/IDepositCollector.sol";
+import {IUptoEscrow} from "./interfaces/IUptoEscrow.sol";
+import {EscrowHashes} from "./libraries/EscrowHashes.sol";
+
+/// @title UptoEscrow
+/// @notice Payment-channel escrow for x402 `batch-settlement`, ABI- and EIP-712-compatible with x402BatchSettlement.
+/// @dev Needs EIP-1153 (transient storage) for the reentrancy guard. Fee-on-transfer tokens are refused at deposit;
+///      rebasing tokens are not supported.
+contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /*//////////////////////////////////////////////////////////////
+                         CONSTANTS AND STORAGE
+    //////////////////////////////////////////////////////////////*/
+
+    uint40 public constant MIN_WITHDRAW_DELAY = 15 minutes;
+    uint40 public constant MAX_WITHDRAW_DELAY = 30 days;
+
+    bytes32 public constant CHANNEL_CONFIG_TYPEHASH = EscrowHashes.CHANNEL_CONFIG_TYPEHASH;
+    bytes32 public constant VOUCHER_TYPEHASH = EscrowHashes.VOUCHER_TYPEHASH;
+    bytes32 public constant REFUND_TYPEHASH = EscrowHashes.REFUND_TYPEHASH;
+    bytes32 public constant CLAIM_ENTRY_TYPEHASH = EscrowHashes.CLAIM_ENTRY_TYPEHASH;
+    bytes32 public constant CLAIM_BATCH_TYPEHASH = EscrowHashes.CLAIM_BATCH_TYPEHASH;
+
+    /// @dev Per channel, `balance` in the low 128 bits and `totalClaimed` in the high 128 bits (the layout Solidity
+    ///      gives `struct {uint128 balance; uint128 totalClaimed;}`), read and written as one word because the claim
+    ///      loop touches both.
+    mapping(bytes32 channelId => uint256 packed) private _channels;
+
+    /// @dev The payer-exit state of a channel in one slot: a refund reads and writes all three fields.
+    ///      A withdrawal is pending exactly when `withdrawAmount != 0` (initiation requires a non-zero amount and a
+    ///      partial refund never takes it to zero).
+    struct ExitState {
+        uint128 withdrawAmount;
+        uint40 withdrawInitiatedAt;
+        uint88 refundNonce;
+    }
+
+    mapping(bytes32 channelId => ExitState) private _exits;
+
+    struct ReceiverTotals {
+        uint128 totalClaimed;
+        uint128 totalSettled;
+    }
+
+    mapping(address receiver => mapping(address token => ReceiverTotals)) private _receivers;
+
+    constructor() EIP712("x402 Batch Settlement", "1") {}
+
+    /*//////////////////////////////////////////////////////////////
+                                DEPOSITS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IUptoEscrow
+    function deposit(ChannelConfig calldata config, uint128 amount, address collector, bytes calldata collectorData)
+        external
+        nonReentrant
+    {
+        if (
+            config.payer == address(0) || config.receiver == address(0) || config.receiverAuthorizer == address(0)
+                || config.token == address(0)
+        ) revert InvalidChannel();
+        if (config.withdrawDelay < MIN_WITHDRAW_DELAY || config.withdrawDelay > MAX_WITHDRAW_DELAY) {
+            revert WithdrawDelayOutOfRange();
+        }
+        if (amount == 0) revert ZeroDeposit();
+        if (collector == address(0)) revert InvalidCollector();
+
+        bytes32 channelId = _channelId(config);
+        uint256 slot = _channelSlot(channelId);
+        (uint128 balance, uint128 claimed) = _loadChannel(slot);
+        if (amount > type(uint128).max - balance) revert DepositOverflow();
+
+        IERC20 token = IERC20(config.token);
+        uint256 before = token.balanceOf(address(this));
+        IDepositCollector(collector).collect(config.payer, address(token), amount, channelId, collectorData);
+        if (token.balanceOf(address(this)) != before + amount) revert DepositCollectionFailed();
+
+        // Credited only once the funds are here, so no view ever reports a balance the escrow does not hold.
+        uint128 newBalance = balance + amount;
+        _storeChannel(slot, newBalance, claimed);
+        if (balance == 0 && claimed == 0) emit ChannelCreated(channelId, config);
+        emit Deposited(channelId, msg.sender, amount, newBalance);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                            CLAIM AND SETTLE
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IUptoEscrow
+    function claim(VoucherClaim[] calldata voucherClaims) external nonReentrant {
+        _applyClaims(voucherClaims, false);
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function claimWithSignature(VoucherClaim[] calldata voucherClaims, bytes calldata authorizerSignature)
+        external
+        nonReentrant
+    {
+        (bytes32 domainSeparator, bytes32 batchHash) = _applyClaims(voucherClaims, true);
+        // Checking last is safe (any failure reverts every row) and lets the loop hash each channel id only once.
+        bytes32 digest = EscrowHashes.typedDataHash(domainSeparator, batchHash);
+        address authorizer = voucherClaims[0].voucher.channel.receiverAuthorizer;
+        if (!SignatureChecker.isValidSignatureNowCalldata(authorizer, digest, authorizerSignature)) {
+            revert InvalidSignature();
+        }
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function settle(address receiver, address token) external nonReentrant {
+        ReceiverTotals storage totals = _receivers[receiver][token];
+        uint128 claimed = totals.totalClaimed;
+        uint128 amount = claimed - totals.totalSettled;
+        if (amount == 0) return;
+
+        totals.totalSettled = claimed;
+        IERC20(token).safeTransfer(receiver, amount);
+        emit Settled(receiver, token, msg.sender, amount);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                          REFUND AND WITHDRAW
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IUptoEscrow
+    function initiateWithdraw(ChannelConfig calldata config, uint128 amount) external nonReentrant {
+        if (msg.sender != config.payer && msg.sender != config.payerAuthorizer) revert InvalidChannel();
+        if (amount == 0) revert NothingToWithdraw();
+
+        bytes32 channelId = _channelId(config);
+        ExitState storage exit = _exits[channelId];
+        if (exit.withdrawAmount != 0) revert WithdrawalAlreadyPending();
+        (uint128 balance, uint128 claimed) = _loadChannel(_channelSlot(channelId));
+        if (amount > balance - claimed) revert WithdrawAmountExceedsAvailable();
+
+        exit.withdrawAmount = amount;
+        exit.withdrawInitiatedAt = uint40(block.timestamp);
+        emit WithdrawInitiated(channelId, amount, uint40(block.timestamp) + config.withdrawDelay);
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function finalizeWithdraw(ChannelConfig calldata config) external nonReentrant {
+        if (msg.sender != config.payer && msg.sender != config.payerAuthorizer) {
+            revert NotAuthorizedToFinalizeWithdraw();
+        }
+
+        bytes32 channelId = _channelId(config);
+        ExitState storage exit = _exits[channelId];
+        uint128 requested = exit.withdrawAmount;
+        if (requested == 0) revert WithdrawalNotPending();
+        if (block.timestamp < uint256(exit.withdrawInitiatedAt) + config.withdrawDelay) {
+            revert WithdrawDelayNotElapsed();
+        }
+
+        uint256 slot = _channelSlot(channelId);
+        (uint128 balance, uint128 claimed) = _loadChannel(slot);
+        // Claims recorded during the delay take precedence over the request.
+        uint128 available = balance - claimed;
+        uint128 amount = requested < available ? requested : available;
+
+        exit.withdrawAmount = 0;
+        exit.withdrawInitiatedAt = 0;
+        balance -= amount;
+        _storeChannel(slot, balance, claimed);
+
+        emit WithdrawFinalized(channelId, msg.sender, amount);
+        if (balance == 0 && claimed == 0) emit ChannelClosed(channelId, config);
+        if (amount != 0) IERC20(config.token).safeTransfer(config.payer, amount);
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function refund(ChannelConfig calldata config, uint128 amount) external nonReentrant {
+        if (msg.sender != config.receiver && msg.sender != config.receiverAuthorizer) revert NotAuthorizedToRefund();
+        _refund(config, _channelId(config), amount);
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function refundWithSignature(
+        ChannelConfig calldata config,
+        uint128 amount,
+        uint256 nonce,
+        bytes calldata receiverAuthorizerSignature
+    ) external nonReentrant {
+        bytes32 channelId = _channelId(config);
+        if (nonce != _exits[channelId].refundNonce) revert InvalidRefundNonce();
+        bytes32 digest = _hashTypedDataV4(EscrowHashes.hashRefund(channelId, nonce, amount));
+        if (!SignatureChecker.isValidSignatureNowCalldata(config.receiverAuthorizer, digest, receiverAuthorizerSignature))
+        {
+            revert InvalidSignature();
+        }
+        _refund(config, channelId, amount);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                 VIEWS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IUptoEscrow
+    function channels(bytes32 channelId) external view returns (uint128 balance, uint128 totalClaimed) {
+        return _loadChannel(_channelSlot(channelId));
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function refundNonce(bytes32 channelId) external view returns (uint256) {
+        return _exits[channelId].refundNonce;
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function pendingWithdrawals(bytes32 channelId) external view returns (uint128 amount, uint40 initiatedAt) {
+        ExitState storage exit = _exits[channelId];
+        return (exit.withdrawAmount, exit.withdrawInitiatedAt);
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function receivers(address receiver, address token)
+        external
+        view
+        returns (uint128 totalClaimed, uint128 totalSettled)
+    {
+        ReceiverTotals storage totals = _receivers[receiver][token];
+        return (totals.totalClaimed, totals.totalSettled);
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function getChannelId(ChannelConfig calldata config) external view returns (bytes32) {
+        return _channelId(config);
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function getVoucherDigest(bytes32 channelId, uint128 maxClaimableAmount) external view returns (bytes32) {
+        return _hashTypedDataV4(EscrowHashes.hashVoucher(channelId, maxClaimableAmount));
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function getRefundDigest(bytes32 channelId, uint256 nonce, uint128 amount) external view returns (bytes32) {
+        return _hashTypedDataV4(EscrowHashes.hashRefund(channelId, nonce, amount));
+    }
+
+    /// @inheritdoc IUptoEscrow
+    function getClaimBatchDigest(VoucherClaim[] calldata voucherClaims) external view returns (bytes32) {
+        bytes32 domainSeparator = _domainSeparatorV4();
+        bytes32[] memory entryHashes = new bytes32[](voucherClaims.length);
+        for (uint256 i; i < voucherClaims.length; ++i) {
+            VoucherClaim calldata row = voucherClaims[i];
+            bytes32 channelId =
+                EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashConfig(row.voucher.channel));
+            entryHashes[i] =
+                EscrowHashes.hashClaimEntry(channelId, row.voucher.maxClaimableAmount, row.totalClaimed);
+        }
+        return EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashClaimBatch(entryHashes));
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                INTERNALS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @dev Applies every row and returns the domain separator and, when `relayed`, the `ClaimBatch` struct hash.
+    ///      Authorization per row: the caller is the row's receiver side, or (relayed) the row shares the first
+    ///      row's receiverAuthorizer, whose batch signature the caller checks afterwards.
+    function _applyClaims(VoucherClaim[] calldata rows, bool relayed)
+        private
+        returns (bytes32 domainSeparator, bytes32 batchHash)
+    {
+        uint256 n = rows.length;
+        if (n == 0) revert EmptyBatch();
+        domainSeparator = _domainSeparatorV4();
+        address authorizer = rows[0].voucher.channel.receiverAuthorizer;
+        bytes32[] memory entryHashes = new bytes32[](relayed ? n : 0);
+
+        // Adjacent rows paying the same (receiver, token) are summed and credited with one storage write.
+        address runReceiver;
+        address runToken;
+        uint256 runAmount;
+        for (uint256 i; i < n; ++i) {
+            VoucherClaim calldata row = rows[i];
+            ChannelConfig calldata config = row.voucher.channel;
+            if (relayed) {
+                if (config.receiverAuthorizer != authorizer) revert NotReceiverAuthorizer();
+            } else if (msg.sender != config.receiver && msg.sender != config.receiverAuthorizer) {
+                revert NotAuthorizedToClaim();
+            }
+
+            bytes32 channelId = EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashConfig(config));
+            if (relayed) {
+                entryHashes[i] =
+                    EscrowHashes.hashClaimEntry(channelId, row.voucher.maxClaimableAmount, row.totalClaimed);
+            }
+
+            uint128 delta = _applyRow(row, channelId, domainSeparator);
+            if (delta == 0) continue;
+
+            address receiver = config.receiver;
+            address token = config.token;
+            if (receiver != runReceiver || token != runToken) {
+                _creditReceiver(runReceiver, runToken, runAmount);
+                (runReceiver, runToken, runAmount) = (receiver, token, 0);
+            }
+            runAmount += delta;
+        }
+        _creditReceiver(runReceiver, runToken, runAmount);
+
+        if (relayed) batchHash = EscrowHashes.hashClaimBatch(entryHashes);
+    }
+
+    /// @dev Raises one channel's `totalClaimed` to the row's value and returns the increase; zero (and no effect)
+    ///      when the row is not above what is already claimed, which makes replays harmless.
+    function _applyRow(VoucherClaim calldata row, bytes32 channelId, bytes32 domainSeparator)
+        private
+        returns (uint128 delta)
+    {
+        uint128 newTotal = row.totalClaimed;
+        uint256 slot = _channelSlot(channelId);
+        (uint128 balance, uint128 claimed) = _loadChannel(slot);
+        if (newTotal <= claimed) return 0;
+
+        uint128 ceiling = row.voucher.maxClaimableAmount;
+        if (newTotal > ceiling) revert ClaimExceedsCeiling();
+        if (newTotal > balance) revert ClaimExceedsBalance();
+        bytes32 digest = EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashVoucher(channelId, ceiling));
+        _checkVoucherSigner(row.voucher.channel, digest, row.signature);
+
+        _storeChannel(slot, balance, newTotal);
+        unchecked {
+            delta = newTotal - claimed;
+        }
+        emit Claimed(channelId, msg.sender, delta, newTotal);
+    }
+
+    /// @dev A voucher is signed by the payer authorizer (plain ECDSA, no contract call) when one is set, otherwise by
+    ///      the payer itself, which may be an ERC-1271 wallet. OpenZeppelin's recovery rejects high-s signatures.
+    function _checkVoucherSigner(ChannelConfig calldata config, bytes32 digest, bytes calldata signature)
+        private
+        view
+    {
+        address payerAuthorizer = config.payerAuthorizer;
+        if (payerAuthorizer != address(0)) {
+            (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
+            if (err != ECDSA.RecoverError.NoError || recovered != payerAuthorizer) revert InvalidSignature();
+        } else if (!SignatureChecker.isValidSignatureNowCalldata(config.payer, digest, signature)) {
+            revert InvalidSignature();
+        }
+    }
+
+    /// @dev Adds a run of claims to a (receiver, token) pair's claimed total.
+    function _creditReceiver(address receiver, address token, uint256 amount) private {
+        if (amount == 0) return;
+        ReceiverTotals storage totals = _receivers[receiver][token];
+        totals.totalClaimed = SafeCast.toUint128(totals.totalClaimed + amount);
+    }
+
+    /// @dev Shared tail of both refund paths. The nonce moves before the amount is capped, so every refund call,
+    ///      even one that finds nothing to return, retires presigned refunds for the old nonce.
+    function _refund(ChannelConfig calldata config, bytes32 channelId, uint128 amount) private {
+        if (amount == 0) revert ZeroRefund();
+        ExitState storage exit = _exits[channelId];
+        exit.refundNonce += 1;
+
+        uint256 slot = _channelSlot(channelId);
+        (uint128 balance, uint128 claimed) = _loadChannel(slot);
+        uint128 available = balance - claimed;
+        uint128 refunded = amount < available ? amount : available;
+        if (refunded == 0) return;
+
+        balance -= refunded;
+        _storeChannel(slot, balance, claimed);
+        // A refund returns what a pending withdrawal asked for, so it shrinks the request by the same amount.
+        uint128 pending = exit.withdrawAmount;
+        if (pending != 0) {
+            if (refunded >= pending) {
+                exit.withdrawAmount = 0;
+                exit.withdrawInitiatedAt = 0;
+            } else {
+                exit.withdrawAmount = pending - refunded;
+            }
+        }
+
+        emit Refunded(channelId, msg.sender, refunded);
+        if (balance == 0 && claimed == 0) emit ChannelClosed(channelId, config);
+        IERC20(config.token).safeTransfer(config.payer, refunded);
+    }
+
+    function _channelId(ChannelConfig calldata config) private view returns (bytes32) {
+        return EscrowHashes.typedDataHash(_domainSeparatorV4(), EscrowHashes.hashConfig(config));
+    }
+
+    /// @dev Storage slot of `_channels[channelId]` (standard mapping layout).
+    function _channelSlot(bytes32 channelId) private pure returns (uint256 slot) {
+        assembly ("memory-safe") {
+            mstore(0x00, channelId)
+            mstore(0x20, _channels.slot)
+            slot := keccak256(0x00, 0x40)
+        }
+    }
+
+    function _loadChannel(uint256 slot) private view returns (uint128 balance, uint128 totalClaimed) {
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(slot)
+        }
+        // Splitting the packed word is the intended truncation.
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return (uint128(word), uint128(word >> 128));
+    }
+
+    function _storeChannel(uint256 slot, uint128 balance, uint128 totalClaimed) private {
+        uint256 word = uint256(balance) | (uint256(totalClaimed) << 128);
+        assembly ("memory-safe") {
+            sstore(slot, word)
+        }
+    }
+}
