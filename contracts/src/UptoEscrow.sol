@@ -316,9 +316,10 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
     /// @dev Applies one row and returns how much it raised the channel's `totalClaimed`: zero, with no effect, when
     ///      the row is not above what is already claimed, which makes replays harmless. `entry` is the memory word
     ///      that receives the row's `ClaimEntry` hash in a relayed batch, zero in a direct claim.
-    ///      The row head (config, ceiling, signature offset, new total) is read in one assembly block: `rows[i]`
-    ///      already bounds-checked it, and the words are checked for canonical encoding here, as the ABI decoder
-    ///      would. This is the per-channel cost of a batch, so it is kept free of helper calls.
+    ///      This is the per-channel cost of a batch, so the row head (config, ceiling, new total) is read and hashed
+    ///      in assembly. Its words are checked for canonical encoding as the ABI decoder would; a head truncated by
+    ///      short calldata reads as zero words, which every later check and signature treats like any other value.
+    ///      The signature goes through Solidity's bounds-checked `row.signature`.
     function _claimRow(VoucherClaim calldata row, bytes32 domainSeparator, address authorizer, uint256 entry)
         private
         returns (uint256 delta)
@@ -420,10 +421,10 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
         }
     }
 
-    /// @dev ECDSA recovery on the claim hot path, with the same acceptance rules as OpenZeppelin's `tryRecover` but
-    ///      about 800 gas cheaper per row: exactly 65 bytes `r ‖ s ‖ v`, `s` in the lower half of the curve order
-    ///      (its twin `n - s` would be a second valid signature for the same voucher), `v` 27 or 28. Returns zero
-    ///      for anything else, which never equals a non-zero payer authorizer.
+    /// @dev ECDSA recovery for the claim hot path, with OpenZeppelin `tryRecover`'s acceptance rules and without its
+    ///      call overhead: exactly 65 bytes `r ‖ s ‖ v`, `s` in the lower half of the curve order (its twin `n - s`
+    ///      would be a second valid signature for the same voucher), `v` 27 or 28. Returns zero for anything else,
+    ///      which never equals a non-zero payer authorizer.
     function _recover(bytes32 digest, bytes calldata signature) private view returns (address signer) {
         assembly ("memory-safe") {
             if eq(signature.length, 65) {
