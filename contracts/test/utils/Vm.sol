@@ -25,6 +25,8 @@ interface Vm {
     function etch(address target, bytes calldata newRuntimeBytecode) external;
     function cool(address target) external;
     function getNonce(address account) external view returns (uint64 nonce);
+    function snapshotState() external returns (uint256 snapshotId);
+    function revertToState(uint256 snapshotId) external returns (bool success);
     function label(address account, string calldata newLabel) external;
 
     // Callers
