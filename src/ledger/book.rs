@@ -1,0 +1,323 @@
+//! The channel ledger: every channel in memory, sharded, with per-channel serialisation.
+//!
+//! A paid request is two-phase: [`Ledger::reserve`] (the voucher is checked and the channel is
+//! held) → handler → [`Reservation::commit`] with the actual charge, which *stages* the new
+//! record (still held) → the caller persists it → [`StagedCommit::apply`]. Memory never runs
+//! ahead of the store; a failed handler or a failed write releases the channel unchanged and
+//! the same voucher may be retried. A second request on a held channel gets `channel_busy`
+//! at once: no waiting, so nothing can wait forever (the client is meant to retry; it cannot
+//! sign its next voucher before it has our previous response anyway).
+//!
+//! Signature recovery happens outside every lock. On-chain mirror updates apply immediately,
+//! even to a held channel, so a withdrawal seen on chain stops new reservations at once.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::MutexGuard;
+
+use crate::ledger::channel::{ChannelRecord, ChannelSnapshot, OnchainState};
+use crate::ledger::reject::{Detail, LastVoucher, Reject};
+use crate::ledger::reservation::{Claimable, Reservation};
+use crate::ledger::shards::{Shard, Shards, Slot};
+use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
+use crate::verify::{SignatureFault, SignedVoucher, VerifiedVoucher, VoucherSigner};
+
+/// Default number of shards: plenty for 2–64 cores; each is one `parking_lot` mutex.
+pub const DEFAULT_SHARDS: usize = 64;
+
+/// The in-memory channel book. Cheap to clone (an `Arc`); share one per escrow deployment.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    domain: EscrowDomain,
+    shards: Shards,
+    next_token: AtomicU64,
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ledger")
+            .field("domain", &self.inner.domain)
+            .field("channels", &self.len())
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// An empty ledger for channels of `domain`'s escrow.
+    pub fn new(domain: EscrowDomain) -> Self {
+        Self::with_shards(domain, DEFAULT_SHARDS)
+    }
+
+    /// An empty ledger with `shards` shards (rounded up to a power of two).
+    pub fn with_shards(domain: EscrowDomain, shards: usize) -> Self {
+        let inner = Inner {
+            domain,
+            shards: Shards::new(shards),
+            next_token: AtomicU64::new(1),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The escrow domain vouchers are verified under.
+    pub fn domain(&self) -> &EscrowDomain {
+        &self.inner.domain
+    }
+
+    /// Loads persisted records (on start, before serving). Overwrites channels with the same
+    /// id; a channel currently held keeps its hold.
+    pub fn restore(&self, records: impl IntoIterator<Item = ChannelRecord>) -> usize {
+        let mut n = 0;
+        for record in records {
+            let mut shard = self.lock(&record.channel_id);
+            match shard.get_mut(&record.channel_id) {
+                Some(slot) => slot.record = record,
+                None => {
+                    shard.insert(record.channel_id, Slot { record, hold: None });
+                }
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Inserts a channel seen on chain, or refreshes its mirror if known. Returns its id and
+    /// snapshot. A non-zero `withdraw_requested_at` stops new reservations immediately.
+    pub fn upsert_from_chain(
+        &self,
+        config: ChannelConfig,
+        onchain: OnchainState,
+        now: u64,
+    ) -> (ChannelId, ChannelSnapshot) {
+        let id = self.inner.domain.channel_id(&config);
+        let mut shard = self.lock(&id);
+        let slot = shard.entry(id).or_insert_with(|| Slot {
+            record: ChannelRecord::from_chain(id, config, onchain, now),
+            hold: None,
+        });
+        slot.record.mirror(onchain, now);
+        if slot.hold.is_none() {
+            slot.record.rebase_if_claimed_beyond();
+        }
+        (id, slot.record.snapshot())
+    }
+
+    /// Refreshes the mirror of a known channel (e.g. from a facilitator's `channelState`
+    /// after a partial refund or a deposit top-up).
+    pub fn refresh(
+        &self,
+        id: &ChannelId,
+        onchain: OnchainState,
+        now: u64,
+    ) -> Result<ChannelSnapshot, Reject> {
+        self.with_slot(id, |slot| {
+            slot.record.mirror(onchain, now);
+            if slot.hold.is_none() {
+                slot.record.rebase_if_claimed_beyond();
+            }
+            Ok(slot.record.snapshot())
+        })
+    }
+
+    /// Records a confirmed claim: `totalClaimed` only moves up.
+    pub fn apply_claim(
+        &self,
+        id: &ChannelId,
+        total_claimed: u128,
+        now: u64,
+    ) -> Result<ChannelSnapshot, Reject> {
+        self.with_slot(id, |slot| {
+            let onchain = &mut slot.record.onchain;
+            onchain.total_claimed = onchain.total_claimed.max(total_claimed);
+            slot.record.onchain_synced_at = now;
+            if slot.hold.is_none() {
+                slot.record.rebase_if_claimed_beyond();
+            }
+            Ok(slot.record.snapshot())
+        })
+    }
+
+    /// Removes a channel (after a full refund). Refused with `channel_busy` while held.
+    /// The caller deletes it from the store with the returned record's version.
+    pub fn remove(&self, id: &ChannelId) -> Result<ChannelRecord, Reject> {
+        let mut shard = self.lock(id);
+        match shard.get(id) {
+            None => Err(Reject::missing(*id)),
+            Some(slot) if slot.hold.is_some() => Err(Reject::busy(*id)),
+            Some(_) => shard
+                .remove(id)
+                .map(|slot| slot.record)
+                .ok_or_else(|| Reject::missing(*id)),
+        }
+    }
+
+    /// How `id`'s vouchers must be verified, or `channel_busy` if it is held right now
+    /// (checked first so a duplicate request does not pay for a recovery).
+    pub fn signer(&self, id: &ChannelId) -> Result<VoucherSigner, Reject> {
+        self.with_slot(id, |slot| match slot.hold {
+            Some(_) => Err(Reject::busy(*id)),
+            None => Ok(slot.record.signer()),
+        })
+    }
+
+    /// The ECDSA fast path: look up the signer, recover outside any lock, then reserve.
+    /// Smart-wallet channels are refused with [`Detail::Erc1271Required`]; verify those with
+    /// [`SignedVoucher::verify`] and call [`Ledger::reserve`].
+    pub fn verify_and_reserve(
+        &self,
+        voucher: SignedVoucher,
+        price: u128,
+    ) -> Result<Reservation, Reject> {
+        let id = voucher.channel_id;
+        let VoucherSigner::Ecdsa(authorizer) = self.signer(&id)? else {
+            let reason = SignatureFault::WrongSigner.reason();
+            return Err(Reject::with(reason, Some(id), Detail::Erc1271Required));
+        };
+        let verified = voucher
+            .verify_ecdsa(&self.inner.domain, authorizer)
+            .map_err(|fault| Reject::signature(Some(id), fault))?;
+        self.reserve(verified, price)
+    }
+
+    /// Checks a verified voucher against the channel for a request of maximum price `price`
+    /// and holds the channel until the returned [`Reservation`] is committed or dropped.
+    pub fn reserve(&self, voucher: VerifiedVoucher, price: u128) -> Result<Reservation, Reject> {
+        let id = voucher.channel_id();
+        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        let (snapshot, payer) = self.with_slot(&id, |slot| {
+            if voucher.signer() != slot.record.signer() {
+                return Err(Reject::signature(Some(id), SignatureFault::WrongSigner));
+            }
+            if slot.hold.is_some() {
+                return Err(Reject::busy(id));
+            }
+            slot.record.check_voucher(voucher.max_claimable(), price)?;
+            slot.hold = Some(token);
+            Ok((slot.record.snapshot(), slot.record.payer()))
+        })?;
+        Ok(Reservation::new(
+            self.clone(),
+            token,
+            voucher,
+            price,
+            snapshot,
+            payer,
+        ))
+    }
+
+    /// The zero-charge refund-voucher check (`maxClaimableAmount == charged`). Does not hold
+    /// the channel; the refund flow removes or refreshes it once the refund is on chain.
+    pub fn check_refund_voucher(
+        &self,
+        voucher: &VerifiedVoucher,
+    ) -> Result<ChannelSnapshot, Reject> {
+        let id = voucher.channel_id();
+        self.with_slot(&id, |slot| {
+            if voucher.signer() != slot.record.signer() {
+                return Err(Reject::signature(Some(id), SignatureFault::WrongSigner));
+            }
+            slot.record.check_refund_voucher(voucher.max_claimable())?;
+            Ok(slot.record.snapshot())
+        })
+    }
+
+    /// Channels with charged-but-unclaimed value, with what a claim needs. The claim's
+    /// `totalClaimed` is `charged`, never the signed ceiling.
+    pub fn claimable(&self) -> Vec<Claimable> {
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .values()
+                    .filter_map(|slot| Claimable::of(&slot.record)),
+            );
+        }
+        out
+    }
+
+    /// The `channelState` of one channel.
+    pub fn snapshot(&self, id: &ChannelId) -> Option<ChannelSnapshot> {
+        self.lock(id).get(id).map(|slot| slot.record.snapshot())
+    }
+
+    /// A copy of one channel's full record.
+    pub fn record(&self, id: &ChannelId) -> Option<ChannelRecord> {
+        self.lock(id).get(id).map(|slot| slot.record.clone())
+    }
+
+    /// The latest voucher of one channel (`voucherState`).
+    pub fn last_voucher(&self, id: &ChannelId) -> Option<LastVoucher> {
+        self.lock(id)
+            .get(id)
+            .and_then(|slot| slot.record.last_voucher())
+    }
+
+    /// Copies of every record (for tooling and tests; locks each shard in turn).
+    pub fn records(&self) -> Vec<ChannelRecord> {
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            out.extend(shard.lock().values().map(|slot| slot.record.clone()));
+        }
+        out
+    }
+
+    /// Whether `id` is currently held by a reservation.
+    pub fn is_held(&self, id: &ChannelId) -> bool {
+        self.lock(id)
+            .get(id)
+            .is_some_and(|slot| slot.hold.is_some())
+    }
+
+    /// Number of channels.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// True when no channel is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self, id: &ChannelId) -> MutexGuard<'_, Shard> {
+        self.inner.shards.shard(id).lock()
+    }
+
+    fn with_slot<T>(
+        &self,
+        id: &ChannelId,
+        f: impl FnOnce(&mut Slot) -> Result<T, Reject>,
+    ) -> Result<T, Reject> {
+        let mut shard = self.lock(id);
+        let slot = shard.get_mut(id).ok_or_else(|| Reject::missing(*id))?;
+        f(slot)
+    }
+
+    /// Runs `f` on the slot if `token` still holds it.
+    pub(crate) fn with_held<T>(
+        &self,
+        id: &ChannelId,
+        token: u64,
+        f: impl FnOnce(&mut Slot) -> T,
+    ) -> Result<T, Reject> {
+        self.with_slot(id, |slot| match slot.hold {
+            Some(t) if t == token => Ok(f(slot)),
+            _ => Err(Reject::missing(*id)),
+        })
+    }
+
+    /// Drops the hold of `token` (no state change besides deferred rebasing).
+    pub(crate) fn release(&self, id: &ChannelId, token: u64) {
+        let _ = self.with_held(id, token, |slot| {
+            slot.hold = None;
+            slot.record.rebase_if_claimed_beyond();
+        });
+    }
+}

@@ -1,0 +1,337 @@
+//! One channel's state and the cumulative-voucher rules, as pure functions.
+//!
+//! Field names follow the spec's per-channel state table. The rules (spec "Request
+//! Processing"): a voucher pays for a request of maximum price `p` only if
+//! `maxClaimableAmount == chargedCumulativeAmount + p`, `maxClaimableAmount <= balance`,
+//! `maxClaimableAmount > totalClaimed`, and no timed withdrawal is pending.
+
+use alloy_primitives::{Address, Bytes, U256};
+
+use crate::ledger::reject::{Detail, LastVoucher, Mismatch, Reject};
+use crate::reason::Reason;
+use crate::typed_data::{ChannelConfig, ChannelId};
+use crate::verify::VoucherSigner;
+
+/// Mirrored on-chain fields, as read from `channels(id)`, `pendingWithdrawals(id)` and
+/// `refundNonce(id)` (or a facilitator's `channelState`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnchainState {
+    /// `balance`: deposited minus withdrawn and refunded.
+    pub balance: u128,
+    /// `totalClaimed`: cumulative amount claimed by the receiver side.
+    pub total_claimed: u128,
+    /// `withdrawRequestedAt`: timed withdrawal start, 0 if none.
+    pub withdraw_requested_at: u64,
+    /// `refundNonce`: next nonce for `refundWithSignature`.
+    pub refund_nonce: U256,
+}
+
+/// Everything the server keeps for a channel; this is what the store persists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelRecord {
+    /// `keccak`-EIP-712 id of `config`.
+    pub channel_id: ChannelId,
+    /// Immutable channel parameters.
+    pub config: ChannelConfig,
+    /// `chargedCumulativeAmount`: sum of actual charges; the most the server may claim.
+    pub charged: u128,
+    /// `signedMaxClaimable` of the latest voucher (equals `charged` when there is none).
+    pub signed_max_claimable: u128,
+    /// Signature of the latest voucher; empty when there is none yet.
+    pub signature: Bytes,
+    /// Mirrored on-chain state.
+    pub onchain: OnchainState,
+    /// `onchainSyncedAt`: when `onchain` was last refreshed (unix seconds).
+    pub onchain_synced_at: u64,
+    /// `lastRequestTimestamp`: last paid request (unix seconds).
+    pub last_request_at: u64,
+    /// Bumped by every durable write; the store's compare-and-set key. 0 = never persisted.
+    pub version: u64,
+}
+
+/// The `channelState` object of `PAYMENT-RESPONSE` and of the corrective 402.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    /// Channel id.
+    pub channel_id: ChannelId,
+    /// Mirrored `balance`.
+    pub balance: u128,
+    /// Mirrored `totalClaimed`.
+    pub total_claimed: u128,
+    /// Mirrored `withdrawRequestedAt`.
+    pub withdraw_requested_at: u64,
+    /// Mirrored `refundNonce`.
+    pub refund_nonce: U256,
+    /// `chargedCumulativeAmount`.
+    pub charged: u128,
+}
+
+impl ChannelRecord {
+    /// A channel first seen on chain. The charged baseline is on-chain `totalClaimed`
+    /// (spec: "Server state loss"); there is no voucher yet.
+    pub fn from_chain(
+        channel_id: ChannelId,
+        config: ChannelConfig,
+        onchain: OnchainState,
+        now: u64,
+    ) -> Self {
+        Self {
+            channel_id,
+            config,
+            charged: onchain.total_claimed,
+            signed_max_claimable: onchain.total_claimed,
+            signature: Bytes::new(),
+            onchain,
+            onchain_synced_at: now,
+            last_request_at: 0,
+            version: 0,
+        }
+    }
+
+    /// The `channelState` view.
+    pub fn snapshot(&self) -> ChannelSnapshot {
+        ChannelSnapshot {
+            channel_id: self.channel_id,
+            balance: self.onchain.balance,
+            total_claimed: self.onchain.total_claimed,
+            withdraw_requested_at: self.onchain.withdraw_requested_at,
+            refund_nonce: self.onchain.refund_nonce,
+            charged: self.charged,
+        }
+    }
+
+    /// The latest voucher, if one was accepted.
+    pub fn last_voucher(&self) -> Option<LastVoucher> {
+        (!self.signature.is_empty()).then(|| LastVoucher {
+            signed_max_claimable: self.signed_max_claimable,
+            signature: self.signature.clone(),
+        })
+    }
+
+    /// Who must sign this channel's vouchers.
+    pub fn signer(&self) -> VoucherSigner {
+        VoucherSigner::of(&self.config)
+    }
+
+    /// The payer (`config.payer`).
+    pub fn payer(&self) -> Address {
+        self.config.payer
+    }
+
+    /// Charged but not yet claimed on chain: what a claim would add.
+    pub fn unclaimed(&self) -> u128 {
+        self.charged.saturating_sub(self.onchain.total_claimed)
+    }
+
+    /// The rules for a paid request of maximum price `price` carrying ceiling `max_claimable`.
+    pub fn check_voucher(&self, max_claimable: u128, price: u128) -> Result<(), Reject> {
+        let id = Some(self.channel_id);
+        if self.onchain.withdraw_requested_at != 0 {
+            // No spec code says "withdrawal pending"; the channel's effective balance for new
+            // vouchers is treated as exhausted, hence `cumulative_exceeds_balance`.
+            let requested_at = self.onchain.withdraw_requested_at;
+            return Err(Reject::with(
+                Reason::CumulativeExceedsBalance,
+                id,
+                Detail::WithdrawalPending { requested_at },
+            ));
+        }
+        let expected = self.charged.checked_add(price);
+        if expected != Some(max_claimable) {
+            return Err(self.mismatch(expected.unwrap_or(u128::MAX), max_claimable));
+        }
+        if max_claimable > self.onchain.balance {
+            let balance = self.onchain.balance;
+            return Err(Reject::with(
+                Reason::CumulativeExceedsBalance,
+                id,
+                Detail::ExceedsBalance {
+                    max_claimable,
+                    balance,
+                },
+            ));
+        }
+        if max_claimable <= self.onchain.total_claimed {
+            return Err(self.below_claimed(max_claimable));
+        }
+        Ok(())
+    }
+
+    /// The zero-charge refund-voucher rule: `max == charged` and `max >= totalClaimed`.
+    pub fn check_refund_voucher(&self, max_claimable: u128) -> Result<(), Reject> {
+        if max_claimable != self.charged {
+            return Err(self.mismatch(self.charged, max_claimable));
+        }
+        if max_claimable < self.onchain.total_claimed {
+            return Err(self.below_claimed(max_claimable));
+        }
+        Ok(())
+    }
+
+    fn mismatch(&self, expected: u128, got: u128) -> Reject {
+        Reject::with(
+            Reason::CumulativeAmountMismatch,
+            Some(self.channel_id),
+            Detail::CumulativeMismatch(Box::new(Mismatch {
+                expected,
+                got,
+                state: self.snapshot(),
+                last_voucher: self.last_voucher(),
+            })),
+        )
+    }
+
+    fn below_claimed(&self, max_claimable: u128) -> Reject {
+        let total_claimed = self.onchain.total_claimed;
+        Reject::with(
+            Reason::CumulativeBelowClaimed,
+            Some(self.channel_id),
+            Detail::BelowClaimed {
+                max_claimable,
+                total_claimed,
+            },
+        )
+    }
+
+    /// Copies fresh on-chain state in.
+    pub(crate) fn mirror(&mut self, onchain: OnchainState, now: u64) {
+        self.onchain = onchain;
+        self.onchain_synced_at = now;
+    }
+
+    /// If more was claimed on chain than we charged (state lost, restored from an old
+    /// backup, or another writer), adopt `totalClaimed` as the baseline as the spec's
+    /// recovery rule says; the stored voucher is superseded. Returns whether it rebased.
+    pub(crate) fn rebase_if_claimed_beyond(&mut self) -> bool {
+        if self.onchain.total_claimed <= self.charged {
+            return false;
+        }
+        tracing::warn!(
+            channel = %self.channel_id,
+            charged = self.charged,
+            total_claimed = self.onchain.total_claimed,
+            "on-chain totalClaimed is above the charged amount; rebasing"
+        );
+        self.charged = self.onchain.total_claimed;
+        self.signed_max_claimable = self.charged;
+        self.signature = Bytes::new();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::B256;
+
+    fn record(charged: u128, balance: u128, total_claimed: u128) -> ChannelRecord {
+        let onchain = OnchainState {
+            balance,
+            total_claimed,
+            ..Default::default()
+        };
+        let mut r = ChannelRecord::from_chain(
+            ChannelId(B256::repeat_byte(1)),
+            ChannelConfig::default(),
+            onchain,
+            0,
+        );
+        r.charged = charged;
+        r.signed_max_claimable = charged;
+        r
+    }
+
+    #[test]
+    fn accepts_a_ceiling_of_exactly_charged_plus_price() {
+        assert_eq!(record(100, 1_000, 50).check_voucher(150, 50), Ok(()));
+    }
+
+    #[test]
+    fn rejects_any_other_ceiling_with_a_corrective_snapshot() {
+        let r = record(100, 1_000, 50);
+        for got in [149, 151, 0, u128::MAX] {
+            let err = r.check_voucher(got, 50).err();
+            assert_eq!(
+                err.as_ref().map(|e| e.reason),
+                Some(Reason::CumulativeAmountMismatch)
+            );
+            match err.map(|e| e.detail) {
+                Some(Detail::CumulativeMismatch(m)) => {
+                    assert_eq!(m.expected, 150);
+                    assert_eq!(m.state.charged, 100);
+                }
+                other => panic!("unexpected detail {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_overflowing_price_is_a_mismatch_not_a_panic() {
+        let r = record(u128::MAX, u128::MAX, 0);
+        let err = r.check_voucher(u128::MAX, 1).map_err(|e| e.reason);
+        assert_eq!(err, Err(Reason::CumulativeAmountMismatch));
+    }
+
+    #[test]
+    fn rejects_a_ceiling_above_balance() {
+        let err = record(100, 120, 0)
+            .check_voucher(150, 50)
+            .map_err(|e| e.reason);
+        assert_eq!(err, Err(Reason::CumulativeExceedsBalance));
+    }
+
+    #[test]
+    fn rejects_a_ceiling_not_above_claimed() {
+        let r = record(100, 1_000, 100);
+        assert_eq!(
+            r.check_voucher(100, 0).map_err(|e| e.reason),
+            Err(Reason::CumulativeBelowClaimed)
+        );
+    }
+
+    #[test]
+    fn a_pending_withdrawal_stops_service() {
+        let mut r = record(100, 1_000, 0);
+        r.onchain.withdraw_requested_at = 1_700_000_000;
+        let err = r.check_voucher(150, 50).err();
+        assert_eq!(
+            err.as_ref().map(|e| e.reason),
+            Some(Reason::CumulativeExceedsBalance)
+        );
+        assert!(matches!(
+            err.map(|e| e.detail),
+            Some(Detail::WithdrawalPending { .. })
+        ));
+    }
+
+    #[test]
+    fn refund_vouchers_must_equal_charged_and_may_equal_claimed() {
+        let r = record(100, 1_000, 100);
+        assert_eq!(r.check_refund_voucher(100), Ok(()));
+        assert_eq!(
+            r.check_refund_voucher(101).map_err(|e| e.reason),
+            Err(Reason::CumulativeAmountMismatch)
+        );
+        let mut stale = record(100, 1_000, 100);
+        stale.onchain.total_claimed = 120;
+        stale.charged = 100;
+        assert_eq!(
+            stale.check_refund_voucher(100).map_err(|e| e.reason),
+            Err(Reason::CumulativeBelowClaimed)
+        );
+    }
+
+    #[test]
+    fn rebases_when_more_was_claimed_than_charged() {
+        let mut r = record(100, 1_000, 0);
+        r.signature = Bytes::from_static(&[1; 65]);
+        r.signed_max_claimable = 150;
+        r.onchain.total_claimed = 120;
+        assert!(r.rebase_if_claimed_beyond());
+        assert_eq!(
+            (r.charged, r.signed_max_claimable, r.last_voucher()),
+            (120, 120, None)
+        );
+        assert!(!r.rebase_if_claimed_beyond());
+    }
+}

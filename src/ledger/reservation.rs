@@ -1,0 +1,281 @@
+//! The held side of a paid request: [`Reservation`] → [`StagedCommit`] → [`Receipt`].
+//!
+//! Both guards release the channel when dropped, so an early return, a panic in the handler
+//! or a failed store write can never leave a channel held, and never changes its state.
+
+use std::fmt;
+
+use alloy_primitives::{Address, Bytes};
+
+use crate::ledger::book::Ledger;
+use crate::ledger::channel::{ChannelRecord, ChannelSnapshot};
+use crate::ledger::reject::{Detail, Reject};
+use crate::reason::Reason;
+use crate::typed_data::{ChannelConfig, ChannelId, ClaimEntry};
+use crate::verify::VerifiedVoucher;
+
+/// A held channel with a checked voucher for a request of maximum price `price`.
+pub struct Reservation {
+    ledger: Ledger,
+    /// False once consumed by `commit`, so `Drop` does not release twice.
+    active: bool,
+    token: u64,
+    voucher: VerifiedVoucher,
+    price: u128,
+    snapshot: ChannelSnapshot,
+    payer: Address,
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("channel_id", &self.voucher.channel_id())
+            .field("price", &self.price)
+            .field("max_claimable", &self.voucher.max_claimable())
+            .finish()
+    }
+}
+
+/// `commit` refused the charge; the reservation is handed back, still holding the channel.
+#[derive(Debug)]
+pub struct CommitRefused {
+    /// Why (`charge_exceeds_signed_cumulative`).
+    pub reject: Reject,
+    /// The untouched reservation: commit a smaller charge, or drop it to release.
+    pub reservation: Box<Reservation>,
+}
+
+impl Reservation {
+    pub(crate) fn new(
+        ledger: Ledger,
+        token: u64,
+        voucher: VerifiedVoucher,
+        price: u128,
+        snapshot: ChannelSnapshot,
+        payer: Address,
+    ) -> Self {
+        Self {
+            ledger,
+            active: true,
+            token,
+            voucher,
+            price,
+            snapshot,
+            payer,
+        }
+    }
+
+    /// The held channel.
+    pub fn channel_id(&self) -> ChannelId {
+        self.voucher.channel_id()
+    }
+    /// Maximum price of this request (what the voucher pays for).
+    pub fn price(&self) -> u128 {
+        self.price
+    }
+    /// The accepted voucher.
+    pub fn voucher(&self) -> &VerifiedVoucher {
+        &self.voucher
+    }
+    /// Channel state when the reservation was taken.
+    pub fn snapshot(&self) -> ChannelSnapshot {
+        self.snapshot
+    }
+    /// The channel's payer.
+    pub fn payer(&self) -> Address {
+        self.payer
+    }
+
+    /// Stages the actual charge `actual <= price`. The channel stays held until the staged
+    /// record is applied (after it is durable) or dropped.
+    pub fn commit(mut self, actual: u128, now: u64) -> Result<StagedCommit, CommitRefused> {
+        if actual > self.price {
+            let detail = Detail::ChargeExceedsPrice {
+                actual,
+                price: self.price,
+            };
+            let reject = Reject::with(
+                Reason::ChargeExceedsSignedCumulative,
+                Some(self.channel_id()),
+                detail,
+            );
+            return Err(CommitRefused {
+                reject,
+                reservation: Box::new(self),
+            });
+        }
+        let id = self.voucher.channel_id();
+        let max = self.voucher.max_claimable();
+        let signature = self.voucher.signature().clone();
+        let staged = self.ledger.with_held(&id, self.token, |slot| {
+            let old = &slot.record;
+            let mut record = old.clone();
+            record.charged = old.charged.saturating_add(actual).min(max);
+            record.signed_max_claimable = max;
+            record.signature = signature;
+            record.last_request_at = now;
+            record.version = old.version.saturating_add(1);
+            let expected_version = (old.version != 0).then_some(old.version);
+            (record, expected_version)
+        });
+        match staged {
+            Ok((record, expected_version)) => {
+                // The hold passes to the staged commit.
+                self.active = false;
+                Ok(StagedCommit {
+                    ledger: self.ledger.clone(),
+                    active: true,
+                    token: self.token,
+                    record,
+                    expected_version,
+                    charged_amount: actual,
+                })
+            }
+            // The hold vanished (the ledger was restored underneath us); nothing to release.
+            Err(reject) => Err(CommitRefused {
+                reject,
+                reservation: Box::new(self),
+            }),
+        }
+    }
+
+    /// Releases the channel unchanged (the handler failed). Same as dropping.
+    pub fn release(self) {}
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.active {
+            self.ledger.release(&self.voucher.channel_id(), self.token);
+        }
+    }
+}
+
+/// A commit waiting for its record to be durable; the channel is still held.
+pub struct StagedCommit {
+    ledger: Ledger,
+    active: bool,
+    token: u64,
+    record: ChannelRecord,
+    expected_version: Option<u64>,
+    charged_amount: u128,
+}
+
+impl fmt::Debug for StagedCommit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StagedCommit")
+            .field("channel_id", &self.record.channel_id)
+            .field("version", &self.record.version)
+            .field("charged_amount", &self.charged_amount)
+            .finish()
+    }
+}
+
+/// The outcome of an applied commit: what `PAYMENT-RESPONSE` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// `extra.chargedAmount`: this request's actual charge.
+    pub charged_amount: u128,
+    /// `extra.channelState` after the charge.
+    pub snapshot: ChannelSnapshot,
+    /// The payer.
+    pub payer: Address,
+    /// Record version now in memory and in the store.
+    pub version: u64,
+}
+
+impl StagedCommit {
+    /// The record to persist (version already bumped).
+    pub fn record(&self) -> &ChannelRecord {
+        &self.record
+    }
+    /// Version the store must hold for the compare-and-set (`None`: not stored yet).
+    pub fn expected_version(&self) -> Option<u64> {
+        self.expected_version
+    }
+    /// This request's actual charge.
+    pub fn charged_amount(&self) -> u128 {
+        self.charged_amount
+    }
+
+    /// Makes the staged record the channel's state and releases the channel. Call only once
+    /// the record is durable. Mirrored on-chain fields keep their latest in-memory values.
+    /// Fails only if the hold was lost, which the ledger's API does not allow.
+    pub fn apply(mut self) -> Result<Receipt, Reject> {
+        self.active = false;
+        let id = self.record.channel_id;
+        let charged_amount = self.charged_amount;
+        let staged = std::mem::replace(&mut self.record, placeholder(id));
+        self.ledger.with_held(&id, self.token, |slot| {
+            let onchain = slot.record.onchain;
+            let synced = slot.record.onchain_synced_at;
+            slot.record = staged;
+            slot.record.onchain = onchain;
+            slot.record.onchain_synced_at = synced;
+            slot.hold = None;
+            slot.record.rebase_if_claimed_beyond();
+            Receipt {
+                charged_amount,
+                snapshot: slot.record.snapshot(),
+                payer: slot.record.payer(),
+                version: slot.record.version,
+            }
+        })
+    }
+}
+
+impl Drop for StagedCommit {
+    fn drop(&mut self) {
+        if self.active {
+            self.ledger.release(&self.record.channel_id, self.token);
+        }
+    }
+}
+
+fn placeholder(id: ChannelId) -> ChannelRecord {
+    ChannelRecord::from_chain(id, ChannelConfig::default(), Default::default(), 0)
+}
+
+/// One channel ready to be claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimable {
+    /// Channel id.
+    pub channel_id: ChannelId,
+    /// Channel config (the contract takes the config, not the id).
+    pub config: ChannelConfig,
+    /// Voucher ceiling (`maxClaimableAmount`).
+    pub max_claimable: u128,
+    /// Voucher signature.
+    pub signature: Bytes,
+    /// The `totalClaimed` to claim: `charged`, never the ceiling.
+    pub claim_total: u128,
+    /// Mirrored on-chain `totalClaimed` (the claim adds `claim_total - this`).
+    pub onchain_total_claimed: u128,
+    /// Mirrored `withdrawRequestedAt`: non-zero means claim before the delay runs out.
+    pub withdraw_requested_at: u64,
+}
+
+impl Claimable {
+    pub(crate) fn of(record: &ChannelRecord) -> Option<Self> {
+        let has_value = record.charged > record.onchain.total_claimed;
+        let covered = record.signed_max_claimable >= record.charged;
+        (has_value && covered && !record.signature.is_empty()).then(|| Self {
+            channel_id: record.channel_id,
+            config: record.config.clone(),
+            max_claimable: record.signed_max_claimable,
+            signature: record.signature.clone(),
+            claim_total: record.charged,
+            onchain_total_claimed: record.onchain.total_claimed,
+            withdraw_requested_at: record.onchain.withdraw_requested_at,
+        })
+    }
+
+    /// The `ClaimEntry` row of a `ClaimBatch` for this channel.
+    pub fn entry(&self) -> ClaimEntry {
+        ClaimEntry {
+            channelId: self.channel_id.0,
+            maxClaimableAmount: self.max_claimable,
+            totalClaimed: self.claim_total,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The embedded store: sled 0.34.7.
+//!
+//! sled 0.34.7's `flush()` is `pwrite` + `sync_file_range` on Linux, not `fsync`: it survives
+//! a killed process, not necessarily a power cut (the drive cache is not flushed, nor the
+//! file size metadata). With [`SledOptions::fdatasync`] (the default) every flush is followed
+//! by `fdatasync` of sled's single data file `<dir>/db`, which closes that gap; see
+//! `docs/durability.md` for what that costs.
+//!
+//! Trees: [`CHANNELS_TREE`] holds one record per channel; [`CLAIM_JOURNAL_TREE`] is reserved
+//! for the settlement module's claim journal (not written here).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::ledger::ChannelRecord;
+use crate::store::codec;
+use crate::store::group_commit::GroupCommit;
+use crate::store::{Durability, FlushError, Store, StoreError, WriteTicket};
+use crate::typed_data::ChannelId;
+
+/// Tree of channel records, keyed by the 32-byte channel id.
+pub const CHANNELS_TREE: &str = "channels.v1";
+/// Tree reserved for the settlement module's claim journal (claims sent, not yet confirmed).
+pub const CLAIM_JOURNAL_TREE: &str = "claim_journal.v1";
+
+/// How to open a [`SledStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SledOptions {
+    /// When a write is acknowledged.
+    pub durability: Durability,
+    /// `fdatasync` the data file after each flush (power-loss durability; see module docs).
+    /// Ignored in [`Durability::None`].
+    pub fdatasync: bool,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Group,
+            fdatasync: true,
+        }
+    }
+}
+
+impl SledOptions {
+    /// Options with `durability` and `fdatasync` on.
+    pub fn with_durability(durability: Durability) -> Self {
+        Self {
+            durability,
+            ..Self::default()
+        }
+    }
+}
+
+/// Channel records in sled.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    channels: sled::Tree,
+    options: SledOptions,
+    data_file: Option<(PathBuf, File)>,
+    group: Option<GroupCommit>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let db = sled::Config::new().path(&dir).open()?;
+        let channels = db.open_tree(CHANNELS_TREE)?;
+        let sync = options.fdatasync && options.durability != Durability::None;
+        let data_file = if sync {
+            Some(open_data_file(&dir)?)
+        } else {
+            None
+        };
+        // Make the files' directory entries durable once, so a fresh store survives a crash.
+        if sync {
+            sync_path(&dir)?;
+        }
+        let group = match options.durability {
+            Durability::Group => {
+                let db2 = db.clone();
+                let file = data_file
+                    .as_ref()
+                    .map(|(p, f)| f.try_clone().map(|f| (p.clone(), f)))
+                    .transpose()
+                    .map_err(|source| StoreError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                let flush = Box::new(move || flush_and_sync(&db2, file.as_ref()));
+                Some(GroupCommit::start(&dir, flush)?)
+            }
+            Durability::None | Durability::Every => None,
+        };
+        Ok(Self {
+            db,
+            channels,
+            options,
+            data_file,
+            group,
+        })
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &SledOptions {
+        &self.options
+    }
+
+    /// The tree reserved for the claim journal ([`CLAIM_JOURNAL_TREE`]).
+    pub fn claim_journal(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(CLAIM_JOURNAL_TREE)?)
+    }
+
+    /// Flushes (and syncs, if enabled) now, whatever the mode. Used at shutdown.
+    pub fn flush_now(&self) -> Result<(), StoreError> {
+        flush_and_sync(&self.db, self.data_file.as_ref())
+            .map_err(|e| StoreError::FlushFailed(e.into()))
+    }
+
+    fn after_write(&self) -> WriteTicket {
+        match &self.group {
+            Some(group) => group.written(),
+            None => WriteTicket(0),
+        }
+    }
+
+    fn stored_version(
+        &self,
+        key: &[u8],
+        value: Option<&sled::IVec>,
+    ) -> Result<Option<u64>, StoreError> {
+        value.map(|v| codec::version_of(key, v)).transpose()
+    }
+
+    fn cas(
+        &self,
+        channel_id: ChannelId,
+        expected: Option<u64>,
+        new: Option<Vec<u8>>,
+    ) -> Result<WriteTicket, StoreError> {
+        let key = channel_id.0;
+        let current = self.channels.get(key)?;
+        let found = self.stored_version(key.as_slice(), current.as_ref())?;
+        if found != expected {
+            return Err(StoreError::Conflict {
+                channel_id,
+                expected,
+                found,
+            });
+        }
+        match self.channels.compare_and_swap(key, current, new)? {
+            Ok(()) => Ok(self.after_write()),
+            Err(lost) => {
+                let found = self.stored_version(key.as_slice(), lost.current.as_ref())?;
+                Err(StoreError::Conflict {
+                    channel_id,
+                    expected,
+                    found,
+                })
+            }
+        }
+    }
+}
+
+impl Store for SledStore {
+    async fn compare_and_set(
+        &self,
+        expected: Option<u64>,
+        record: &ChannelRecord,
+    ) -> Result<WriteTicket, StoreError> {
+        let value = codec::encode(record)?;
+        self.cas(record.channel_id, expected, Some(value))
+    }
+
+    async fn remove(
+        &self,
+        channel_id: ChannelId,
+        expected: u64,
+    ) -> Result<WriteTicket, StoreError> {
+        self.cas(channel_id, Some(expected), None)
+    }
+
+    async fn wait_durable(&self, ticket: WriteTicket) -> Result<(), StoreError> {
+        match self.options.durability {
+            Durability::None => Ok(()),
+            // Blocks this executor thread for one flush (≈0.1–0.3 ms here); `every` is the
+            // simple, slow mode and is not meant for high concurrency.
+            Durability::Every => self.flush_now(),
+            Durability::Group => match &self.group {
+                Some(group) => group.wait(ticket).await,
+                None => Err(StoreError::FlusherStopped),
+            },
+        }
+    }
+
+    async fn load(&self, channel_id: ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
+        let key = channel_id.0;
+        self.channels
+            .get(key)?
+            .map(|v| codec::decode(key.as_slice(), &v))
+            .transpose()
+    }
+
+    async fn load_all(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        let mut out = Vec::with_capacity(self.channels.len());
+        for item in self.channels.iter() {
+            let (key, value) = item?;
+            out.push(codec::decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+}
+
+fn flush_and_sync(db: &sled::Db, data_file: Option<&(PathBuf, File)>) -> Result<(), FlushError> {
+    db.flush().map_err(FlushError::Sled)?;
+    if let Some((path, file)) = data_file {
+        file.sync_data().map_err(|source| FlushError::Sync {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// sled 0.34.7 keeps its whole log (every tree) in one file, `<dir>/db`; values above
+/// ~128 KiB would go to `<dir>/blobs/`, which our ~200-byte records never reach.
+fn open_data_file(dir: &Path) -> Result<(PathBuf, File), StoreError> {
+    let path = dir.join("db");
+    let file = File::open(&path).map_err(|source| StoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((path, file))
+}
+
+fn sync_path(dir: &Path) -> Result<(), StoreError> {
+    for path in [dir.join("db"), dir.join("conf"), dir.to_path_buf()] {
+        if path.exists() {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the core (no HTTP, no chain): one binary, one module per feature.
+
+mod helpers;
+mod ledger_flow;
+mod model;
+mod recovery;
+mod store;

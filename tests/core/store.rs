@@ -1,0 +1,218 @@
+//! The sled store: compare-and-set, reload, durability modes, failure paths.
+
+use std::sync::Arc;
+
+use x402_upto::store::{CHANNELS_TREE, PersistError, StoreError, persist};
+use x402_upto::typed_data::ChannelId;
+use x402_upto::{ChannelRecord, Durability, Ledger, SledOptions, SledStore, Store};
+
+use crate::helpers::{config, domain, ledger_with_channel, onchain, payer, voucher};
+
+fn open(dir: &std::path::Path, durability: Durability) -> SledStore {
+    SledStore::open(dir, SledOptions::with_durability(durability)).expect("open store")
+}
+
+/// The fields the store must reproduce exactly (mirrored fields are refreshed from chain).
+fn durable_part(r: &ChannelRecord) -> (ChannelId, u128, u128, Vec<u8>, u64, u64) {
+    (
+        r.channel_id,
+        r.charged,
+        r.signed_max_claimable,
+        r.signature.to_vec(),
+        r.last_request_at,
+        r.version,
+    )
+}
+
+async fn charge(
+    ledger: &Ledger,
+    store: &SledStore,
+    id: ChannelId,
+    price: u128,
+    actual: u128,
+) -> x402_upto::Receipt {
+    let key = payer(1);
+    let charged = ledger.snapshot(&id).map(|s| s.charged).unwrap_or_default();
+    let reservation = ledger
+        .verify_and_reserve(voucher(&key, id, charged + price), price)
+        .expect("reserve");
+    persist(store, reservation.commit(actual, 7).expect("commit"))
+        .await
+        .expect("persist")
+}
+
+#[tokio::test]
+async fn acknowledged_commits_survive_reopening_in_every_durable_mode() {
+    for mode in [Durability::Group, Durability::Every, Durability::None] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ledger, id, _) = ledger_with_channel(1_000);
+        {
+            let store = open(dir.path(), mode);
+            for _ in 0..5 {
+                charge(&ledger, &store, id, 10, 4).await;
+            }
+            // `none` promises nothing before a flush; a clean drop flushes.
+        }
+        let store = open(dir.path(), mode);
+        let loaded = store.load_all().await.expect("load");
+        assert_eq!(loaded.len(), 1, "{mode:?}");
+        let want = ledger.record(&id).expect("known");
+        assert_eq!(durable_part(&loaded[0]), durable_part(&want), "{mode:?}");
+        assert_eq!((want.charged, want.version), (20, 5));
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_ledger_continues_from_the_stored_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ledger, id, key) = ledger_with_channel(1_000);
+    {
+        let store = open(dir.path(), Durability::Group);
+        charge(&ledger, &store, id, 100, 30).await;
+    }
+    let store = open(dir.path(), Durability::Group);
+    let restarted = Ledger::new(domain());
+    assert_eq!(restarted.restore(store.load_all().await.expect("load")), 1);
+    restarted.upsert_from_chain(config(key.address(), 1), onchain(1_000), 9);
+    let err = restarted
+        .verify_and_reserve(voucher(&key, id, 100), 100)
+        .map_err(|r| r.reason);
+    assert_eq!(err.err(), Some(x402_upto::Reason::CumulativeAmountMismatch));
+    let receipt = charge(&restarted, &store, id, 100, 100).await;
+    assert_eq!((receipt.snapshot.charged, receipt.version), (130, 2));
+}
+
+#[tokio::test]
+async fn compare_and_set_refuses_a_stale_version_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), Durability::Group);
+    let (ledger, id, _) = ledger_with_channel(1_000);
+    charge(&ledger, &store, id, 10, 10).await;
+    let mut stale = ledger.record(&id).expect("known");
+    stale.charged = 1;
+    let err = store
+        .compare_and_set(None, &stale)
+        .await
+        .expect_err("exists");
+    assert!(matches!(
+        err,
+        StoreError::Conflict {
+            expected: None,
+            found: Some(1),
+            ..
+        }
+    ));
+    let err = store
+        .compare_and_set(Some(7), &stale)
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, StoreError::Conflict { found: Some(1), .. }));
+    assert_eq!(
+        store.load(id).await.expect("load").map(|r| r.charged),
+        Some(10)
+    );
+}
+
+#[tokio::test]
+async fn a_conflicting_write_releases_the_channel_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), Durability::Group);
+    let (ledger, id, key) = ledger_with_channel(1_000);
+    // Another writer got there first.
+    let mut other = ledger.record(&id).expect("known");
+    other.version = 1;
+    let ticket = store.compare_and_set(None, &other).await.expect("write");
+    store.wait_durable(ticket).await.expect("durable");
+
+    let before = ledger.record(&id);
+    let staged = ledger
+        .verify_and_reserve(voucher(&key, id, 10), 10)
+        .expect("reserve")
+        .commit(10, 1)
+        .expect("stage");
+    let err = persist(&store, staged).await.expect_err("conflict");
+    assert!(matches!(
+        err,
+        PersistError::Store(StoreError::Conflict { .. })
+    ));
+    assert_eq!(ledger.record(&id), before);
+    assert!(!ledger.is_held(&id));
+}
+
+#[tokio::test]
+async fn remove_checks_the_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), Durability::Every);
+    let (ledger, id, _) = ledger_with_channel(1_000);
+    charge(&ledger, &store, id, 10, 10).await;
+    assert!(matches!(
+        store.remove(id, 2).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let removed = ledger.remove(&id).expect("idle");
+    let ticket = store.remove(id, removed.version).await.expect("remove");
+    store.wait_durable(ticket).await.expect("durable");
+    assert_eq!(store.load(id).await.expect("load"), None);
+}
+
+#[tokio::test]
+async fn the_claim_journal_tree_is_separate_from_channel_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), Durability::Group);
+    let journal = store.claim_journal().expect("tree");
+    journal
+        .insert(b"claim-1", b"pending".as_slice())
+        .expect("insert");
+    assert!(store.load_all().await.expect("load").is_empty());
+}
+
+#[tokio::test]
+async fn a_corrupt_record_fails_the_load_instead_of_being_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = sled::open(dir.path()).expect("sled");
+        let tree = db.open_tree(CHANNELS_TREE).expect("tree");
+        tree.insert([7u8; 32], b"\x01garbage".as_slice())
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = open(dir.path(), Durability::Group);
+    assert!(matches!(
+        store.load_all().await,
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_committers_in_group_mode_are_all_acknowledged_and_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(dir.path(), Durability::Group));
+    let ledger = Ledger::new(domain());
+    let key = payer(1);
+    let ids: Vec<ChannelId> = (0..32)
+        .map(|i| {
+            ledger
+                .upsert_from_chain(config(key.address(), i), onchain(1_000_000), 0)
+                .0
+        })
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in ids.clone() {
+        let (ledger, store) = (ledger.clone(), store.clone());
+        tasks.spawn(async move {
+            for _ in 0..10 {
+                charge(&ledger, &store, id, 5, 5).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    drop(tasks);
+    let store = Arc::into_inner(store).expect("sole owner");
+    drop(store);
+    let reopened = open(dir.path(), Durability::None);
+    let loaded = reopened.load_all().await.expect("load");
+    assert_eq!(loaded.len(), 32);
+    assert!(loaded.iter().all(|r| r.charged == 50 && r.version == 10));
+}
