@@ -284,7 +284,7 @@ contract EscrowHandler {
                                   VIEWS
     //////////////////////////////////////////////////////////////*/
 
-    function config(uint256 c) external view returns (IUptoEscrow.ChannelConfig memory) {
+    function channelConfig(uint256 c) external view returns (IUptoEscrow.ChannelConfig memory) {
         return configs[c];
     }
 

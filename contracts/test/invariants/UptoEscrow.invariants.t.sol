@@ -96,7 +96,7 @@ contract UptoEscrowInvariantTest is Test {
     function invariant_payerCanRecoverUnclaimed() public {
         uint256 snapshot = vm.snapshotState();
         for (uint256 c; c < handler.channelCount(); ++c) {
-            IUptoEscrow.ChannelConfig memory config = handler.config(c);
+            IUptoEscrow.ChannelConfig memory config = handler.channelConfig(c);
             bytes32 channelId = handler.channelIds(c);
             (uint128 balance, uint128 claimed) = escrow.channels(channelId);
             uint256 owed = balance - claimed;
