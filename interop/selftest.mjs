@@ -12,7 +12,9 @@
 //      server holds unclaimed vouchers → corrective 402 + SDK recovery, per channel
 //   5. server claimAndSettle()
 //   6. stock-client.mjs, phase B: REQUESTS_B more requests with a fresh client store
-//      (recovery from chain), then the SDK's cooperative refund per channel
+//      (recovery from chain), then the SDK's cooperative refund per channel (the facilitator
+//      sends escrow.multicall([claimWithSignature, refundWithSignature])); the extra
+//      --refund-only-key channel refunds with nothing outstanding (its claim row is a no-op)
 //   7. server settle() (the refund's claim is settled separately: claimAndSettle
 //      does not settle when it had nothing to claim)
 //   8. reconcile on chain with viem reads: per channel totalClaimed == Σ charged
@@ -20,7 +22,7 @@
 //      balance grew by Σ totalClaimed, receivers(payTo, token) claimed == settled,
 //      payers lost exactly deposits − refunds, escrow holds deposits − refunds − settled.
 //
-//   node interop/selftest.mjs [--requests-a 84] [--requests-a2 6] [--requests-b 30] [--keys anvil:3,anvil:4,anvil:5]
+//   node interop/selftest.mjs [--requests-a 84] [--requests-a2 6] [--requests-b 30] [--keys anvil:3,anvil:4,anvil:5] [--refund-only-key anvil:6]
 //                             [--artifacts DIR] [--storage memory|file] [--query charge=N] [--min-topups 1] [--keep-logs]
 // Exit 0 on success. Whole run bounded by --deadline seconds (default 120).
 
@@ -30,7 +32,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { createPublicClient, http } from "viem";
+import { createPublicClient, decodeFunctionData, http } from "viem";
 import { CANONICAL, deployCanonical, erc20Abi, escrowReadAbi, fund, loadArtifacts } from "./chain.mjs";
 import { accountFromKey, parseArgs, sleep, toJson } from "./common.mjs";
 
@@ -40,7 +42,13 @@ const args = parseArgs(process.argv.slice(2));
 const requestsA = Number(args["requests-a"] ?? 84);
 const requestsA2 = Number(args["requests-a2"] ?? 6);
 const requestsB = Number(args["requests-b"] ?? 30);
-const keys = String(args.keys ?? "anvil:3,anvil:4,anvil:5").split(",");
+const bKeys = String(args.keys ?? "anvil:3,anvil:4,anvil:5").split(",");
+// One more channel that is refunded right after claimAndSettle, with nothing outstanding.
+// The stock facilitator still bundles the server's last voucher as a claim row whose
+// totalClaimed equals the on-chain totalClaimed, so the escrow must treat it as a no-op
+// inside multicall([claimWithSignature, refundWithSignature]). "" disables it.
+const refundOnlyKey = String(args["refund-only-key"] ?? "anvil:6");
+const keys = refundOnlyKey ? [...bKeys, refundOnlyKey] : bKeys;
 const deadlineMs = Number(args.deadline ?? 120) * 1000;
 const storageKind = args.storage ?? "memory";
 const artifactsDir = args.artifacts ?? process.env.INTEROP_ARTIFACTS;
@@ -186,8 +194,8 @@ async function main() {
   const escrowBefore = await bal(CANONICAL.escrow);
 
   // 4. phase A
-  const common = ["--url", info.paid, "--rpc", rpcUrl, "--keys", keys.join(","), "--quiet"];
-  if (args.query) common.push("--query", String(args.query));
+  const base = ["--url", info.paid, "--rpc", rpcUrl, "--quiet", ...(args.query ? ["--query", String(args.query)] : [])];
+  const common = [...base, "--keys", keys.join(",")];
   const a = await runClient("client-a", [...common, "--requests", String(requestsA), "--wire-log", join(logDir, "wire-a.jsonl")]);
   mark("clientA");
   log(`phase A: ${a.succeeded}/${a.requests} ok in ${a.elapsedMs} ms`);
@@ -205,7 +213,12 @@ async function main() {
   log(`claimAndSettle: ${toJson(cs1)}`);
 
   // 6. phase B + refund
-  const b = await runClient("client-b", [...common, "--requests", String(requestsB), "--refund", "--wire-log", join(logDir, "wire-b.jsonl")]);
+  const b = await runClient("client-b", [...base, "--keys", bKeys.join(","), "--requests", String(requestsB), "--refund", "--wire-log", join(logDir, "wire-b.jsonl")]);
+  if (refundOnlyKey) {
+    // right after claimAndSettle this channel has nothing outstanding: the claim row in the refund is a no-op
+    const b2 = await runClient("client-b2", [...base, "--keys", refundOnlyKey, "--requests", "0", "--refund", "--wire-log", join(logDir, "wire-b2.jsonl")]);
+    b.channels.push(...b2.channels);
+  }
   mark("clientB+refund");
   log(`phase B: ${b.succeeded}/${b.requests} ok, refunds ${toJson(b.channels.map(c => c.refunded))}`);
 
@@ -246,6 +259,17 @@ async function main() {
     const refunded = BigInt(cb.refunded);
     const [balance, totalClaimed] = await pc.readContract({ address: CANONICAL.escrow, abi: escrowReadAbi, functionName: "channels", args: [ca.channelId] });
     const refundNonce = await pc.readContract({ address: CANONICAL.escrow, abi: escrowReadAbi, functionName: "refundNonce", args: [ca.channelId] });
+    // Which escrow entry point the stock facilitator used for the refund (multicall = claim + refund in one tx).
+    let refundCall;
+    try {
+      const tx = await pc.getTransaction({ hash: cb.refundTx });
+      const outer = decodeFunctionData({ abi: art.escrow.abi, data: tx.input });
+      refundCall = outer.functionName === "multicall"
+        ? `multicall[${outer.args[0].map(d => decodeFunctionData({ abi: art.escrow.abi, data: d }).functionName).join(",")}]`
+        : outer.functionName;
+    } catch (e) {
+      refundCall = `undecodable: ${e.shortMessage ?? e.message}`;
+    }
     const payerIdx = payers.findIndex(p => p.toLowerCase() === ca.payer.toLowerCase());
     const payerDelta = payersBefore[payerIdx] - (await bal(ca.payer));
     const row = {
@@ -260,6 +284,8 @@ async function main() {
       onchainBalance: balance,
       refunded,
       refundNonce,
+      refundTx: cb.refundTx,
+      refundCall,
       payerSpent: payerDelta,
     };
     channels.push(row);
