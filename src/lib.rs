@@ -15,6 +15,7 @@
 //! | [`store`] | durable records: the [`Store`] trait, [`SledStore`], group commit |
 //! | [`reason`] | every x402 reason code as one `Copy` enum |
 //! | [`error`] | the crate [`Error`] and `Result` |
+//! | [`chain`] | `sol!` bindings of the escrow, deposit collector and test token (from `contracts/artifacts/`) |
 //! | [`cli`] | the command line (today only the hidden `internal store-load` used by the crash test) |
 //!
 //! Dependencies point one way: `typed_data → verify → ledger → store`.
@@ -52,6 +53,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod chain;
 pub mod cli;
 pub mod error;
 pub mod ledger;

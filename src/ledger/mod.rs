@@ -18,3 +18,12 @@ pub use book::{DEFAULT_SHARDS, Ledger};
 pub use channel::{ChannelRecord, ChannelSnapshot, OnchainState};
 pub use reject::{Detail, LastVoucher, Mismatch, Reject};
 pub use reservation::{Claimable, CommitRefused, Receipt, Reservation, StagedCommit};
+
+// The guards live across the handler's `.await`s in the server: they must be `Send`.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Ledger>();
+    send_sync::<Reservation>();
+    send_sync::<StagedCommit>();
+    send_sync::<Reject>();
+};

@@ -172,6 +172,13 @@ pub enum FlushError {
     },
 }
 
+// Shared across tasks by the server.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<SledStore>();
+    send_sync::<StoreError>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
