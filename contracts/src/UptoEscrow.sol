@@ -27,11 +27,25 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
     uint40 public constant MIN_WITHDRAW_DELAY = 15 minutes;
     uint40 public constant MAX_WITHDRAW_DELAY = 30 days;
 
-    bytes32 public constant CHANNEL_CONFIG_TYPEHASH = EscrowHashes.CHANNEL_CONFIG_TYPEHASH;
-    bytes32 public constant VOUCHER_TYPEHASH = EscrowHashes.VOUCHER_TYPEHASH;
-    bytes32 public constant REFUND_TYPEHASH = EscrowHashes.REFUND_TYPEHASH;
-    bytes32 public constant CLAIM_ENTRY_TYPEHASH = EscrowHashes.CLAIM_ENTRY_TYPEHASH;
-    bytes32 public constant CLAIM_BATCH_TYPEHASH = EscrowHashes.CLAIM_BATCH_TYPEHASH;
+    // Type hashes are written as literals so the claim loop's assembly can use them; the preimages are in
+    // EscrowHashes, and test/Vectors.t.sol checks each literal against keccak256 of its type string.
+
+    /// @dev keccak256 of the `ChannelConfig` type string (see EscrowHashes).
+    bytes32 public constant CHANNEL_CONFIG_TYPEHASH = 0x1c9a06ceab9b0ebbd3301dc56c9111bb6d9af421356dc9ccb3b7084c755db308;
+    /// @dev keccak256("Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
+    bytes32 public constant VOUCHER_TYPEHASH = 0x1e1bd6ff84c3e0d9029a292b212e039c0ca97ec497c55191a4a5874294609a69;
+    /// @dev keccak256("Refund(bytes32 channelId,uint256 nonce,uint128 amount)")
+    bytes32 public constant REFUND_TYPEHASH = 0xbe23ad087435072cd69b49cc5b92de10ee610fce7ae0ab428307972d764bb216;
+    /// @dev keccak256("ClaimEntry(bytes32 channelId,uint128 maxClaimableAmount,uint128 totalClaimed)")
+    bytes32 public constant CLAIM_ENTRY_TYPEHASH = 0x30b9a0367528fca13c3e8ec6134c3113f1887ebe7a1ad61de0955aac288b0cf5;
+    /// @dev keccak256 of the `ClaimBatch` type string with `ClaimEntry` appended (see EscrowHashes).
+    bytes32 public constant CLAIM_BATCH_TYPEHASH = 0x42bd57c010b870c2e96203c66341f28a6a19b4d56a74533a8eb5f706b9fd6d57;
+
+    /// @dev keccak256("Claimed(bytes32,address,uint128,uint128)"), the `Claimed` event topic, emitted from assembly.
+    bytes32 private constant _CLAIMED_TOPIC = 0x36bd546bb573e8921fdbfd934bbed62d872796b01792cd240cce27f79dd3eddd;
+
+    /// @dev Largest `s` accepted in an ECDSA signature: half the secp256k1 group order.
+    uint256 private constant _HALF_CURVE_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
 
     /// @dev Per channel, `balance` in the low 128 bits and `totalClaimed` in the high 128 bits (the layout Solidity
     ///      gives `struct {uint128 balance; uint128 totalClaimed;}`), read and written as one word because the claim
@@ -294,7 +308,13 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
         // Adjacent rows paying the same (receiver, token) are summed and credited with one storage write.
         ReceiverRun memory run;
         for (uint256 i; i < n; ++i) {
-            VoucherClaim calldata row = rows[i];
+            // rows[i], with the full 10-word row head required to lie inside the calldata.
+            VoucherClaim calldata row;
+            assembly ("memory-safe") {
+                let rel := calldataload(add(rows.offset, shl(5, i)))
+                row := add(rows.offset, rel)
+                if or(gt(rel, 0xffffffffffffffff), gt(add(row, 0x140), calldatasize())) { revert(0, 0) }
+            }
             uint256 delta = _claimRow(row, domainSeparator, authorizer, entry);
             if (relayed) entry += 0x20;
             if (delta == 0) continue;
@@ -316,25 +336,25 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
     /// @dev Applies one row and returns how much it raised the channel's `totalClaimed`: zero, with no effect, when
     ///      the row is not above what is already claimed, which makes replays harmless. `entry` is the memory word
     ///      that receives the row's `ClaimEntry` hash in a relayed batch, zero in a direct claim.
-    ///      This is the per-channel cost of a batch, so the row head (config, ceiling, new total) is read and hashed
-    ///      in assembly. Its words are checked for canonical encoding as the ABI decoder would; a head truncated by
-    ///      short calldata reads as zero words, which every later check and signature treats like any other value.
-    ///      The signature goes through Solidity's bounds-checked `row.signature`.
+    ///      This is the per-channel cost of a batch, so hashing, the ECDSA check and the event are assembly; the
+    ///      checks and their errors stay in Solidity. Row words are validated as the ABI decoder would: addresses,
+    ///      uint40 and uint128 must have clean high bits, and the signature's offset and length must stay inside
+    ///      the calldata. All scratch memory is above the free memory pointer, which never moves.
     function _claimRow(VoucherClaim calldata row, bytes32 domainSeparator, address authorizer, uint256 entry)
         private
         returns (uint256 delta)
     {
         bytes32 channelId;
         uint256 slot;
-        uint256 word;
+        uint256 word; // (totalClaimed << 128) | balance
         uint128 ceiling;
         uint128 newTotal;
         {
-            bytes32 configTypehash = EscrowHashes.CHANNEL_CONFIG_TYPEHASH;
             bool authorized;
             assembly ("memory-safe") {
+                // Row head: config (7 words), maxClaimableAmount, signature offset, totalClaimed.
                 let m := mload(0x40)
-                mstore(m, configTypehash)
+                mstore(m, CHANNEL_CONFIG_TYPEHASH)
                 calldatacopy(add(m, 0x20), row, 0xe0)
                 ceiling := calldataload(add(row, 0xe0))
                 newTotal := calldataload(add(row, 0x120))
@@ -344,6 +364,8 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
                     dirty := or(dirty, or(shr(160, mload(add(m, 0xa0))), shr(40, mload(add(m, 0xc0)))))
                     if or(dirty, or(shr(128, ceiling), shr(128, newTotal))) { revert(0, 0) }
                 }
+                // Direct claim: the caller is the receiver or receiverAuthorizer (config words 2 and 3). Relayed: the
+                // row names the batch's receiverAuthorizer.
                 switch entry
                 case 0 { authorized := or(eq(caller(), mload(add(m, 0x60))), eq(caller(), mload(add(m, 0x80)))) }
                 default { authorized := eq(mload(add(m, 0x80)), authorizer) }
@@ -353,6 +375,14 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
                 mstore(m, 0x1901000000000000000000000000000000000000000000000000000000000000)
                 mstore(add(m, 0x02), domainSeparator)
                 channelId := keccak256(m, 0x42)
+
+                if entry {
+                    mstore(m, CLAIM_ENTRY_TYPEHASH)
+                    mstore(add(m, 0x20), channelId)
+                    mstore(add(m, 0x40), ceiling)
+                    mstore(add(m, 0x60), newTotal)
+                    mstore(entry, keccak256(m, 0x80))
+                }
 
                 mstore(0x00, channelId)
                 mstore(0x20, _channels.slot)
@@ -364,35 +394,49 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
                 revert NotReceiverAuthorizer();
             }
         }
-        if (entry != 0) {
-            bytes32 entryHash = EscrowHashes.hashClaimEntry(channelId, ceiling, newTotal);
-            assembly ("memory-safe") {
-                mstore(entry, entryHash)
-            }
-        }
 
-        // `word` is (totalClaimed << 128) | balance.
         if (newTotal <= word >> 128) return 0;
         if (newTotal > ceiling) revert ClaimExceedsCeiling();
         if (newTotal > word & type(uint128).max) revert ClaimExceedsBalance();
-        {
-            bytes32 voucherTypehash = EscrowHashes.VOUCHER_TYPEHASH;
-            bytes32 digest;
-            assembly ("memory-safe") {
-                // digest = keccak256("\x19\x01" ‖ domainSeparator ‖ keccak256(VOUCHER_TYPEHASH ‖ channelId ‖ ceiling))
-                let m := mload(0x40)
-                mstore(m, voucherTypehash)
-                mstore(add(m, 0x20), channelId)
-                mstore(add(m, 0x40), ceiling)
-                mstore(add(m, 0x22), keccak256(m, 0x60))
-                mstore(m, 0x1901000000000000000000000000000000000000000000000000000000000000)
-                mstore(add(m, 0x02), domainSeparator)
-                digest := keccak256(m, 0x42)
-            }
-            _checkVoucherSigner(row, digest);
-        }
 
-        bytes32 claimedTopic = Claimed.selector;
+        // With a payer authorizer, the voucher must be its ECDSA signature, checked here with OpenZeppelin
+        // `tryRecover`'s rules: exactly 65 bytes `r ‖ s ‖ v`, `s` at most half the curve order (its twin `n - s`
+        // would be a second valid signature for the same voucher), `v` 27 or 28 (the precompile returns nothing
+        // otherwise). Any other case goes to `_checkPayerSignature`.
+        bool valid;
+        assembly ("memory-safe") {
+            // digest = keccak256("\x19\x01" ‖ domainSeparator ‖ keccak256(VOUCHER_TYPEHASH ‖ channelId ‖ ceiling)),
+            // left in the first word of the precompile's input.
+            let m := mload(0x40)
+            mstore(m, VOUCHER_TYPEHASH)
+            mstore(add(m, 0x20), channelId)
+            mstore(add(m, 0x40), ceiling)
+            mstore(add(m, 0x22), keccak256(m, 0x60))
+            mstore(m, 0x1901000000000000000000000000000000000000000000000000000000000000)
+            mstore(add(m, 0x02), domainSeparator)
+            mstore(m, keccak256(m, 0x42))
+
+            if calldataload(add(row, 0x20)) {
+                // The signature's offset (relative to the row) and its 65 bytes must lie inside the calldata;
+                // any other length is simply not a valid ECDSA signature.
+                if gt(calldataload(add(row, 0x100)), 0xffffffffffffffff) { revert(0, 0) }
+                let sig := add(row, calldataload(add(row, 0x100)))
+                if eq(calldataload(sig), 65) {
+                    if gt(add(sig, 0x61), calldatasize()) { revert(0, 0) }
+                    let s := calldataload(add(sig, 0x40))
+                    if iszero(gt(s, _HALF_CURVE_ORDER)) {
+                        mstore(add(m, 0x20), byte(0, calldataload(add(sig, 0x60))))
+                        mstore(add(m, 0x40), calldataload(add(sig, 0x20)))
+                        mstore(add(m, 0x60), s)
+                        mstore(0x00, 0)
+                        pop(staticcall(gas(), 0x01, m, 0x80, 0x00, 0x20))
+                        valid := eq(mload(0x00), calldataload(add(row, 0x20)))
+                    }
+                }
+            }
+        }
+        if (!valid) _checkPayerSignature(row, channelId, ceiling, domainSeparator);
+
         assembly ("memory-safe") {
             sstore(slot, or(and(word, 0xffffffffffffffffffffffffffffffff), shl(128, newTotal)))
             delta := sub(newTotal, shr(128, word))
@@ -400,47 +444,20 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
             let m := mload(0x40)
             mstore(m, delta)
             mstore(add(m, 0x20), newTotal)
-            log3(m, 0x40, claimedTopic, channelId, caller())
+            log3(m, 0x40, _CLAIMED_TOPIC, channelId, caller())
         }
     }
 
-    /// @dev A voucher is signed by the payer authorizer (plain ECDSA, no contract call) when one is set, otherwise by
-    ///      the payer itself, which may be an ERC-1271 wallet (OpenZeppelin's SignatureChecker). The payer and payer
-    ///      authorizer words (row offsets 0x00, 0x20) were validated by `_claimRow`.
-    function _checkVoucherSigner(VoucherClaim calldata row, bytes32 digest) private view {
-        address payer;
-        address payerAuthorizer;
-        assembly ("memory-safe") {
-            payer := calldataload(row)
-            payerAuthorizer := calldataload(add(row, 0x20))
-        }
-        if (payerAuthorizer != address(0)) {
-            if (_recover(digest, row.signature) != payerAuthorizer) revert InvalidSignature();
-        } else if (!SignatureChecker.isValidSignatureNowCalldata(payer, digest, row.signature)) {
+    /// @dev The voucher was not a valid ECDSA signature of the payer authorizer. That is final when the channel has
+    ///      a payer authorizer; without one, the payer itself signs, as an EOA or an ERC-1271 wallet.
+    function _checkPayerSignature(VoucherClaim calldata row, bytes32 channelId, uint128 ceiling, bytes32 domainSeparator)
+        private
+        view
+    {
+        if (row.voucher.channel.payerAuthorizer != address(0)) revert InvalidSignature();
+        bytes32 digest = EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashVoucher(channelId, ceiling));
+        if (!SignatureChecker.isValidSignatureNowCalldata(row.voucher.channel.payer, digest, row.signature)) {
             revert InvalidSignature();
-        }
-    }
-
-    /// @dev ECDSA recovery for the claim hot path, with OpenZeppelin `tryRecover`'s acceptance rules and without its
-    ///      call overhead: exactly 65 bytes `r ‖ s ‖ v`, `s` in the lower half of the curve order (its twin `n - s`
-    ///      would be a second valid signature for the same voucher), `v` 27 or 28. Returns zero for anything else,
-    ///      which never equals a non-zero payer authorizer.
-    function _recover(bytes32 digest, bytes calldata signature) private view returns (address signer) {
-        assembly ("memory-safe") {
-            if eq(signature.length, 65) {
-                let s := calldataload(add(signature.offset, 0x20))
-                if iszero(gt(s, 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0)) {
-                    let m := mload(0x40)
-                    mstore(m, digest)
-                    mstore(add(m, 0x20), byte(0, calldataload(add(signature.offset, 0x40))))
-                    mstore(add(m, 0x40), calldataload(signature.offset))
-                    mstore(add(m, 0x60), s)
-                    // The precompile writes nothing for a bad v or an unrecoverable point, leaving the zero below.
-                    mstore(0x00, 0)
-                    pop(staticcall(gas(), 0x01, m, 0x80, 0x00, 0x20))
-                    signer := mload(0x00)
-                }
-            }
         }
     }
 

@@ -171,6 +171,68 @@ contract UptoEscrowSignatureTest is EscrowFixture {
     }
 
     /*//////////////////////////////////////////////////////////////
+                          NON-CANONICAL CALLDATA
+    //////////////////////////////////////////////////////////////*/
+
+    // claim(VoucherClaim[]) calldata with one row: selector, array offset, length, row offset, then the row head at
+    // byte 4 + 0x60: config (words 0-6), maxClaimableAmount (7), signature offset (8), totalClaimed (9).
+    uint256 internal constant ROW = 4 + 0x60;
+
+    function test_RevertWhen_ClaimAmountWordIsDirty() public {
+        bytes memory data = _claimCalldata();
+        data[ROW + 9 * 32 + 15] = 0x01; // bit 128 of totalClaimed
+        _expectRawClaimFails(data);
+    }
+
+    function test_RevertWhen_ClaimAddressWordIsDirty() public {
+        bytes memory data = _claimCalldata();
+        data[ROW + 1 * 32 + 11] = 0x01; // bit 160 of payerAuthorizer
+        _expectRawClaimFails(data);
+    }
+
+    function test_RevertWhen_ClaimRowOffsetOutOfBounds() public {
+        bytes memory data = _claimCalldata();
+        data[4 + 0x40 + 24] = 0x01; // row offset += 2**56
+        _expectRawClaimFails(data);
+    }
+
+    function test_RevertWhen_ClaimSignatureOffsetOutOfBounds() public {
+        bytes memory data = _claimCalldata();
+        data[ROW + 8 * 32 + 24] = 0x01; // signature offset += 2**56
+        _expectRawClaimFails(data);
+    }
+
+    function test_RevertWhen_ClaimSignatureRunsPastCalldata() public {
+        bytes memory data = _claimCalldata();
+        // Drop the last byte of the 65-byte signature and its padding: the declared length no longer fits.
+        uint256 cut = data.length - 32;
+        assembly ("memory-safe") {
+            mstore(data, cut)
+        }
+        _expectRawClaimFails(data);
+    }
+
+    function _claimCalldata() internal view returns (bytes memory data) {
+        IUptoEscrow.VoucherClaim[] memory rows = _one(_row(config, 10e6, 10e6));
+        data = abi.encodeCall(escrow.claim, (rows));
+        assertEq(data.length, ROW + 10 * 32 + 32 + 96, "expected layout");
+    }
+
+    /// @dev The untouched calldata must succeed (checked on a snapshot), so the failure is due to the edit.
+    function _expectRawClaimFails(bytes memory data) internal {
+        bytes memory good = _claimCalldata();
+        uint256 snapshot = vm.snapshotState();
+        vm.prank(receiverAuth);
+        (bool ok,) = address(escrow).call(good);
+        assertTrue(ok, "canonical calldata is accepted");
+        vm.revertToState(snapshot);
+        vm.prank(receiverAuth);
+        (ok,) = address(escrow).call(data);
+        assertFalse(ok, "edited calldata is rejected");
+        assertEq(_claimed(channelId), 0);
+    }
+
+    /*//////////////////////////////////////////////////////////////
                                  HELPERS
     //////////////////////////////////////////////////////////////*/
 
