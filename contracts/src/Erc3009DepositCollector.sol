@@ -42,7 +42,8 @@ contract Erc3009DepositCollector is IDepositCollector {
         (uint256 validAfter, uint256 validBefore, uint256 salt, bytes memory signature) =
             abi.decode(collectorData, (uint256, uint256, uint256, bytes));
         bytes32 nonce = keccak256(abi.encode(channelId, salt));
-        IERC3009(token).receiveWithAuthorization(payer, address(this), amount, validAfter, validBefore, nonce, signature);
+        IERC3009(token)
+            .receiveWithAuthorization(payer, address(this), amount, validAfter, validBefore, nonce, signature);
         IERC20(token).safeTransfer(msg.sender, amount);
     }
 }

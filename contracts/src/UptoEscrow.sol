@@ -31,7 +31,8 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
     // EscrowHashes, and test/Vectors.t.sol checks each literal against keccak256 of its type string.
 
     /// @dev keccak256 of the `ChannelConfig` type string (see EscrowHashes).
-    bytes32 public constant CHANNEL_CONFIG_TYPEHASH = 0x1c9a06ceab9b0ebbd3301dc56c9111bb6d9af421356dc9ccb3b7084c755db308;
+    bytes32 public constant CHANNEL_CONFIG_TYPEHASH =
+        0x1c9a06ceab9b0ebbd3301dc56c9111bb6d9af421356dc9ccb3b7084c755db308;
     /// @dev keccak256("Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
     bytes32 public constant VOUCHER_TYPEHASH = 0x1e1bd6ff84c3e0d9029a292b212e039c0ca97ec497c55191a4a5874294609a69;
     /// @dev keccak256("Refund(bytes32 channelId,uint256 nonce,uint128 amount)")
@@ -216,8 +217,9 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
         bytes32 channelId = _channelId(config);
         if (nonce != _exits[channelId].refundNonce) revert InvalidRefundNonce();
         bytes32 digest = _hashTypedDataV4(EscrowHashes.hashRefund(channelId, nonce, amount));
-        if (!SignatureChecker.isValidSignatureNowCalldata(config.receiverAuthorizer, digest, receiverAuthorizerSignature))
-        {
+        if (!SignatureChecker.isValidSignatureNowCalldata(
+                config.receiverAuthorizer, digest, receiverAuthorizerSignature
+            )) {
             revert InvalidSignature();
         }
         _refund(config, channelId, amount);
@@ -276,8 +278,7 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
             VoucherClaim calldata row = voucherClaims[i];
             bytes32 channelId =
                 EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashConfig(row.voucher.channel));
-            entryHashes[i] =
-                EscrowHashes.hashClaimEntry(channelId, row.voucher.maxClaimableAmount, row.totalClaimed);
+            entryHashes[i] = EscrowHashes.hashClaimEntry(channelId, row.voucher.maxClaimableAmount, row.totalClaimed);
         }
         return EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashClaimBatch(entryHashes));
     }
@@ -322,7 +323,8 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
             assembly ("memory-safe") {
                 // Receiver and token words of the row head (offsets 0x40, 0x80), already validated by _claimRow.
                 samePair := and(
-                    eq(calldataload(add(row, 0x40)), mload(run)), eq(calldataload(add(row, 0x80)), mload(add(run, 0x20)))
+                    eq(calldataload(add(row, 0x40)), mload(run)),
+                    eq(calldataload(add(row, 0x80)), mload(add(run, 0x20)))
                 )
                 if samePair { mstore(add(run, 0x40), add(mload(add(run, 0x40)), delta)) }
             }
@@ -450,10 +452,12 @@ contract UptoEscrow is IUptoEscrow, EIP712, Multicall, ReentrancyGuardTransient 
 
     /// @dev The voucher was not a valid ECDSA signature of the payer authorizer. That is final when the channel has
     ///      a payer authorizer; without one, the payer itself signs, as an EOA or an ERC-1271 wallet.
-    function _checkPayerSignature(VoucherClaim calldata row, bytes32 channelId, uint128 ceiling, bytes32 domainSeparator)
-        private
-        view
-    {
+    function _checkPayerSignature(
+        VoucherClaim calldata row,
+        bytes32 channelId,
+        uint128 ceiling,
+        bytes32 domainSeparator
+    ) private view {
         if (row.voucher.channel.payerAuthorizer != address(0)) revert InvalidSignature();
         bytes32 digest = EscrowHashes.typedDataHash(domainSeparator, EscrowHashes.hashVoucher(channelId, ceiling));
         if (!SignatureChecker.isValidSignatureNowCalldata(row.voucher.channel.payer, digest, row.signature)) {

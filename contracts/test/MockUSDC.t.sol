@@ -23,7 +23,7 @@ contract MockUSDCTest is Test {
         usdc = new MockUSDC();
         owner = vm.addr(OWNER_KEY);
         other = vm.addr(OTHER_KEY);
-        usdc.mint(owner, 1_000e6);
+        usdc.mint(owner, 1000e6);
     }
 
     function test_Metadata() public view {

@@ -121,10 +121,7 @@ contract UptoEscrowFuzzTest is EscrowFixture {
         assertEq(escrow.getRefundDigest(channelId, nonce, amount), _refundDigest(channelId, nonce, amount));
     }
 
-    function testFuzz_ClaimBatchDigestMatchesAbiEncoding(bytes32 salt, uint128[4] memory amounts, uint8 n)
-        public
-        view
-    {
+    function testFuzz_ClaimBatchDigestMatchesAbiEncoding(bytes32 salt, uint128[4] memory amounts, uint8 n) public view {
         n = uint8(bound(n, 0, 4));
         IUptoEscrow.VoucherClaim[] memory rows = new IUptoEscrow.VoucherClaim[](n);
         for (uint256 i; i < n; ++i) {

@@ -80,8 +80,7 @@ contract UptoEscrowSignatureTest is EscrowFixture {
 
     function test_RevertWhen_VoucherDigestUsesOtherChainId() public {
         bytes32 structHash = keccak256(abi.encode(escrow.VOUCHER_TYPEHASH(), channelId, uint128(10e6)));
-        bytes32 digest =
-            keccak256(abi.encodePacked("\x19\x01", _domainSeparator(address(escrow), 1), structHash));
+        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", _domainSeparator(address(escrow), 1), structHash));
         _claimFails(config, _sign(PAYER_AUTH_KEY, digest), IUptoEscrow.InvalidSignature.selector);
     }
 

@@ -182,7 +182,9 @@ contract VectorsTest is Test {
         internal
         view
     {
-        assertEq(vm.addr(uint256(vm.parseJsonBytes32(json, ".receiverAuthorizerPrivateKey"))), config.receiverAuthorizer);
+        assertEq(
+            vm.addr(uint256(vm.parseJsonBytes32(json, ".receiverAuthorizerPrivateKey"))), config.receiverAuthorizer
+        );
         assertEq(_parseAmount(json, ".refund.nonce"), 0);
         assertEq(_parseAmount(json, ".refund.amount"), REFUND_AMOUNT);
         bytes32 digest = vm.parseJsonBytes32(json, ".refund.digest");
@@ -245,7 +247,10 @@ contract VectorsTest is Test {
         IUptoEscrow.ChannelConfig memory config = _channelConfig();
         bytes32 channelId = escrow.getChannelId(config);
         return string.concat(
-            _renderHead(), _renderChannel(config, channelId), _renderSignatures(channelId), _renderTail(config, channelId)
+            _renderHead(),
+            _renderChannel(config, channelId),
+            _renderSignatures(channelId),
+            _renderTail(config, channelId)
         );
     }
 

@@ -108,7 +108,9 @@ contract MockUSDC is ERC20, EIP712, Nonces {
         bytes32 nonce,
         bytes memory signature
     ) public {
-        _useAuthorization(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, signature);
+        _useAuthorization(
+            TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, signature
+        );
         _transfer(from, to, value);
     }
 
@@ -138,7 +140,9 @@ contract MockUSDC is ERC20, EIP712, Nonces {
         bytes memory signature
     ) public {
         if (to != msg.sender) revert CallerMustBePayee(msg.sender, to);
-        _useAuthorization(RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, signature);
+        _useAuthorization(
+            RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, signature
+        );
         _transfer(from, to, value);
     }
 
@@ -161,7 +165,9 @@ contract MockUSDC is ERC20, EIP712, Nonces {
     function cancelAuthorization(address authorizer, bytes32 nonce, bytes memory signature) public {
         if (_usedAuthorizations[authorizer][nonce]) revert AuthorizationAlreadyUsed(authorizer, nonce);
         bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(CANCEL_AUTHORIZATION_TYPEHASH, authorizer, nonce)));
-        if (!SignatureChecker.isValidSignatureNow(authorizer, digest, signature)) revert InvalidAuthorizationSignature();
+        if (!SignatureChecker.isValidSignatureNow(authorizer, digest, signature)) {
+            revert InvalidAuthorizationSignature();
+        }
         _usedAuthorizations[authorizer][nonce] = true;
         emit AuthorizationCanceled(authorizer, nonce);
     }

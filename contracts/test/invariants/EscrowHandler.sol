@@ -171,7 +171,7 @@ contract EscrowHandler {
         try escrow.claim(rows) {}
         catch {
             _fail("replaying an applied voucher reverted");
-                return;
+            return;
         }
         (uint128 balanceAfter, uint128 claimedAfter) = escrow.channels(channelIds[c]);
         (uint128 receiverAfter,) = escrow.receivers(configs[c].receiver, address(usdc));
@@ -188,7 +188,7 @@ contract EscrowHandler {
         try escrow.settle(receivers[r], address(usdc)) {}
         catch {
             _fail("settle reverted");
-                return;
+            return;
         }
         uint256 paid = usdc.balanceOf(receivers[r]) - before;
         if (paid != claimed - settled) _fail("settle paid a different amount than was due");
@@ -248,7 +248,7 @@ contract EscrowHandler {
         try escrow.initiateWithdraw(config, amount) {}
         catch {
             _fail("initiateWithdraw reverted");
-                return;
+            return;
         }
         ++calls["initiateWithdraw"];
     }

@@ -22,7 +22,7 @@ abstract contract EscrowFixture is Test {
     uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
 
     uint40 internal constant DELAY = 1 hours;
-    uint128 internal constant DEPOSIT = 1_000e6;
+    uint128 internal constant DEPOSIT = 1000e6;
 
     UptoEscrow internal escrow;
     MockUSDC internal usdc;
@@ -158,7 +158,8 @@ abstract contract EscrowFixture is Test {
         returns (IUptoEscrow.VoucherClaim memory)
     {
         bytes32 channelId = escrow.getChannelId(config);
-        return _row(config, maxClaimableAmount, totalClaimed, _signVoucher(PAYER_AUTH_KEY, channelId, maxClaimableAmount));
+        return
+            _row(config, maxClaimableAmount, totalClaimed, _signVoucher(PAYER_AUTH_KEY, channelId, maxClaimableAmount));
     }
 
     function _row(
@@ -192,7 +193,10 @@ abstract contract EscrowFixture is Test {
                 )
             );
         }
-        return _typedDataHash(keccak256(abi.encode(EscrowHashes.CLAIM_BATCH_TYPEHASH, keccak256(abi.encodePacked(entries)))));
+        return
+            _typedDataHash(
+                keccak256(abi.encode(EscrowHashes.CLAIM_BATCH_TYPEHASH, keccak256(abi.encodePacked(entries))))
+            );
     }
 
     function _signClaimBatch(uint256 key, IUptoEscrow.VoucherClaim[] memory rows) internal view returns (bytes memory) {
