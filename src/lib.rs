@@ -16,6 +16,8 @@
 //! | [`reason`] | every x402 reason code as one `Copy` enum |
 //! | [`error`] | the crate [`Error`] and `Result` |
 //! | [`chain`] | `sol!` bindings of the escrow, deposit collector and test token (from `contracts/artifacts/`) |
+//! | [`wire`] | x402 v2 JSON messages, the base64 header codec, `accepted` matching |
+//! | [`chain`] | contract bindings from the artifacts, [`chain::tx::TxSender`] (nonces, fees, replacement) |
 //! | [`cli`] | the command line (today only the hidden `internal store-load` used by the crash test) |
 //!
 //! Dependencies point one way: `typed_data → verify → ledger → store`.
@@ -61,6 +63,7 @@ pub mod reason;
 pub mod store;
 pub mod typed_data;
 pub mod verify;
+pub mod wire;
 
 #[doc(hidden)]
 pub mod load;

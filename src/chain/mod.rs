@@ -3,3 +3,4 @@
 //! with the chain module (as does the alloy-provider `Erc1271Checker`).
 
 pub mod bindings;
+pub mod tx;

@@ -103,7 +103,17 @@ mod tests {
 
     #[test]
     fn rejects_signs_spaces_hex_exponents_and_overflow() {
-        for bad in ["", "-1", "+1", " 1", "1 ", "0x10", "1e3", "1.0", "340282366920938463463374607431768211456"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "0x10",
+            "1e3",
+            "1.0",
+            "340282366920938463463374607431768211456",
+        ] {
             assert_eq!(parse_u128(bad), None, "{bad:?}");
         }
     }

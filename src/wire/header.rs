@@ -47,7 +47,10 @@ pub enum HeaderError {
 /// Decodes a base64 JSON header of at most `max` bytes.
 pub fn decode_header<T: DeserializeOwned>(raw: &[u8], max: usize) -> Result<T, HeaderError> {
     if raw.len() > max {
-        return Err(HeaderError::TooLarge { len: raw.len(), max });
+        return Err(HeaderError::TooLarge {
+            len: raw.len(),
+            max,
+        });
     }
     let raw = raw.trim_ascii();
     let bytes = DECODER.decode(raw)?;
@@ -90,7 +93,10 @@ mod tests {
             Err(HeaderError::TooLarge { len: 100, max: 10 })
         ));
         // "{}" in URL-safe alphabet with a character outside the standard one.
-        assert!(matches!(decode_header::<Value>(b"e30-", 64), Err(HeaderError::Base64(_))));
+        assert!(matches!(
+            decode_header::<Value>(b"e30-", 64),
+            Err(HeaderError::Base64(_))
+        ));
         let not_json = base64::engine::general_purpose::STANDARD.encode("not json");
         assert!(matches!(
             decode_header::<Value>(not_json.as_bytes(), 64),

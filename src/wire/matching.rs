@@ -19,7 +19,10 @@ pub fn accepted_matches(offer: &PaymentRequirements, accepted: &PaymentRequireme
         && same_address(&offer.asset, &accepted.asset)
         && same_address(&offer.pay_to, &accepted.pay_to)
         && offer.max_timeout_seconds == accepted.max_timeout_seconds
-        && offer.extra.iter().all(|(k, v)| accepted.extra.get(k).is_some_and(|a| json_is_subset(v, a)))
+        && offer
+            .extra
+            .iter()
+            .all(|(k, v)| accepted.extra.get(k).is_some_and(|a| json_is_subset(v, a)))
 }
 
 fn same_amount(a: &str, b: &str) -> bool {
@@ -41,9 +44,9 @@ fn same_address(a: &str, b: &str) -> bool {
 /// case-insensitively).
 pub fn json_is_subset(small: &Value, big: &Value) -> bool {
     match (small, big) {
-        (Value::Object(s), Value::Object(b)) => {
-            s.iter().all(|(k, v)| b.get(k).is_some_and(|bv| json_is_subset(v, bv)))
-        }
+        (Value::Object(s), Value::Object(b)) => s
+            .iter()
+            .all(|(k, v)| b.get(k).is_some_and(|bv| json_is_subset(v, bv))),
         (Value::String(s), Value::String(b)) => s == b || (s.len() == 42 && same_address(s, b)),
         _ => small == big,
     }
@@ -72,14 +75,18 @@ mod tests {
         let mut a = o.clone();
         a.extra.insert("clientNote".into(), json!({"x": 1}));
         a.pay_to = a.pay_to.to_lowercase();
-        a.extra.insert("receiverAuthorizer".into(), json!("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"));
+        a.extra.insert(
+            "receiverAuthorizer".into(),
+            json!("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"),
+        );
         assert!(accepted_matches(&o, &a));
     }
 
     #[test]
     fn rejects_changed_core_fields_or_dropped_extra() {
         let o = offer();
-        let cases: Vec<Box<dyn Fn(&mut PaymentRequirements)>> = vec![
+        type Mutation = Box<dyn Fn(&mut PaymentRequirements)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|a| a.scheme = "exact".into()),
             Box::new(|a| a.network = "eip155:1".into()),
             Box::new(|a| a.amount = "999".into()),

@@ -27,7 +27,10 @@ impl FromStr for Eip155Network {
         let id = s.strip_prefix("eip155:").ok_or(())?;
         // Canonical decimal only, so one chain has exactly one spelling and
         // `accepted.network` can be compared as a string.
-        if id.is_empty() || (id.len() > 1 && id.starts_with('0')) || !id.bytes().all(|b| b.is_ascii_digit()) {
+        if id.is_empty()
+            || (id.len() > 1 && id.starts_with('0'))
+            || !id.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(());
         }
         id.parse().map(Eip155Network).map_err(|_| ())
@@ -47,7 +50,15 @@ mod tests {
 
     #[test]
     fn rejects_other_namespaces_and_non_canonical_numbers() {
-        for bad in ["solana:5eykt4", "eip155:", "eip155:08453", "eip155:-1", "eip155:1e3", "8453", "eip155:99999999999999999999"] {
+        for bad in [
+            "solana:5eykt4",
+            "eip155:",
+            "eip155:08453",
+            "eip155:-1",
+            "eip155:1e3",
+            "8453",
+            "eip155:99999999999999999999",
+        ] {
             assert!(bad.parse::<Eip155Network>().is_err(), "{bad}");
         }
     }

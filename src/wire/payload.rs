@@ -171,8 +171,8 @@ pub enum BatchPayload {
         channel_config: ChannelConfigWire,
         /// Voucher for this request.
         voucher: VoucherFields,
-        /// Deposit amount and authorization.
-        deposit: DepositFields,
+        /// Deposit amount and authorization (boxed: the largest variant).
+        deposit: Box<DepositFields>,
     },
     /// Pay for this request from an open channel.
     Voucher {
@@ -219,17 +219,34 @@ impl BatchPayload {
             "refund" => (2, "refund"),
             other => return Err(WireError::PayloadType(other.to_owned())),
         };
-        let err = |source| WireError::Payload { kind: label, source };
-        let Common { channel_config, voucher } = Common::deserialize(payload).map_err(err)?;
+        let err = |source| WireError::Payload {
+            kind: label,
+            source,
+        };
+        let Common {
+            channel_config,
+            voucher,
+        } = Common::deserialize(payload).map_err(err)?;
         Ok(match kind {
             0 => {
                 let DepositOnly { deposit } = DepositOnly::deserialize(payload).map_err(err)?;
-                Self::Deposit { channel_config, voucher, deposit }
+                Self::Deposit {
+                    channel_config,
+                    voucher,
+                    deposit: Box::new(deposit),
+                }
             }
-            1 => Self::Voucher { channel_config, voucher },
+            1 => Self::Voucher {
+                channel_config,
+                voucher,
+            },
             _ => {
                 let RefundFields { amount } = RefundFields::deserialize(payload).map_err(err)?;
-                Self::Refund { channel_config, voucher, amount }
+                Self::Refund {
+                    channel_config,
+                    voucher,
+                    amount,
+                }
             }
         })
     }
@@ -255,9 +272,9 @@ impl BatchPayload {
     /// The signed voucher (every kind has one).
     pub const fn voucher(&self) -> &VoucherFields {
         match self {
-            Self::Deposit { voucher, .. } | Self::Voucher { voucher, .. } | Self::Refund { voucher, .. } => {
-                voucher
-            }
+            Self::Deposit { voucher, .. }
+            | Self::Voucher { voucher, .. }
+            | Self::Refund { voucher, .. } => voucher,
         }
     }
 
@@ -266,13 +283,24 @@ impl BatchPayload {
         let mut m = Map::new();
         m.insert("type".into(), Value::String(self.kind().into()));
         // Our own types serialize infallibly.
-        m.insert("channelConfig".into(), serde_json::to_value(self.channel_config()).unwrap_or_default());
-        m.insert("voucher".into(), serde_json::to_value(self.voucher()).unwrap_or_default());
+        m.insert(
+            "channelConfig".into(),
+            serde_json::to_value(self.channel_config()).unwrap_or_default(),
+        );
+        m.insert(
+            "voucher".into(),
+            serde_json::to_value(self.voucher()).unwrap_or_default(),
+        );
         match self {
             Self::Deposit { deposit, .. } => {
-                m.insert("deposit".into(), serde_json::to_value(deposit).unwrap_or_default());
+                m.insert(
+                    "deposit".into(),
+                    serde_json::to_value(deposit).unwrap_or_default(),
+                );
             }
-            Self::Refund { amount: Some(a), .. } => {
+            Self::Refund {
+                amount: Some(a), ..
+            } => {
                 m.insert("amount".into(), Value::String(a.to_string()));
             }
             _ => {}
@@ -309,7 +337,12 @@ mod tests {
         let v = json!({"type": "voucher", "channelConfig": config(), "voucher": voucher()});
         let r = json!({"type": "refund", "channelConfig": config(), "voucher": voucher(), "amount": "1500"});
         let full = json!({"type": "refund", "channelConfig": config(), "voucher": voucher()});
-        for (raw, kind) in [(&dep, "deposit"), (&v, "voucher"), (&r, "refund"), (&full, "refund")] {
+        for (raw, kind) in [
+            (&dep, "deposit"),
+            (&v, "voucher"),
+            (&r, "refund"),
+            (&full, "refund"),
+        ] {
             let p = BatchPayload::parse(raw).unwrap();
             assert_eq!(p.kind(), kind);
             assert_eq!(&p.to_value(), raw);
@@ -318,20 +351,50 @@ mod tests {
             BatchPayload::Refund { amount, .. } => assert_eq!(amount, Some(1500)),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(BatchPayload::parse(&v).unwrap().voucher().max_claimable_amount, 5000);
+        assert_eq!(
+            BatchPayload::parse(&v)
+                .unwrap()
+                .voucher()
+                .max_claimable_amount,
+            5000
+        );
     }
 
     #[test]
     fn names_the_failing_kind() {
-        assert!(matches!(BatchPayload::parse(&json!({})), Err(WireError::PayloadType(_))));
-        assert!(matches!(BatchPayload::parse(&json!({"type": 3})), Err(WireError::PayloadType(_))));
-        assert!(matches!(BatchPayload::parse(&json!({"type": "claim"})), Err(WireError::PayloadType(t)) if t == "claim"));
+        assert!(matches!(
+            BatchPayload::parse(&json!({})),
+            Err(WireError::PayloadType(_))
+        ));
+        assert!(matches!(
+            BatchPayload::parse(&json!({"type": 3})),
+            Err(WireError::PayloadType(_))
+        ));
+        assert!(
+            matches!(BatchPayload::parse(&json!({"type": "claim"})), Err(WireError::PayloadType(t)) if t == "claim")
+        );
         let missing_sig = json!({"type": "voucher", "channelConfig": config(),
             "voucher": {"channelId": format!("0x{}", "ab".repeat(32)), "maxClaimableAmount": "1"}});
-        assert!(matches!(BatchPayload::parse(&missing_sig), Err(WireError::Payload { kind: "voucher", .. })));
-        let no_deposit = json!({"type": "deposit", "channelConfig": config(), "voucher": voucher()});
-        assert!(matches!(BatchPayload::parse(&no_deposit), Err(WireError::Payload { kind: "deposit", .. })));
+        assert!(matches!(
+            BatchPayload::parse(&missing_sig),
+            Err(WireError::Payload {
+                kind: "voucher",
+                ..
+            })
+        ));
+        let no_deposit =
+            json!({"type": "deposit", "channelConfig": config(), "voucher": voucher()});
+        assert!(matches!(
+            BatchPayload::parse(&no_deposit),
+            Err(WireError::Payload {
+                kind: "deposit",
+                ..
+            })
+        ));
         let bad_amount = json!({"type": "refund", "channelConfig": config(), "voucher": voucher(), "amount": "-1"});
-        assert!(matches!(BatchPayload::parse(&bad_amount), Err(WireError::Payload { kind: "refund", .. })));
+        assert!(matches!(
+            BatchPayload::parse(&bad_amount),
+            Err(WireError::Payload { kind: "refund", .. })
+        ));
     }
 }

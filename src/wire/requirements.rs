@@ -142,7 +142,10 @@ mod tests {
         let pr = PaymentRequired {
             x402_version: 2,
             error: None,
-            resource: ResourceInfo { url: "http://x/y".into(), ..Default::default() },
+            resource: ResourceInfo {
+                url: "http://x/y".into(),
+                ..Default::default()
+            },
             accepts: vec![],
             extensions: None,
         };

@@ -169,7 +169,10 @@ mod tests {
         let extra = r.extra.as_ref().unwrap();
         assert_eq!(extra.charged_amount, Some(700));
         let cs = extra.channel_state.as_ref().unwrap();
-        assert_eq!((cs.balance, cs.total_claimed, cs.charged_cumulative_amount), (100_000, 3200, Some(3900)));
+        assert_eq!(
+            (cs.balance, cs.total_claimed, cs.charged_cumulative_amount),
+            (100_000, 3200, Some(3900))
+        );
         assert_eq!(cs.refund_nonce, U256::from(1));
         // Re-serializing yields the same JSON value (field order aside).
         assert_eq!(serde_json::to_value(&r).unwrap(), spec);
