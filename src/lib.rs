@@ -18,6 +18,8 @@
 //! | [`chain`] | `sol!` bindings of the escrow, deposit collector and test token (from `contracts/artifacts/`) |
 //! | [`wire`] | x402 v2 JSON messages, the base64 header codec, `accepted` matching |
 //! | [`chain`] | contract bindings from the artifacts, [`chain::tx::TxSender`] (nonces, fees, replacement) |
+//! | [`devnet`] | a local anvil with the contracts deployed and funded accounts (tests, demo) |
+//! | [`telemetry`] | metric names, the Prometheus exporter, the tracing subscriber |
 //! | [`cli`] | the command line (today only the hidden `internal store-load` used by the crash test) |
 //!
 //! Dependencies point one way: `typed_data → verify → ledger → store`.
@@ -57,10 +59,12 @@
 
 pub mod chain;
 pub mod cli;
+pub mod devnet;
 pub mod error;
 pub mod ledger;
 pub mod reason;
 pub mod store;
+pub mod telemetry;
 pub mod typed_data;
 pub mod verify;
 pub mod wire;

@@ -1,0 +1,82 @@
+//! Metric names (one place, so dashboards and code agree) and the Prometheus exporter.
+//!
+//! Counters of amounts are in the token's atomic units. Labels: `reason` (an x402 reason
+//! code) on rejections, `call` on RPC errors, `kind` (`voucher`/`deposit`/`refund`) on
+//! accepted payments.
+
+use std::net::SocketAddr;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Payments accepted (label `kind`).
+pub const PAYMENTS_ACCEPTED: &str = "x402_payments_accepted_total";
+/// Payments rejected (label `reason`).
+pub const PAYMENTS_REJECTED: &str = "x402_payments_rejected_total";
+/// Paid requests whose charge was committed durably.
+pub const PAID_REQUESTS: &str = "x402_paid_requests_total";
+/// Sum of actual charges committed.
+pub const CHARGED: &str = "x402_charged_atomic_total";
+/// Time from reading `PAYMENT-SIGNATURE` to the charge being durable (handler excluded).
+pub const PAYMENT_OVERHEAD: &str = "x402_payment_overhead_seconds";
+/// Charged but not yet claimed on chain, over all channels.
+pub const UNCLAIMED: &str = "x402_unclaimed_atomic";
+/// Claim transactions sent.
+pub const CLAIM_BATCHES: &str = "x402_claim_batches_total";
+/// Gas used per claim transaction.
+pub const CLAIM_GAS: &str = "x402_claim_gas";
+/// Channels per claim transaction.
+pub const CLAIM_ROWS: &str = "x402_claim_rows";
+/// Sweeps (`settle`) sent, and the amount swept.
+pub const SETTLES: &str = "x402_settles_total";
+/// Amount swept to receivers.
+pub const SETTLED: &str = "x402_settled_atomic_total";
+/// Time from a charge being committed to the claim covering it being mined.
+pub const SETTLEMENT_LATENCY: &str = "x402_settlement_latency_seconds";
+/// RPC failures (label `call`).
+pub const RPC_ERRORS: &str = "x402_rpc_errors_total";
+
+/// Registers descriptions for every metric above (shown by the exporter).
+pub fn describe() {
+    describe_counter!(PAYMENTS_ACCEPTED, "payments accepted, by kind");
+    describe_counter!(PAYMENTS_REJECTED, "payments rejected, by x402 reason code");
+    describe_counter!(PAID_REQUESTS, "paid requests committed durably");
+    describe_counter!(CHARGED, "sum of actual charges, atomic units");
+    describe_histogram!(
+        PAYMENT_OVERHEAD,
+        Unit::Seconds,
+        "payment verification + durable commit time"
+    );
+    describe_gauge!(UNCLAIMED, "charged but unclaimed, atomic units");
+    describe_counter!(CLAIM_BATCHES, "claim transactions sent");
+    describe_histogram!(CLAIM_GAS, "gas used per claim transaction");
+    describe_histogram!(CLAIM_ROWS, "channels per claim transaction");
+    describe_counter!(SETTLES, "settle (sweep) transactions sent");
+    describe_counter!(SETTLED, "amount swept to receivers, atomic units");
+    describe_histogram!(
+        SETTLEMENT_LATENCY,
+        Unit::Seconds,
+        "charge committed → claim mined"
+    );
+    describe_counter!(RPC_ERRORS, "rpc failures, by call");
+}
+
+/// Installs the global recorder with a Prometheus scrape endpoint on `addr` (`GET /metrics`).
+/// Must run inside a tokio runtime. Fails if a recorder is already installed.
+pub fn install_prometheus(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()?;
+    describe();
+    Ok(())
+}
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`).
+/// Safe to call twice (the second call does nothing).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
