@@ -5,6 +5,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 
 import {IUptoEscrow} from "../src/interfaces/IUptoEscrow.sol";
 import {EscrowHashes} from "../src/libraries/EscrowHashes.sol";
+import {UptoEscrow} from "../src/UptoEscrow.sol";
 import {FeeOnTransferToken} from "./mocks/FeeOnTransferToken.sol";
 import {MisbehavingCollector} from "./mocks/MisbehavingCollector.sol";
 import {EscrowFixture} from "./utils/EscrowFixture.sol";
@@ -65,6 +66,41 @@ contract UptoEscrowDepositTest is EscrowFixture {
         other = _config();
         other.receiver = stranger;
         assertTrue(escrow.getChannelId(other) != id, "receiver");
+    }
+
+    /// @dev Runtime code installed elsewhere (anvil_setCode to x402's canonical address, as the interop harness
+    ///      does) must sign and verify under the address it runs at, not the one it was deployed at.
+    function test_RuntimeCodeAtAnotherAddressUsesThatDomain() public {
+        address elsewhere = 0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003;
+        vm.etch(elsewhere, address(escrow).code);
+        UptoEscrow moved = UptoEscrow(elsewhere);
+        (, string memory name, string memory version, uint256 chainId, address verifyingContract,,) =
+            moved.eip712Domain();
+        assertEq(name, "x402 Batch Settlement");
+        assertEq(version, "1");
+        assertEq(chainId, block.chainid);
+        assertEq(verifyingContract, elsewhere);
+
+        IUptoEscrow.ChannelConfig memory config = _config();
+        bytes32 structHash = keccak256(abi.encode(EscrowHashes.CHANNEL_CONFIG_TYPEHASH, config));
+        bytes32 channelId =
+            keccak256(abi.encodePacked("\x19\x01", _domainSeparator(elsewhere, block.chainid), structHash));
+        assertEq(moved.getChannelId(config), channelId);
+
+        vm.prank(payer);
+        moved.deposit(config, DEPOSIT, address(pullCollector), "");
+        bytes32 voucherDigest = keccak256(
+            abi.encodePacked(
+                "\x19\x01",
+                _domainSeparator(elsewhere, block.chainid),
+                keccak256(abi.encode(EscrowHashes.VOUCHER_TYPEHASH, channelId, uint128(5e6)))
+            )
+        );
+        IUptoEscrow.VoucherClaim[] memory rows = _one(_row(config, 5e6, 5e6, _sign(PAYER_AUTH_KEY, voucherDigest)));
+        vm.prank(receiverAuth);
+        moved.claim(rows);
+        (, uint128 claimed) = moved.channels(channelId);
+        assertEq(claimed, 5e6);
     }
 
     /// @dev One logical config must have one id: an address word with dirty high bits is rejected, not hashed.
