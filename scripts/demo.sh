@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# The main job: installs the pinned toolchain, builds the engine and runs
-# `x402-upto demo` on a local anvil chain (see README.md).
+# The main job: installs the pinned toolchain (anvil comes from it), builds the engine and
+# runs `x402-upto demo` on a local anvil chain. Extra arguments go to the demo
+# (e.g. --channels 10 --requests 100); see `x402-upto demo --help`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 PATH="$(bash scripts/tools.sh):$PATH"
 export PATH
-if cargo run --quiet --release --locked -- help 2>/dev/null | grep -q '^  demo'; then
-  exec cargo run --quiet --release --locked -- demo "$@"
-fi
-echo "x402-upto: the demo subcommand is not built yet; the toolchain is installed in .tools/bin."
-echo "Run ./scripts/test.sh for what exists so far."
+exec cargo run --quiet --release --locked -- demo "$@"

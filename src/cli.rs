@@ -15,6 +15,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the whole money path on a local anvil chain and prints a reconciled summary.
+    Demo(crate::demo::DemoArgs),
     /// Test and maintenance tools; not a stable interface.
     #[command(hide = true, subcommand)]
     Internal(Internal),
@@ -29,6 +31,15 @@ enum Internal {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> crate::Result<()> {
     match cli.command {
+        Command::Demo(args) => {
+            let rt = tokio::runtime::Runtime::new().map_err(crate::Error::Runtime)?;
+            rt.block_on(async {
+                tokio::time::timeout(crate::demo::DEMO_TIMEOUT, crate::demo::run(&args))
+                    .await
+                    .map_err(|_| crate::demo::DemoError::timed_out())?
+            })?;
+            Ok(())
+        }
         Command::Internal(Internal::StoreLoad(args)) => crate::load::run_blocking(&args),
     }
 }

@@ -32,6 +32,12 @@ pub enum Error {
     /// A durability mode string is not known.
     #[error(transparent)]
     UnknownDurability(#[from] UnknownDurability),
+    /// The demo failed (the step is in the message).
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    /// The async runtime could not start.
+    #[error("could not start the tokio runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl From<Reject> for Error {

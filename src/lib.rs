@@ -18,6 +18,7 @@
 //! | [`chain`] | `sol!` bindings of the escrow, deposit collector and test token (from `contracts/artifacts/`) |
 //! | [`wire`] | x402 v2 JSON messages, the base64 header codec, `accepted` matching |
 //! | [`chain`] | contract bindings from the artifacts, [`chain::tx::TxSender`] (nonces, fees, replacement) |
+//! | [`demo`] | `x402-upto demo`: crawler scenario, batched claims, sweep, reconciled summary |
 //! | [`devnet`] | a local anvil with the contracts deployed and funded accounts (tests, demo) |
 //! | [`telemetry`] | metric names, the Prometheus exporter, the tracing subscriber |
 //! | [`cli`] | the command line (today only the hidden `internal store-load` used by the crash test) |
@@ -59,6 +60,7 @@
 
 pub mod chain;
 pub mod cli;
+pub mod demo;
 pub mod devnet;
 pub mod error;
 pub mod ledger;
