@@ -1,6 +1,8 @@
-//! Chain access. For now only the escrow, collector and test-token bindings generated from the
-//! Foundry artifacts in `contracts/artifacts/`; reading channel state and sending claims come
-//! with the chain module (as does the alloy-provider `Erc1271Checker`).
+//! Chain access: the escrow, collector and test-token bindings generated from the Foundry
+//! artifacts in `contracts/artifacts/`, [`tx::TxSender`] for every transaction, and
+//! [`escrow::EscrowClient`] for every escrow read and write (and the alloy-provider
+//! `Erc1271Checker`).
 
 pub mod bindings;
+pub mod escrow;
 pub mod tx;

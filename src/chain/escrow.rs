@@ -1,0 +1,590 @@
+//! [`EscrowClient`]: every read and write the server makes against the escrow.
+//!
+//! Reads go straight through the provider; every write goes through the shared
+//! [`TxSender`] of the relaying key (one nonce sequence per key). Claims and refunds are
+//! authorised by the receiver-authorizer key held here: the client signs the `ClaimBatch`
+//! or `Refund` EIP-712 message and anyone (our relayer) submits it.
+//!
+//! The three channel reads (`channels`, `pendingWithdrawals`, `refundNonce`) are bundled in
+//! one `eth_call` of the escrow's own `multicall`, so the mirror is read at a single block.
+
+use std::sync::Arc;
+
+use alloy::network::TransactionBuilder;
+use alloy::providers::{DynProvider, Provider};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::{RpcError, TransportErrorKind};
+use alloy_primitives::{Address, B256, Bytes, U256};
+use alloy_sol_types::{SolCall, SolEvent};
+
+use crate::chain::bindings::{IUptoEscrow, UptoEscrow};
+use crate::chain::tx::{TxError, TxSender};
+use crate::ledger::{Claimable, OnchainState};
+use crate::reason::Reason;
+use crate::typed_data::{
+    ChannelConfig, ChannelId, ClaimEntry, EscrowDomain, SigningError, erc3009_collector_data,
+    sign_claim_batch, sign_refund,
+};
+use crate::verify::{Erc1271Checker, Erc1271Error};
+
+alloy::sol! {
+    /// ERC-1271 (`isValidSignature` returns `0x1626ba7e` for a valid signature).
+    interface IErc1271 {
+        function isValidSignature(bytes32 hash, bytes signature) external view returns (bytes4);
+    }
+}
+
+/// The ERC-1271 magic value.
+const ERC1271_MAGIC: [u8; 4] = [0x16, 0x26, 0xba, 0x7e];
+
+/// The ERC-3009 part of a deposit payload: the payer's `receiveWithAuthorization` to the
+/// collector, whose nonce the collector derives from `(channelId, salt)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Erc3009Deposit {
+    /// `validAfter` (unix seconds).
+    pub valid_after: U256,
+    /// `validBefore` (unix seconds).
+    pub valid_before: U256,
+    /// Salt of the ERC-3009 nonce `keccak256(abi.encode(channelId, salt))`.
+    pub salt: B256,
+    /// The payer's 65-byte signature under the token's EIP-712 domain.
+    pub signature: Bytes,
+}
+
+/// A mined deposit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepositOutcome {
+    /// Mined transaction.
+    pub tx_hash: B256,
+    /// Channel state read right after it was mined.
+    pub state: OnchainState,
+}
+
+/// A mined `claimWithSignature`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimOutcome {
+    /// Mined transaction.
+    pub tx_hash: B256,
+    /// Gas it used.
+    pub gas_used: u64,
+    /// Rows submitted.
+    pub rows: usize,
+    /// `(channel, newTotalClaimed)` for every row that raised its channel's total (from the
+    /// `Claimed` events; rows already at or below on-chain `totalClaimed` emit nothing).
+    pub claimed: Vec<(ChannelId, u128)>,
+}
+
+/// A `settle` (sweep to the receiver).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettleOutcome {
+    /// Mined transaction; `None` when nothing was left to sweep (no transaction sent).
+    pub tx_hash: Option<B256>,
+    /// Amount transferred to the receiver.
+    pub amount: u128,
+    /// Gas used (0 when nothing was sent).
+    pub gas_used: u64,
+}
+
+/// A mined cooperative refund.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundOutcome {
+    /// Mined transaction.
+    pub tx_hash: B256,
+    /// Amount returned to the payer (capped by the contract at `balance - totalClaimed`).
+    pub refunded: u128,
+    /// Channel state read right after it was mined.
+    pub state: OnchainState,
+}
+
+/// Which escrow operation failed (selects the spec reason code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `deposit` through the collector.
+    Deposit,
+    /// `claimWithSignature`.
+    Claim,
+    /// `settle`.
+    Settle,
+    /// `refundWithSignature` (possibly after a claim in one `multicall`).
+    Refund,
+}
+
+impl Op {
+    const fn simulation(self) -> Reason {
+        match self {
+            Self::Deposit => Reason::DepositSimulationFailed,
+            Self::Claim => Reason::ClaimSimulationFailed,
+            Self::Settle => Reason::SettleSimulationFailed,
+            Self::Refund => Reason::RefundSimulationFailed,
+        }
+    }
+
+    const fn transaction(self) -> Reason {
+        match self {
+            Self::Deposit => Reason::DepositTransactionFailed,
+            Self::Claim => Reason::ClaimTransactionFailed,
+            Self::Settle => Reason::SettleTransactionFailed,
+            Self::Refund => Reason::RefundTransactionFailed,
+        }
+    }
+}
+
+/// An escrow read or write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// A view call failed (transport or revert).
+    #[error("escrow read {call} failed")]
+    Read {
+        /// Which read.
+        call: &'static str,
+        /// The RPC error.
+        #[source]
+        source: RpcError<TransportErrorKind>,
+    },
+    /// A view call returned data that does not decode.
+    #[error("escrow read {call} returned undecodable data")]
+    Decode {
+        /// Which read.
+        call: &'static str,
+        /// Decoder error.
+        #[source]
+        source: alloy_sol_types::Error,
+    },
+    /// Sending `op` failed; see [`TxError`] for the stage (estimate, broadcast, revert,
+    /// timeout). After a timeout a version may still be mined: re-read chain state.
+    #[error("escrow {op:?} failed")]
+    Tx {
+        /// Operation.
+        op: Op,
+        /// Cause.
+        #[source]
+        source: Box<TxError>,
+    },
+    /// The client has no receiver-authorizer key, or a row's channel names another
+    /// `receiverAuthorizer` (a relayed batch is checked against row 0's only).
+    #[error(
+        "receiver authorizer mismatch: channel expects {expected}, this server signs as {ours:?}"
+    )]
+    AuthorizerMismatch {
+        /// The channel's `receiverAuthorizer`.
+        expected: Address,
+        /// Our key's address, if any.
+        ours: Option<Address>,
+    },
+    /// A claim with no rows.
+    #[error("claim batch is empty")]
+    EmptyBatch,
+    /// A refund of zero.
+    #[error("refund amount must be positive")]
+    ZeroRefund,
+    /// Signing a claim batch or a refund failed.
+    #[error("signing failed")]
+    Signing(#[from] SigningError),
+}
+
+impl ChainError {
+    /// The x402 reason code for this failure.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Read { .. } | Self::Decode { .. } => Reason::RpcReadFailed,
+            Self::Tx { op, source } => match source.as_ref() {
+                TxError::Estimate { .. } => op.simulation(),
+                TxError::Timeout { .. } => Reason::WaitForReceiptFailed,
+                TxError::Reverted { .. } | TxError::Rpc { .. } | TxError::Sign { .. } => {
+                    op.transaction()
+                }
+            },
+            Self::AuthorizerMismatch { .. } => Reason::ReceiverAuthorizerMismatch,
+            Self::EmptyBatch => Reason::ClaimPayload,
+            Self::ZeroRefund => Reason::RefundAmountInvalid,
+            Self::Signing(_) => Reason::UnexpectedSettleError,
+        }
+    }
+
+    /// True when the failure says nothing about the chain's state having changed (the
+    /// transaction was never broadcast), so a retry cannot double anything.
+    pub fn nothing_sent(&self) -> bool {
+        match self {
+            Self::Tx { source, .. } => matches!(
+                source.as_ref(),
+                TxError::Estimate { .. } | TxError::Sign { .. }
+            ),
+            _ => true,
+        }
+    }
+}
+
+/// Client of one escrow deployment.
+#[derive(Clone, Debug)]
+pub struct EscrowClient {
+    provider: DynProvider,
+    escrow: Address,
+    collector: Address,
+    sender: Arc<TxSender>,
+    receiver_authorizer: Option<PrivateKeySigner>,
+    domain: EscrowDomain,
+}
+
+impl EscrowClient {
+    /// A client for `escrow` (deposits through `collector`), sending with `sender` and
+    /// signing claims and refunds with `receiver_authorizer` (if this server holds it).
+    pub fn new(
+        provider: DynProvider,
+        escrow: Address,
+        collector: Address,
+        sender: Arc<TxSender>,
+        receiver_authorizer: Option<PrivateKeySigner>,
+        domain: EscrowDomain,
+    ) -> Self {
+        Self {
+            provider,
+            escrow,
+            collector,
+            sender,
+            receiver_authorizer,
+            domain,
+        }
+    }
+
+    /// The escrow address.
+    pub const fn escrow(&self) -> Address {
+        self.escrow
+    }
+
+    /// The deposit collector address.
+    pub const fn collector(&self) -> Address {
+        self.collector
+    }
+
+    /// The escrow's EIP-712 domain.
+    pub const fn domain(&self) -> &EscrowDomain {
+        &self.domain
+    }
+
+    /// The read provider.
+    pub const fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The address claims and refunds are authorised by, if this client can sign them.
+    pub fn receiver_authorizer(&self) -> Option<Address> {
+        self.receiver_authorizer.as_ref().map(|s| s.address())
+    }
+
+    /// `balance`, `totalClaimed`, `withdrawRequestedAt` and `refundNonce` of `id`, read in
+    /// one `eth_call` (so from one block) at the latest block.
+    pub async fn channel_state(&self, id: ChannelId) -> Result<OnchainState, ChainError> {
+        self.channel_state_at(id, None).await
+    }
+
+    /// Like [`Self::channel_state`], at block `block` (`None`: latest).
+    pub async fn channel_state_at(
+        &self,
+        id: ChannelId,
+        block: Option<u64>,
+    ) -> Result<OnchainState, ChainError> {
+        let calls = vec![
+            Bytes::from(UptoEscrow::channelsCall { channelId: id.0 }.abi_encode()),
+            Bytes::from(UptoEscrow::pendingWithdrawalsCall { channelId: id.0 }.abi_encode()),
+            Bytes::from(UptoEscrow::refundNonceCall { channelId: id.0 }.abi_encode()),
+        ];
+        let input = UptoEscrow::multicallCall { data: calls }.abi_encode();
+        let tx = TransactionRequest::default()
+            .with_to(self.escrow)
+            .with_input(input);
+        let call = self.provider.call(tx);
+        let raw = match block {
+            Some(n) => call.block(n.into()).await,
+            None => call.await,
+        }
+        .map_err(|source| ChainError::Read {
+            call: "channel_state",
+            source,
+        })?;
+        let decode = |source| ChainError::Decode {
+            call: "channel_state",
+            source,
+        };
+        let parts = UptoEscrow::multicallCall::abi_decode_returns(&raw).map_err(decode)?;
+        let [channels, pending, nonce] = parts.as_slice() else {
+            return Err(decode(alloy_sol_types::Error::Other(
+                "multicall returned the wrong number of results".into(),
+            )));
+        };
+        let channels = UptoEscrow::channelsCall::abi_decode_returns(channels).map_err(decode)?;
+        let pending =
+            UptoEscrow::pendingWithdrawalsCall::abi_decode_returns(pending).map_err(decode)?;
+        let nonce = UptoEscrow::refundNonceCall::abi_decode_returns(nonce).map_err(decode)?;
+        Ok(OnchainState {
+            balance: channels.balance,
+            total_claimed: channels.totalClaimed,
+            withdraw_requested_at: pending.initiatedAt.to::<u64>(),
+            refund_nonce: nonce,
+        })
+    }
+
+    /// Opens or tops up `config`'s channel with `amount`, pulled from the payer by the
+    /// ERC-3009 collector with the payer's signed authorization.
+    pub async fn deposit_erc3009(
+        &self,
+        config: &ChannelConfig,
+        amount: u128,
+        auth: &Erc3009Deposit,
+    ) -> Result<DepositOutcome, ChainError> {
+        let data = erc3009_collector_data(
+            auth.valid_after,
+            auth.valid_before,
+            auth.salt,
+            &auth.signature,
+        );
+        let call = UptoEscrow::depositCall {
+            config: config.into(),
+            amount,
+            collector: self.collector,
+            collectorData: data,
+        };
+        let id = self.domain.channel_id(config);
+        let sent = self.send(Op::Deposit, call.abi_encode(), "deposit").await?;
+        tracing::info!(channel = %id, amount, tx = %sent.0, "deposit mined");
+        let state = self.channel_state(id).await?;
+        Ok(DepositOutcome {
+            tx_hash: sent.0,
+            state,
+        })
+    }
+
+    /// Claims `rows` in one `claimWithSignature`, with a `ClaimBatch` signed by our
+    /// receiver-authorizer key. Each row claims `claim_total` (= charged), never the
+    /// voucher ceiling. Rows at or below on-chain `totalClaimed` are no-ops on chain.
+    pub async fn claim(&self, rows: &[Claimable]) -> Result<ClaimOutcome, ChainError> {
+        let (signed, sig) = self.sign_claim(rows)?;
+        let call = UptoEscrow::claimWithSignatureCall {
+            voucherClaims: signed,
+            authorizerSignature: sig,
+        };
+        let (tx_hash, receipt) = self.send(Op::Claim, call.abi_encode(), "claim").await?;
+        let claimed = claimed_events(&receipt);
+        tracing::info!(rows = rows.len(), raised = claimed.len(), gas = receipt.gas_used, tx = %tx_hash, "claim batch mined");
+        Ok(ClaimOutcome {
+            tx_hash,
+            gas_used: receipt.gas_used,
+            rows: rows.len(),
+            claimed,
+        })
+    }
+
+    /// Sweeps what `receiver` has claimed in `token` but not yet received. Reads
+    /// `receivers(receiver, token)` first and sends nothing when there is nothing to sweep.
+    pub async fn settle(
+        &self,
+        receiver: Address,
+        token: Address,
+    ) -> Result<SettleOutcome, ChainError> {
+        let pending = self.unsettled(receiver, token).await?;
+        if pending == 0 {
+            return Ok(SettleOutcome {
+                tx_hash: None,
+                amount: 0,
+                gas_used: 0,
+            });
+        }
+        let call = UptoEscrow::settleCall { receiver, token };
+        let (tx_hash, receipt) = self.send(Op::Settle, call.abi_encode(), "settle").await?;
+        let amount = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| log.address() == self.escrow)
+            .filter_map(|log| UptoEscrow::Settled::decode_log_data(log.data()).ok())
+            .map(|e| e.amount)
+            .sum();
+        tracing::info!(%receiver, %token, amount, tx = %tx_hash, "settle mined");
+        Ok(SettleOutcome {
+            tx_hash: Some(tx_hash),
+            amount,
+            gas_used: receipt.gas_used,
+        })
+    }
+
+    /// Claimed but not yet swept for `(receiver, token)`.
+    pub async fn unsettled(&self, receiver: Address, token: Address) -> Result<u128, ChainError> {
+        let totals = self
+            .read(UptoEscrow::receiversCall { receiver, token }, "receivers")
+            .await?;
+        Ok(totals.totalClaimed.saturating_sub(totals.totalSettled))
+    }
+
+    /// Cooperative refund of up to `amount` to the payer with a receiver-authorizer-signed
+    /// `Refund` at the current `refundNonce`. With `claim`, the charged amount is claimed
+    /// first in the same transaction (`multicall([claimWithSignature, refundWithSignature])`),
+    /// so the refund cannot return money the payer owes.
+    pub async fn refund(
+        &self,
+        config: &ChannelConfig,
+        amount: u128,
+        claim: Option<&Claimable>,
+    ) -> Result<RefundOutcome, ChainError> {
+        if amount == 0 {
+            return Err(ChainError::ZeroRefund);
+        }
+        let id = self.domain.channel_id(config);
+        let signer = self.signer_for(config.receiverAuthorizer)?;
+        let nonce = self
+            .read(
+                UptoEscrow::refundNonceCall { channelId: id.0 },
+                "refundNonce",
+            )
+            .await?;
+        let sig = sign_refund(signer, &self.domain, id, nonce, amount)?;
+        let refund = UptoEscrow::refundWithSignatureCall {
+            config: config.into(),
+            amount,
+            nonce,
+            receiverAuthorizerSignature: Bytes::copy_from_slice(&sig.as_bytes()),
+        }
+        .abi_encode();
+        let input = match claim {
+            None => refund,
+            Some(row) => {
+                let (signed, sig) = self.sign_claim(std::slice::from_ref(row))?;
+                let claim = UptoEscrow::claimWithSignatureCall {
+                    voucherClaims: signed,
+                    authorizerSignature: sig,
+                }
+                .abi_encode();
+                UptoEscrow::multicallCall {
+                    data: vec![claim.into(), refund.into()],
+                }
+                .abi_encode()
+            }
+        };
+        let (tx_hash, receipt) = self.send(Op::Refund, input, "refund").await?;
+        let refunded = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| log.address() == self.escrow)
+            .filter_map(|log| UptoEscrow::Refunded::decode_log_data(log.data()).ok())
+            .filter(|e| e.channelId == id.0)
+            .map(|e| e.amount)
+            .sum();
+        tracing::info!(channel = %id, refunded, tx = %tx_hash, "refund mined");
+        let state = self.channel_state(id).await?;
+        Ok(RefundOutcome {
+            tx_hash,
+            refunded,
+            state,
+        })
+    }
+
+    fn signer_for(&self, expected: Address) -> Result<&PrivateKeySigner, ChainError> {
+        match &self.receiver_authorizer {
+            Some(s) if s.address() == expected => Ok(s),
+            other => Err(ChainError::AuthorizerMismatch {
+                expected,
+                ours: other.as_ref().map(|s| s.address()),
+            }),
+        }
+    }
+
+    /// Claim rows plus our `ClaimBatch` signature. Every row must name our key as
+    /// `receiverAuthorizer`: the contract checks the batch signature against row 0's only.
+    fn sign_claim(
+        &self,
+        rows: &[Claimable],
+    ) -> Result<(Vec<IUptoEscrow::VoucherClaim>, Bytes), ChainError> {
+        let first = rows.first().ok_or(ChainError::EmptyBatch)?;
+        let signer = self.signer_for(first.config.receiverAuthorizer)?;
+        if let Some(bad) = rows
+            .iter()
+            .find(|r| r.config.receiverAuthorizer != signer.address())
+        {
+            return Err(ChainError::AuthorizerMismatch {
+                expected: bad.config.receiverAuthorizer,
+                ours: Some(signer.address()),
+            });
+        }
+        let entries: Vec<ClaimEntry> = rows.iter().map(Claimable::entry).collect();
+        let sig = sign_claim_batch(signer, &self.domain, &entries)?;
+        let signed = rows.iter().map(IUptoEscrow::VoucherClaim::from).collect();
+        Ok((signed, Bytes::copy_from_slice(&sig.as_bytes())))
+    }
+
+    async fn send(
+        &self,
+        op: Op,
+        input: Vec<u8>,
+        label: &str,
+    ) -> Result<(B256, TransactionReceipt), ChainError> {
+        let tx = TransactionRequest::default()
+            .with_to(self.escrow)
+            .with_input(input);
+        match self.sender.send(tx, label).await {
+            Ok(sent) => Ok((sent.hash, sent.receipt)),
+            Err(source) => {
+                metrics::counter!(crate::telemetry::RPC_ERRORS, "call" => label.to_owned())
+                    .increment(1);
+                Err(ChainError::Tx {
+                    op,
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+
+    async fn read<C: SolCall>(&self, call: C, name: &'static str) -> Result<C::Return, ChainError> {
+        let tx = TransactionRequest::default()
+            .with_to(self.escrow)
+            .with_input(call.abi_encode());
+        let raw = self.provider.call(tx).await.map_err(|source| {
+            metrics::counter!(crate::telemetry::RPC_ERRORS, "call" => name).increment(1);
+            ChainError::Read { call: name, source }
+        })?;
+        C::abi_decode_returns(&raw).map_err(|source| ChainError::Decode { call: name, source })
+    }
+}
+
+/// `(channel, newTotalClaimed)` of every `Claimed` event in `receipt`.
+pub fn claimed_events(receipt: &TransactionReceipt) -> Vec<(ChannelId, u128)> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter_map(|log| UptoEscrow::Claimed::decode_log(&log.inner).ok())
+        .map(|e| (ChannelId(e.data.channelId), e.data.newTotalClaimed))
+        .collect()
+}
+
+/// ERC-1271 check through `eth_call`. A revert or a non-magic answer (including a wallet
+/// with no code) is "not signed"; only a transport failure is an error.
+impl Erc1271Checker for EscrowClient {
+    async fn is_valid_signature(
+        &self,
+        wallet: Address,
+        digest: B256,
+        signature: &[u8],
+    ) -> Result<bool, Erc1271Error> {
+        let call = IErc1271::isValidSignatureCall {
+            hash: digest,
+            signature: Bytes::copy_from_slice(signature),
+        };
+        let tx = TransactionRequest::default()
+            .with_to(wallet)
+            .with_input(call.abi_encode());
+        match self.provider.call(tx).await {
+            Ok(raw) => Ok(raw.len() >= 4 && raw[..4] == ERC1271_MAGIC),
+            Err(RpcError::ErrorResp(resp)) if resp.as_revert_data().is_some() || resp.code == 3 => {
+                Ok(false)
+            }
+            Err(e) => {
+                metrics::counter!(crate::telemetry::RPC_ERRORS, "call" => "isValidSignature")
+                    .increment(1);
+                Err(Erc1271Error {
+                    wallet,
+                    source: Box::new(e),
+                })
+            }
+        }
+    }
+}
