@@ -21,6 +21,8 @@
 //! | [`demo`] | `x402-upto demo`: crawler scenario, batched claims, sweep, reconciled summary |
 //! | [`devnet`] | a local anvil with the contracts deployed and funded accounts (tests, demo) |
 //! | [`telemetry`] | metric names, the Prometheus exporter, the tracing subscriber |
+//! | [`engine`] | the payment logic of a request, independent of HTTP: offer, checks, settle, deposits, refunds |
+//! | [`server`] | the axum/tower `PaymentLayer` over the engine, and the `Charge` handle |
 //! | [`cli`] | the command line (today only the hidden `internal store-load` used by the crash test) |
 //!
 //! Dependencies point one way: `typed_data → verify → ledger → store`.
@@ -62,9 +64,11 @@ pub mod chain;
 pub mod cli;
 pub mod demo;
 pub mod devnet;
+pub mod engine;
 pub mod error;
 pub mod ledger;
 pub mod reason;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod typed_data;

@@ -1,0 +1,62 @@
+//! What the engine needs from the chain, as a small object-safe trait.
+//!
+//! The engine is tested against an in-memory double; production wires the settlement
+//! engineer's `EscrowClient` in through a thin adapter. Failures carry the spec's reason
+//! (`…_deposit_simulation_failed`, `…_rpc_read_failed`, …) so the 402 says what went wrong.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use alloy_primitives::B256;
+
+use crate::ledger::{Claimable, OnchainState};
+use crate::reason::Reason;
+use crate::typed_data::{ChannelConfig, ChannelId};
+use crate::wire::Erc3009Authorization;
+
+/// A boxed, sendable future (keeps [`ChainAccess`] object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A chain operation failed; nothing was applied to the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainFailure {
+    /// Reason code for the 402.
+    pub reason: Reason,
+    /// What happened (logged, and sent as the human-readable message).
+    pub message: String,
+}
+
+/// A confirmed deposit or refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainOutcome {
+    /// The mined transaction.
+    pub tx_hash: B256,
+    /// Deposited or refunded amount.
+    pub amount: u128,
+    /// The channel's on-chain state after the transaction.
+    pub state: OnchainState,
+}
+
+/// Chain access for the engine: reads, and the two transactions a client may ask for.
+pub trait ChainAccess: Send + Sync + fmt::Debug + 'static {
+    /// `channels(id)`, `pendingWithdrawals(id)`, `refundNonce(id)`.
+    fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>>;
+
+    /// Submits the payer's ERC-3009 deposit through the collector and waits for the receipt.
+    fn deposit<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        authorization: &'a Erc3009Authorization,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>>;
+
+    /// Refunds `amount` to the payer (`refundWithSignature`), claiming `claim` in the same
+    /// transaction when vouchers are outstanding, and waits for the receipt.
+    fn refund<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        claim: Option<&'a Claimable>,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>>;
+}

@@ -1,0 +1,545 @@
+//! The payment logic of a paid HTTP request, independent of HTTP.
+//!
+//! [`Engine::authorize`] turns an optional `PAYMENT-SIGNATURE` value into either a held
+//! channel ([`Paid`], run the handler) or a finished refund, or a [`Refusal`] (answer 402).
+//! [`Engine::settle`] commits the actual charge, waits for the store's durability ticket and
+//! returns the `PAYMENT-RESPONSE` body. Dropping a [`Paid`] releases the channel unchanged:
+//! that is how a failed handler charges nothing.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `decode.rs` | header → checked payload: version, `accepted`, shape, channel config, channel id |
+//! | `chain.rs` | [`ChainAccess`]: reading channels, submitting deposits and refunds |
+//! | `refusal.rs` | [`Refusal`]: status, reason code, the 402 offer |
+//! | `offer.rs` | building `PaymentRequirements` / `PaymentRequired` / `PAYMENT-RESPONSE` bodies |
+
+mod chain;
+mod decode;
+mod offer;
+mod refusal;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::{Address, B256};
+use http::StatusCode;
+use serde_json::{Map, Value};
+
+use crate::ledger::{ChannelRecord, Detail, Ledger, Reject, Reservation};
+use crate::reason::Reason;
+use crate::store::{PersistError, Store, StoreError, persist};
+use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
+use crate::verify::{SignedVoucher, VerifiedVoucher, VoucherSigner};
+use crate::wire::{
+    BatchPayload, Eip155Network, PaymentRequired, PaymentRequirements, ResourceInfo,
+    SettleResponse, VoucherFields,
+};
+
+pub use chain::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome};
+pub use offer::{channel_state_wire, failed_response};
+pub use refusal::Refusal;
+
+use decode::{Checked, decode};
+
+/// Longest withdraw delay the escrow accepts (30 days).
+pub const MAX_WITHDRAW_DELAY: u64 = 2_592_000;
+/// Shortest withdraw delay the escrow accepts (15 minutes).
+pub const MIN_WITHDRAW_DELAY: u64 = 900;
+
+/// What this server offers: the fixed part of every `accepts[]` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// CAIP-2 network; its chain id must be the escrow domain's.
+    pub network: Eip155Network,
+    /// `payTo`: the channel receiver.
+    pub pay_to: Address,
+    /// The token (`asset`, the channel's `token`).
+    pub asset: Address,
+    /// The token's EIP-712 `name` (the client signs the ERC-3009 deposit with it).
+    pub asset_name: String,
+    /// The token's EIP-712 `version`.
+    pub asset_version: String,
+    /// `extra.receiverAuthorizer`: signs claims and refunds.
+    pub receiver_authorizer: Address,
+    /// `extra.withdrawDelay` in seconds (900 ..= 2,592,000).
+    pub withdraw_delay: u64,
+    /// `maxTimeoutSeconds` of the offer.
+    pub max_timeout_seconds: u64,
+    /// More `extra` keys to advertise (e.g. `minDeposit`); ours win on a clash.
+    pub extra: Map<String, Value>,
+}
+
+impl EngineConfig {
+    /// Checks the values the escrow would refuse.
+    pub fn validate(&self, domain: &EscrowDomain) -> Result<(), String> {
+        if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&self.withdraw_delay) {
+            return Err(format!(
+                "withdrawDelay {} is outside {MIN_WITHDRAW_DELAY}..={MAX_WITHDRAW_DELAY}",
+                self.withdraw_delay
+            ));
+        }
+        if self.network.chain_id() != domain.chain_id() {
+            return Err(format!(
+                "network {} is not the escrow domain's chain {}",
+                self.network,
+                domain.chain_id()
+            ));
+        }
+        if self.pay_to == Address::ZERO || self.receiver_authorizer == Address::ZERO {
+            return Err("payTo and receiverAuthorizer must be non-zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// The payment engine. Cheap to clone; share one per escrow deployment and receiver.
+#[derive(Debug)]
+pub struct Engine<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<S> {
+    config: EngineConfig,
+    ledger: Ledger,
+    store: Arc<S>,
+    chain: Option<Arc<dyn ChainAccess>>,
+}
+
+/// A checked payment holding its channel: run the handler, then [`Engine::settle`]. Dropping
+/// it releases the channel with nothing charged.
+#[derive(Debug)]
+pub struct Paid {
+    reservation: Reservation,
+    /// The deposit that came with this request: transaction and amount.
+    deposit: Option<(B256, u128)>,
+}
+
+impl Paid {
+    /// The per-request maximum this payment covers.
+    pub fn price(&self) -> u128 {
+        self.reservation.price()
+    }
+    /// The held channel.
+    pub fn channel_id(&self) -> ChannelId {
+        self.reservation.channel_id()
+    }
+    /// Who pays.
+    pub fn payer(&self) -> Address {
+        self.reservation.payer()
+    }
+}
+
+/// What [`Engine::authorize`] accepted.
+#[derive(Debug)]
+pub enum Authorized {
+    /// A voucher (or deposit + voucher): run the handler, then settle.
+    Paid(Paid),
+    /// A cooperative refund was executed; answer with this `PAYMENT-RESPONSE` and do not run
+    /// the handler.
+    Refunded(SettleResponse),
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl<S: Store + 'static> Engine<S> {
+    /// An engine over `ledger` and `store`. `chain` loads unknown channels and submits
+    /// deposits and refunds; without it only channels already in the ledger are served.
+    pub fn new(
+        config: EngineConfig,
+        ledger: Ledger,
+        store: Arc<S>,
+        chain: Option<Arc<dyn ChainAccess>>,
+    ) -> Result<Self, String> {
+        config.validate(ledger.domain())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                ledger,
+                store,
+                chain,
+            }),
+        })
+    }
+
+    /// Loads every persisted channel into the ledger (call once, before serving).
+    pub async fn restore(&self) -> Result<usize, StoreError> {
+        let records = self.inner.store.load_all().await?;
+        Ok(self.inner.ledger.restore(records))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+    /// The channel ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.inner.store
+    }
+    /// The escrow domain.
+    pub fn domain(&self) -> &EscrowDomain {
+        self.inner.ledger.domain()
+    }
+
+    /// Our `accepts[]` entry for a request of maximum price `price`.
+    pub fn offer(&self, price: u128) -> PaymentRequirements {
+        offer::requirements(&self.inner.config, price)
+    }
+
+    /// The plain 402 offer (no payment, or a payment we could not use).
+    pub fn payment_required(
+        &self,
+        resource: &ResourceInfo,
+        price: u128,
+        error: Option<Reason>,
+    ) -> PaymentRequired {
+        offer::payment_required(
+            resource,
+            self.offer(price),
+            error.map(|r| r.as_str().to_owned()),
+        )
+    }
+
+    /// Checks a request's payment for a resource of maximum price `price`. `header` is the
+    /// raw `PAYMENT-SIGNATURE` value, if any.
+    pub async fn authorize(
+        &self,
+        header: Option<&[u8]>,
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<Authorized, Refusal> {
+        let Some(raw) = header else {
+            return Err(self.refuse(
+                resource,
+                price,
+                None,
+                "this resource requires payment".into(),
+            ));
+        };
+        let offer = self.offer(price);
+        let checked = decode(raw, &offer, &self.inner.config, self.domain())
+            .map_err(|(reason, msg)| self.refuse(resource, price, Some(reason), msg))?;
+        match checked.payload {
+            BatchPayload::Voucher { .. } => self.voucher(checked, price, resource).await,
+            BatchPayload::Deposit { .. } => self.deposit(checked, price, resource).await,
+            BatchPayload::Refund { .. } => self.refund(checked, price, resource).await,
+        }
+    }
+
+    /// Commits the actual charge (`actual <= price`), makes it durable and returns the
+    /// `PAYMENT-RESPONSE` body. On any error nothing is charged and the channel is released.
+    pub async fn settle(&self, paid: Paid, actual: u128) -> Result<SettleResponse, Refusal> {
+        let Paid {
+            reservation,
+            deposit,
+        } = paid;
+        let id = reservation.channel_id();
+        let staged = reservation
+            .commit(actual, now())
+            .map_err(|refused| self.failure(StatusCode::INTERNAL_SERVER_ERROR, &refused.reject))?;
+        match persist(&*self.inner.store, staged).await {
+            Ok(receipt) => Ok(offer::paid_response(&self.inner.config, &receipt, deposit)),
+            Err(e) => {
+                if let PersistError::Store(StoreError::Conflict { .. }) = &e {
+                    // Someone else wrote this channel: reload it before serving it again.
+                    if let Ok(Some(record)) = self.inner.store.load(id).await {
+                        self.inner.ledger.restore([record]);
+                    }
+                }
+                tracing::error!(channel = %id, error = %e, "persisting a voucher failed");
+                let reject = Reject::new(Reason::UnexpectedSettleError, Some(id));
+                Err(self.failure(StatusCode::INTERNAL_SERVER_ERROR, &reject))
+            }
+        }
+    }
+
+    async fn voucher(
+        &self,
+        checked: Checked,
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<Authorized, Refusal> {
+        self.ensure_known(&checked, price, resource).await?;
+        let voucher = signed(checked.payload.voucher(), checked.channel_id);
+        let reservation = self
+            .inner
+            .ledger
+            .verify_and_reserve(voucher, price)
+            .map_err(|r| self.reject(resource, price, &r))?;
+        Ok(Authorized::Paid(Paid {
+            reservation,
+            deposit: None,
+        }))
+    }
+
+    /// Makes sure the ledger knows the channel, reading it from chain if it can.
+    async fn ensure_known(
+        &self,
+        checked: &Checked,
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<(), Refusal> {
+        let id = checked.channel_id;
+        if self.inner.ledger.snapshot(&id).is_some() {
+            return Ok(());
+        }
+        let Some(chain) = &self.inner.chain else {
+            let reject = Reject::new(Reason::MissingChannel, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        };
+        let state = chain
+            .channel_state(id)
+            .await
+            .map_err(|f| self.chain_refusal(resource, price, id, f))?;
+        if state.balance == 0 {
+            let reject = Reject::new(Reason::ChannelNotFound, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        }
+        self.inner
+            .ledger
+            .upsert_from_chain(checked.config.clone(), state, now());
+        Ok(())
+    }
+
+    async fn deposit(
+        &self,
+        checked: Checked,
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<Authorized, Refusal> {
+        let id = checked.channel_id;
+        let BatchPayload::Deposit {
+            voucher, deposit, ..
+        } = &checked.payload
+        else {
+            return Err(self.refuse(resource, price, Some(Reason::PayloadType), String::new()));
+        };
+        let Some(chain) = self.inner.chain.clone() else {
+            let reject = Reject::new(Reason::DepositSimulationFailed, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        };
+        let Some(auth) = &deposit.authorization.erc3009_authorization else {
+            let reject = Reject::new(Reason::Erc3009AuthorizationRequired, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        };
+        // Everything that can be checked before spending gas is checked first: the voucher
+        // signature, and the voucher against the channel as it will be after the deposit.
+        self.verify_signature(&checked.config, voucher, id)
+            .map_err(|r| self.reject(resource, price, &r))?;
+        let mut projected = match self.inner.ledger.record(&id) {
+            Some(record) => {
+                if self.inner.ledger.is_held(&id) {
+                    let reject = Reject::new(Reason::ChannelBusy, Some(id));
+                    return Err(self.reject(resource, price, &reject));
+                }
+                record
+            }
+            None => {
+                let state = chain
+                    .channel_state(id)
+                    .await
+                    .map_err(|f| self.chain_refusal(resource, price, id, f))?;
+                ChannelRecord::from_chain(id, checked.config.clone(), state, now())
+            }
+        };
+        projected.onchain.balance = projected.onchain.balance.saturating_add(deposit.amount);
+        projected
+            .check_voucher(voucher.max_claimable_amount, price)
+            .map_err(|mut r| {
+                // A corrective 402 reports the channel as it is, not as it would be.
+                if let Detail::CumulativeMismatch(m) = &mut r.detail {
+                    m.state.balance = m.state.balance.saturating_sub(deposit.amount);
+                }
+                self.reject(resource, price, &r)
+            })?;
+        let outcome = chain
+            .deposit(&checked.config, deposit.amount, auth)
+            .await
+            .map_err(|f| self.chain_refusal(resource, price, id, f))?;
+        self.inner
+            .ledger
+            .upsert_from_chain(checked.config.clone(), outcome.state, now());
+        let reservation = self
+            .inner
+            .ledger
+            .verify_and_reserve(signed(voucher, id), price)
+            .map_err(|r| self.reject(resource, price, &r))?;
+        Ok(Authorized::Paid(Paid {
+            reservation,
+            deposit: Some((outcome.tx_hash, outcome.amount)),
+        }))
+    }
+
+    async fn refund(
+        &self,
+        checked: Checked,
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<Authorized, Refusal> {
+        let id = checked.channel_id;
+        let BatchPayload::Refund {
+            voucher, amount, ..
+        } = &checked.payload
+        else {
+            return Err(self.refuse(resource, price, Some(Reason::PayloadType), String::new()));
+        };
+        self.ensure_known(&checked, price, resource).await?;
+        let Some(chain) = self.inner.chain.clone() else {
+            let reject = Reject::new(Reason::RefundSimulationFailed, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        };
+        let ledger = &self.inner.ledger;
+        if ledger.is_held(&id) {
+            return Err(self.reject(resource, price, &Reject::new(Reason::ChannelBusy, Some(id))));
+        }
+        let verified = self
+            .verify_signature(&checked.config, voucher, id)
+            .map_err(|r| self.reject(resource, price, &r))?;
+        let snapshot = ledger
+            .check_refund_voucher(&verified)
+            .map_err(|r| self.reject(resource, price, &r))?;
+        let refundable = snapshot.balance.saturating_sub(snapshot.charged);
+        if refundable == 0 {
+            let reject = Reject::new(Reason::RefundNoBalance, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        }
+        let amount = amount.unwrap_or(refundable);
+        if amount > refundable {
+            let reject = Reject::new(Reason::RefundAmountInvalid, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        }
+        let claim = ledger.claimable().into_iter().find(|c| c.channel_id == id);
+        let outcome = chain
+            .refund(&checked.config, amount, claim.as_ref())
+            .await
+            .map_err(|f| self.chain_refusal(resource, price, id, f))?;
+        let after = ledger
+            .refresh(&id, outcome.state, now())
+            .map_err(|r| self.reject(resource, price, &r))?;
+        if amount == refundable {
+            // Nothing left to spend: forget the channel, as the stock server does.
+            if let Ok(record) = ledger.remove(&id) {
+                self.forget(id, record.version).await;
+            }
+        }
+        Ok(Authorized::Refunded(offer::refund_response(
+            &self.inner.config,
+            checked.config.payer,
+            &after,
+            outcome.tx_hash,
+            outcome.amount,
+        )))
+    }
+
+    async fn forget(&self, id: ChannelId, version: u64) {
+        if version == 0 {
+            return;
+        }
+        let store = &self.inner.store;
+        let result = match store.remove(id, version).await {
+            Ok(ticket) => store.wait_durable(ticket).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // The refund is on chain; a stale record is re-based from chain on restore.
+            tracing::warn!(channel = %id, error = %e, "removing a refunded channel failed");
+        }
+    }
+
+    fn verify_signature(
+        &self,
+        config: &ChannelConfig,
+        voucher: &VoucherFields,
+        id: ChannelId,
+    ) -> Result<VerifiedVoucher, Reject> {
+        let VoucherSigner::Ecdsa(authorizer) = VoucherSigner::of(config) else {
+            return Err(Reject::with(
+                Reason::VoucherSignature,
+                Some(id),
+                Detail::Erc1271Required,
+            ));
+        };
+        signed(voucher, id)
+            .verify_ecdsa(self.domain(), authorizer)
+            .map_err(|fault| Reject::signature(Some(id), fault))
+    }
+
+    fn refuse(
+        &self,
+        resource: &ResourceInfo,
+        price: u128,
+        reason: Option<Reason>,
+        message: String,
+    ) -> Refusal {
+        Refusal {
+            status: StatusCode::PAYMENT_REQUIRED,
+            reason,
+            message,
+            required: Some(self.payment_required(resource, price, reason)),
+            response: None,
+        }
+    }
+
+    /// A ledger rejection as a 402; a cumulative mismatch carries the corrective state.
+    fn reject(&self, resource: &ResourceInfo, price: u128, reject: &Reject) -> Refusal {
+        let mut required = self.payment_required(resource, price, Some(reject.reason));
+        if let Detail::CumulativeMismatch(m) = &reject.detail {
+            offer::add_corrective(&mut required, m);
+        }
+        Refusal {
+            status: StatusCode::PAYMENT_REQUIRED,
+            reason: Some(reject.reason),
+            message: reject.to_string(),
+            required: Some(required),
+            response: None,
+        }
+    }
+
+    fn chain_refusal(
+        &self,
+        resource: &ResourceInfo,
+        price: u128,
+        id: ChannelId,
+        failure: ChainFailure,
+    ) -> Refusal {
+        tracing::warn!(channel = %id, reason = %failure.reason, "{}", failure.message);
+        let mut refusal = self.reject(resource, price, &Reject::new(failure.reason, Some(id)));
+        refusal.message = failure.message;
+        refusal
+    }
+
+    /// A failure after the handler ran: 500 with a failed `PAYMENT-RESPONSE`.
+    fn failure(&self, status: StatusCode, reject: &Reject) -> Refusal {
+        Refusal {
+            status,
+            reason: Some(reject.reason),
+            message: reject.to_string(),
+            required: None,
+            response: Some(failed_response(&self.inner.config, reject)),
+        }
+    }
+}
+
+fn signed(v: &VoucherFields, id: ChannelId) -> SignedVoucher {
+    SignedVoucher {
+        channel_id: id,
+        max_claimable: v.max_claimable_amount,
+        signature: v.signature.clone(),
+    }
+}

@@ -1,0 +1,145 @@
+//! Building the messages the server sends: the offer, the 402, and `PAYMENT-RESPONSE`.
+
+use alloy_primitives::{Address, B256};
+use serde_json::{Map, Value};
+
+use crate::engine::EngineConfig;
+use crate::ledger::{ChannelSnapshot, Mismatch, Receipt, Reject};
+use crate::wire::{
+    BATCH_SETTLEMENT, ChannelStateWire, PaymentRequired, PaymentRequirements, PaymentResponseExtra,
+    ResourceInfo, SettleResponse, VoucherStateWire, X402_VERSION,
+};
+
+/// Our `accepts[]` entry for maximum price `price`.
+pub(crate) fn requirements(c: &EngineConfig, price: u128) -> PaymentRequirements {
+    let mut extra = c.extra.clone();
+    extra.insert("name".into(), Value::String(c.asset_name.clone()));
+    extra.insert("version".into(), Value::String(c.asset_version.clone()));
+    extra.insert(
+        "receiverAuthorizer".into(),
+        Value::String(c.receiver_authorizer.to_checksum(None)),
+    );
+    extra.insert("withdrawDelay".into(), Value::from(c.withdraw_delay));
+    PaymentRequirements {
+        scheme: BATCH_SETTLEMENT.into(),
+        network: c.network.to_string(),
+        amount: price.to_string(),
+        asset: c.asset.to_checksum(None),
+        pay_to: c.pay_to.to_checksum(None),
+        max_timeout_seconds: c.max_timeout_seconds,
+        extra,
+    }
+}
+
+pub(crate) fn payment_required(
+    resource: &ResourceInfo,
+    offer: PaymentRequirements,
+    error: Option<String>,
+) -> PaymentRequired {
+    PaymentRequired {
+        x402_version: X402_VERSION,
+        error: Some(error.unwrap_or_else(|| "Payment required".into())),
+        resource: resource.clone(),
+        accepts: vec![offer],
+        extensions: None,
+    }
+}
+
+/// The spec's `channelState` object for a snapshot.
+pub fn channel_state_wire(s: &ChannelSnapshot) -> ChannelStateWire {
+    ChannelStateWire {
+        channel_id: s.channel_id.0,
+        balance: s.balance,
+        total_claimed: s.total_claimed,
+        withdraw_requested_at: s.withdraw_requested_at,
+        refund_nonce: s.refund_nonce,
+        charged_cumulative_amount: Some(s.charged),
+    }
+}
+
+/// Adds `channelState` and `voucherState` to the offer of a corrective 402.
+pub(crate) fn add_corrective(required: &mut PaymentRequired, m: &Mismatch) {
+    let state = serde_json::to_value(channel_state_wire(&m.state)).unwrap_or(Value::Null);
+    let voucher = m.last_voucher.as_ref().map(|v| VoucherStateWire {
+        signed_max_claimable: Some(v.signed_max_claimable),
+        signature: Some(v.signature.clone()),
+    });
+    for offer in &mut required.accepts {
+        offer.extra.insert("channelState".into(), state.clone());
+        if let Some(v) = &voucher {
+            offer.extra.insert(
+                "voucherState".into(),
+                serde_json::to_value(v).unwrap_or(Value::Null),
+            );
+        }
+    }
+}
+
+/// `PAYMENT-RESPONSE` of a paid request (voucher, or deposit + voucher).
+pub(crate) fn paid_response(
+    c: &EngineConfig,
+    receipt: &Receipt,
+    deposit: Option<(B256, u128)>,
+) -> SettleResponse {
+    let (transaction, amount) = match deposit {
+        Some((tx, amount)) => (tx.to_string(), amount.to_string()),
+        None => (String::new(), String::new()),
+    };
+    SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(receipt.payer.to_checksum(None)),
+        transaction,
+        network: c.network.to_string(),
+        amount: Some(amount),
+        extra: Some(PaymentResponseExtra {
+            charged_amount: Some(receipt.charged_amount),
+            channel_state: Some(channel_state_wire(&receipt.snapshot)),
+            voucher_state: None,
+            other: Map::new(),
+        }),
+        extensions: None,
+    }
+}
+
+/// `PAYMENT-RESPONSE` of a cooperative refund: no `chargedAmount`.
+pub(crate) fn refund_response(
+    c: &EngineConfig,
+    payer: Address,
+    after: &ChannelSnapshot,
+    tx: B256,
+    refunded: u128,
+) -> SettleResponse {
+    SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(payer.to_checksum(None)),
+        transaction: tx.to_string(),
+        network: c.network.to_string(),
+        amount: Some(refunded.to_string()),
+        extra: Some(PaymentResponseExtra {
+            charged_amount: None,
+            channel_state: Some(channel_state_wire(after)),
+            voucher_state: None,
+            other: Map::new(),
+        }),
+        extensions: None,
+    }
+}
+
+/// A failed `PAYMENT-RESPONSE` (nothing was charged).
+pub fn failed_response(c: &EngineConfig, reject: &Reject) -> SettleResponse {
+    SettleResponse {
+        success: false,
+        error_reason: Some(reject.reason.as_str().into()),
+        error_message: Some(reject.to_string()),
+        payer: None,
+        transaction: String::new(),
+        network: c.network.to_string(),
+        amount: None,
+        extra: None,
+        extensions: None,
+    }
+}
