@@ -20,6 +20,7 @@
 //! | [`chain`] | contract bindings from the artifacts, [`chain::tx::TxSender`] (nonces, fees, replacement) |
 //! | [`demo`] | `x402-upto demo`: crawler scenario, batched claims, sweep, reconciled summary |
 //! | [`devnet`] | a local anvil with the contracts deployed and funded accounts (tests, demo) |
+//! | [`settlement`] | claim journal, claim/sweep scheduler, loading channels from chain |
 //! | [`telemetry`] | metric names, the Prometheus exporter, the tracing subscriber |
 //! | [`engine`] | the payment logic of a request, independent of HTTP: offer, checks, settle, deposits, refunds |
 //! | [`server`] | the axum/tower `PaymentLayer` over the engine, and the `Charge` handle |
@@ -69,6 +70,7 @@ pub mod error;
 pub mod ledger;
 pub mod reason;
 pub mod server;
+pub mod settlement;
 pub mod store;
 pub mod telemetry;
 pub mod typed_data;

@@ -1,0 +1,401 @@
+//! The claim and sweep scheduler.
+//!
+//! One task owns all claiming, so batches never race each other for the same channel. Each
+//! round: reconcile whatever the journal still holds, pick the due channels, claim them in
+//! batches of at most [`SettlementConfig::batch_size`] (journal first, then send), apply the
+//! mined totals to the ledger. A batch whose simulation fails is split in halves until the
+//! failing channel is isolated; that channel then waits [`SettlementConfig::retry_backoff`]
+//! while the others are claimed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::Address;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::chain::escrow::{ChainError, EscrowClient};
+use crate::chain::tx::TxError;
+use crate::ledger::{Claimable, Ledger};
+use crate::settlement::journal::{ClaimJournal, JournalEntry};
+use crate::settlement::{sync_all, unclaimed_of, unix_now};
+use crate::telemetry;
+use crate::typed_data::ChannelId;
+
+/// When to claim and sweep.
+#[derive(Clone, Debug)]
+pub struct SettlementConfig {
+    /// Claim a channel as soon as its unclaimed charge reaches this (atomic units).
+    pub claim_threshold: u128,
+    /// Claim every channel with any unclaimed charge at least this often.
+    pub claim_interval: Duration,
+    /// Channels per `claimWithSignature` (the contract's gas per row is in `docs/gas.md`).
+    pub batch_size: usize,
+    /// Sweep claimed funds to the receivers this often.
+    pub settle_interval: Duration,
+    /// How often the scheduler looks at thresholds when nobody wakes it.
+    pub tick: Duration,
+    /// A channel whose claim fails simulation on its own is retried after this long.
+    pub retry_backoff: Duration,
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        Self {
+            claim_threshold: 1_000_000, // 1 USDC
+            claim_interval: Duration::from_secs(3_600),
+            batch_size: 100,
+            settle_interval: Duration::from_secs(3_600),
+            tick: Duration::from_secs(5),
+            retry_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one claim round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Journal batches reconciled with chain before the round.
+    pub reconciled: usize,
+    /// Claim transactions mined.
+    pub batches: usize,
+    /// Rows in those transactions.
+    pub rows: usize,
+    /// Sum added to on-chain `totalClaimed` per the ledger's mirror before the round.
+    pub claimed: u128,
+    /// Gas used by those transactions.
+    pub gas_used: u64,
+    /// Rows not claimed this round (failed alone, or their batch's fate is unknown).
+    pub failed_rows: usize,
+}
+
+/// The scheduler's state; shared by the task and the handle.
+#[derive(Debug)]
+pub struct Settlement {
+    ledger: Ledger,
+    client: Arc<EscrowClient>,
+    journal: ClaimJournal,
+    config: SettlementConfig,
+    wake: Arc<Notify>,
+    timers: Mutex<Timers>,
+}
+
+#[derive(Debug)]
+struct Timers {
+    last_claim_round: Instant,
+    last_settle: Instant,
+    backoff: HashMap<ChannelId, Instant>,
+}
+
+impl Settlement {
+    /// A scheduler for `ledger`'s channels that name `client`'s key as receiver authorizer.
+    pub fn new(
+        ledger: Ledger,
+        client: Arc<EscrowClient>,
+        journal: ClaimJournal,
+        config: SettlementConfig,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            ledger,
+            client,
+            journal,
+            config,
+            wake: Arc::new(Notify::new()),
+            timers: Mutex::new(Timers {
+                last_claim_round: now,
+                last_settle: now,
+                backoff: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The journal (tests and tooling inspect it).
+    pub fn journal(&self) -> &ClaimJournal {
+        &self.journal
+    }
+
+    /// The config.
+    pub fn config(&self) -> &SettlementConfig {
+        &self.config
+    }
+
+    /// Reconciles every open journal batch with chain: reads each journalled channel's
+    /// state, applies it to the ledger, and closes the batch once every read succeeded.
+    /// Rows still below their intended total stay claimable in the ledger and go out with
+    /// the next round. Returns the number of batches closed.
+    pub async fn reconcile(&self) -> Result<usize, ChainError> {
+        let open = match self.journal.open_batches() {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::error!(error = %e, "claim journal unreadable");
+                return Ok(0);
+            }
+        };
+        let mut closed = 0;
+        for entry in open {
+            self.reconcile_entry(&entry).await?;
+            if let Err(e) = self.journal.finish(entry.id) {
+                tracing::error!(batch = entry.id, error = %e, "closing journal batch failed");
+            }
+            closed += 1;
+        }
+        Ok(closed)
+    }
+
+    async fn reconcile_entry(&self, entry: &JournalEntry) -> Result<(), ChainError> {
+        let mut below = 0;
+        for row in &entry.rows {
+            let state = self.client.channel_state(row.channel_id).await?;
+            let now = unix_now();
+            if self.ledger.refresh(&row.channel_id, state, now).is_err() {
+                self.ledger
+                    .upsert_from_chain(row.config.clone(), state, now);
+            }
+            if state.total_claimed < row.claim_total {
+                below += 1;
+            }
+        }
+        tracing::info!(batch = entry.id, state = ?entry.state, rows = entry.rows.len(), below, txs = ?entry.tx_hashes, "journal batch reconciled with chain");
+        Ok(())
+    }
+
+    /// The channels due for a claim now, most urgent first.
+    fn due(&self, all: bool) -> Vec<Claimable> {
+        let ours = self.client.receiver_authorizer();
+        let now = Instant::now();
+        let timers = self.timers.lock();
+        let mut rows: Vec<Claimable> = self
+            .ledger
+            .claimable()
+            .into_iter()
+            .filter(|r| Some(r.config.receiverAuthorizer) == ours)
+            .filter(|r| timers.backoff.get(&r.channel_id).is_none_or(|t| *t <= now))
+            .filter(|r| {
+                all || r.withdraw_requested_at != 0
+                    || r.claim_total.saturating_sub(r.onchain_total_claimed)
+                        >= self.config.claim_threshold
+            })
+            .collect();
+        rows.sort_by_key(|r| {
+            (
+                r.withdraw_requested_at == 0,
+                std::cmp::Reverse(r.claim_total.saturating_sub(r.onchain_total_claimed)),
+            )
+        });
+        rows
+    }
+
+    /// One round: reconcile the journal, then claim what is due (`all`: everything with an
+    /// unclaimed charge, as when the claim interval has passed).
+    pub async fn claim_round(&self, all: bool) -> RoundReport {
+        let mut report = RoundReport::default();
+        match self.reconcile().await {
+            Ok(n) => report.reconciled = n,
+            Err(e) => {
+                // Chain unreachable: claiming would fail too; the journal waits for the next round.
+                tracing::warn!(error = %e, "journal reconciliation deferred");
+                return report;
+            }
+        }
+        let all = all || {
+            let t = self.timers.lock();
+            t.last_claim_round.elapsed() >= self.config.claim_interval
+        };
+        let rows = self.due(all);
+        if all {
+            self.timers.lock().last_claim_round = Instant::now();
+        }
+        for chunk in rows.chunks(self.config.batch_size.max(1)) {
+            self.claim_batch(chunk.to_vec(), &mut report).await;
+        }
+        let unclaimed = unclaimed_of(&self.ledger.claimable());
+        metrics::gauge!(telemetry::UNCLAIMED).set(unclaimed as f64);
+        report
+    }
+
+    /// Journals, sends and applies one batch; on a simulation failure splits it.
+    async fn claim_batch(&self, rows: Vec<Claimable>, report: &mut RoundReport) {
+        let mut stack = vec![rows];
+        while let Some(rows) = stack.pop() {
+            if rows.is_empty() {
+                continue;
+            }
+            let id = match self.journal.begin(&rows, unix_now()) {
+                Ok(id) => id,
+                Err(e) => {
+                    // Without a durable journal entry we do not send.
+                    tracing::error!(error = %e, "journal write failed; claim not sent");
+                    report.failed_rows += rows.len();
+                    continue;
+                }
+            };
+            match self.client.claim(&rows).await {
+                Ok(out) => {
+                    let now = unix_now();
+                    for row in &rows {
+                        let _ = self
+                            .ledger
+                            .apply_claim(&row.channel_id, row.claim_total, now);
+                        let waited = now.saturating_sub(row_time(&self.ledger, row));
+                        metrics::histogram!(telemetry::SETTLEMENT_LATENCY).record(waited as f64);
+                    }
+                    if let Err(e) = self.journal.finish(id) {
+                        tracing::error!(batch = id, error = %e, "closing journal batch failed");
+                    }
+                    metrics::counter!(telemetry::CLAIM_BATCHES).increment(1);
+                    metrics::histogram!(telemetry::CLAIM_GAS).record(out.gas_used as f64);
+                    metrics::histogram!(telemetry::CLAIM_ROWS).record(rows.len() as f64);
+                    report.batches += 1;
+                    report.rows += rows.len();
+                    report.claimed += unclaimed_of(&rows);
+                    report.gas_used += out.gas_used;
+                }
+                Err(e) if e.nothing_sent() => {
+                    let _ = self.journal.finish(id);
+                    if rows.len() > 1 {
+                        tracing::warn!(rows = rows.len(), error = %e, reason = %e.reason(), "claim batch failed simulation; splitting");
+                        let mut left = rows;
+                        let right = left.split_off(left.len() / 2);
+                        stack.push(right);
+                        stack.push(left);
+                    } else {
+                        for row in &rows {
+                            tracing::error!(channel = %row.channel_id, claim_total = row.claim_total, error = %e, reason = %e.reason(), "claim failed simulation; backing off");
+                            self.timers
+                                .lock()
+                                .backoff
+                                .insert(row.channel_id, Instant::now() + self.config.retry_backoff);
+                        }
+                        report.failed_rows += rows.len();
+                    }
+                }
+                Err(e) => {
+                    // May or may not be mined: keep the batch journalled as sent; the next
+                    // round reads chain state back before anything is re-sent.
+                    let hashes = match &e {
+                        ChainError::Tx { source, .. } => match source.as_ref() {
+                            TxError::Timeout { hashes, .. } => hashes.clone(),
+                            TxError::Reverted { hash, .. } => vec![*hash],
+                            _ => Vec::new(),
+                        },
+                        _ => Vec::new(),
+                    };
+                    if let Err(je) = self.journal.mark_sent(id, &hashes) {
+                        tracing::error!(batch = id, error = %je, "journal update failed");
+                    }
+                    tracing::warn!(batch = id, rows = rows.len(), error = %e, reason = %e.reason(), "claim batch outcome unknown; will reconcile");
+                    report.failed_rows += rows.len();
+                }
+            }
+        }
+    }
+
+    /// Sweeps every (receiver, token) pair of our channels. Returns the amount swept.
+    pub async fn settle_round(&self) -> Result<u128, ChainError> {
+        let ours = self.client.receiver_authorizer();
+        let pairs: BTreeSet<(Address, Address)> = self
+            .ledger
+            .records()
+            .into_iter()
+            .filter(|r| Some(r.config.receiverAuthorizer) == ours)
+            .map(|r| (r.config.receiver, r.config.token))
+            .collect();
+        let mut total = 0u128;
+        for (receiver, token) in pairs {
+            let out = self.client.settle(receiver, token).await?;
+            if out.tx_hash.is_some() {
+                metrics::counter!(telemetry::SETTLES).increment(1);
+                metrics::counter!(telemetry::SETTLED)
+                    .increment(u64::try_from(out.amount).unwrap_or(u64::MAX));
+            }
+            total = total.saturating_add(out.amount);
+        }
+        self.timers.lock().last_settle = Instant::now();
+        Ok(total)
+    }
+
+    /// Wakes the scheduler for a round now (a withdrawal was seen, or at shutdown).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts the scheduler task: reconcile the journal, re-read every channel (a
+    /// withdrawal may have started while we were down), claim what is due at once, then
+    /// loop on ticks and wake-ups.
+    pub fn spawn(self) -> SettlementHandle {
+        let inner = Arc::new(self);
+        let stop = CancellationToken::new();
+        let task = {
+            let inner = Arc::clone(&inner);
+            let stop = stop.clone();
+            tokio::spawn(async move { inner.run(stop).await })
+        };
+        SettlementHandle { inner, stop, task }
+    }
+
+    async fn run(&self, stop: CancellationToken) {
+        let (synced, err) = sync_all(&self.ledger, &self.client).await;
+        tracing::info!(synced, failed = err.is_some(), "settlement started");
+        loop {
+            let report = self.claim_round(false).await;
+            if report.batches > 0 || report.failed_rows > 0 {
+                tracing::info!(?report, "claim round");
+            }
+            let settle_due =
+                self.timers.lock().last_settle.elapsed() >= self.config.settle_interval;
+            if settle_due && let Err(e) = self.settle_round().await {
+                tracing::warn!(error = %e, "settle failed; retrying next interval");
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.tick) => {}
+            }
+        }
+    }
+}
+
+/// When the row's latest charge was made (for the latency metric).
+fn row_time(ledger: &Ledger, row: &Claimable) -> u64 {
+    ledger
+        .record(&row.channel_id)
+        .map(|r| r.last_request_at)
+        .unwrap_or(0)
+}
+
+/// A running scheduler.
+#[derive(Debug)]
+pub struct SettlementHandle {
+    inner: Arc<Settlement>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl SettlementHandle {
+    /// Makes the scheduler run a round now (e.g. the watcher or the HTTP layer saw a
+    /// withdrawal being initiated).
+    pub fn wake(&self) {
+        self.inner.wake();
+    }
+
+    /// The `Notify` behind [`Self::wake`], for components that only need to wake it.
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.wake)
+    }
+
+    /// The scheduler itself (forced rounds, journal inspection).
+    pub fn settlement(&self) -> &Arc<Settlement> {
+        &self.inner
+    }
+
+    /// Stops the task after its current round.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
