@@ -151,6 +151,7 @@ async fn malformed_and_hostile_payments_are_refused_without_any_state_change() {
     let mut deposit_a = f.deposit_payload(&a, 1400, 5000);
     deposit_a["payload"]["deposit"]["authorization"] = json!({});
     let deposit_zero = f.deposit_payload(&a, 1400, 0);
+    let deposit_ok = f.deposit_payload(&a, 1400, 5000);
     let unknown = f.config(9);
 
     let p402 = StatusCode::PAYMENT_REQUIRED;
@@ -200,6 +201,9 @@ async fn malformed_and_hostile_payments_are_refused_without_any_state_change() {
         ("smart-wallet channel", encode_header(&f.payload(1000, json!({"type": "voucher", "channelConfig": config_json(&e), "voucher": f.voucher_json(&e, 1000)}))), p402, "invalid_batch_settlement_evm_voucher_signature"),
         ("channel busy", encode_header(&f.voucher_payload(&h, 1000)), p402, "invalid_batch_settlement_evm_channel_busy"),
         ("deposit without an ERC-3009 authorization", encode_header(&deposit_a), p402, "invalid_batch_settlement_evm_erc3009_authorization_required"),
+        ("ERC-3009 authorization expired", with(&deposit_ok, set("payload/deposit/authorization/erc3009Authorization/validBefore", json!("1"))), p402, "invalid_batch_settlement_evm_payload_authorization_valid_before"),
+        ("ERC-3009 authorization not yet valid", with(&deposit_ok, set("payload/deposit/authorization/erc3009Authorization/validAfter", json!("99999999998"))), p402, "invalid_batch_settlement_evm_payload_authorization_valid_after"),
+        ("deposit with a forged voucher", with(&deposit_ok, set("payload/voucher/signature", json!(forged))), p402, "invalid_batch_settlement_evm_voucher_signature"),
         ("zero deposit", encode_header(&deposit_zero), p402, "invalid_batch_settlement_evm_deposit_payload"),
         ("deposit without deposit", with(&deposit_zero, remove("payload/deposit")), p402, "invalid_batch_settlement_evm_deposit_payload"),
         ("refund amount zero", with(&refund_a, set("payload/amount", json!("0"))), p402, "invalid_batch_settlement_evm_refund_amount_invalid"),

@@ -60,3 +60,72 @@ pub trait ChainAccess: Send + Sync + fmt::Debug + 'static {
         claim: Option<&'a Claimable>,
     ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>>;
 }
+
+/// The settlement engineer's escrow client, as the engine's chain access.
+impl ChainAccess for crate::chain::escrow::EscrowClient {
+    fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
+        Box::pin(async move {
+            crate::chain::escrow::EscrowClient::channel_state(self, id)
+                .await
+                .map_err(failure)
+        })
+    }
+
+    fn deposit<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        authorization: &'a Erc3009Authorization,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        Box::pin(async move {
+            let auth = crate::chain::escrow::Erc3009Deposit {
+                valid_after: authorization.valid_after,
+                valid_before: authorization.valid_before,
+                salt: authorization.salt,
+                signature: authorization.signature.clone(),
+            };
+            let out = self
+                .deposit_erc3009(config, amount, &auth)
+                .await
+                .map_err(failure)?;
+            Ok(ChainOutcome {
+                tx_hash: out.tx_hash,
+                amount,
+                state: out.state,
+            })
+        })
+    }
+
+    fn refund<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        claim: Option<&'a Claimable>,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        Box::pin(async move {
+            let out = crate::chain::escrow::EscrowClient::refund(self, config, amount, claim)
+                .await
+                .map_err(failure)?;
+            Ok(ChainOutcome {
+                tx_hash: out.tx_hash,
+                amount: out.refunded,
+                state: out.state,
+            })
+        })
+    }
+}
+
+fn failure(e: crate::chain::escrow::ChainError) -> ChainFailure {
+    // The full cause chain, bounded: revert data can be long.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ChainFailure {
+        reason: e.reason(),
+        message: message.chars().take(500).collect(),
+    }
+}

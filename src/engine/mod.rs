@@ -338,8 +338,18 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::Erc3009AuthorizationRequired, Some(id));
             return Err(self.reject(resource, price, &reject));
         };
-        // Everything that can be checked before spending gas is checked first: the voucher
-        // signature, and the voucher against the channel as it will be after the deposit.
+        // Everything that can be checked before spending gas is checked first: the ERC-3009
+        // validity window, the voucher signature, and the voucher against the channel as it
+        // will be after the deposit.
+        let t = alloy_primitives::U256::from(now());
+        if auth.valid_after > t {
+            let reject = Reject::new(Reason::PayloadAuthorizationValidAfter, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        }
+        if auth.valid_before <= t {
+            let reject = Reject::new(Reason::PayloadAuthorizationValidBefore, Some(id));
+            return Err(self.reject(resource, price, &reject));
+        }
         self.verify_signature(&checked.config, voucher, id)
             .map_err(|r| self.reject(resource, price, &r))?;
         let mut projected = match self.inner.ledger.record(&id) {

@@ -127,20 +127,32 @@ struct ChargeQuery {
 
 impl Fixture {
     pub async fn new() -> Self {
+        let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
+        let chain = Arc::new(MockChain::default());
+        *chain.domain.lock() = Some(domain.clone());
+        let access = chain.clone() as Arc<dyn ChainAccess>;
+        Self::with(
+            engine_config(),
+            domain,
+            access,
+            chain,
+            PrivateKeySigner::random(),
+        )
+    }
+
+    /// A fixture over any chain access (the anvil tests pass the real escrow client).
+    pub fn with(
+        config: EngineConfig,
+        domain: EscrowDomain,
+        access: Arc<dyn ChainAccess>,
+        chain: Arc<MockChain>,
+        payer: PrivateKeySigner,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group)).unwrap(),
         );
-        let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
-        let chain = Arc::new(MockChain::default());
-        *chain.domain.lock() = Some(domain.clone());
-        let engine = Engine::new(
-            engine_config(),
-            Ledger::new(domain),
-            store,
-            Some(chain.clone() as Arc<dyn ChainAccess>),
-        )
-        .unwrap();
+        let engine = Engine::new(config, Ledger::new(domain), store, Some(access)).unwrap();
         let handler_runs = Arc::new(AtomicUsize::new(0));
         let runs = handler_runs.clone();
         let paid = get(
@@ -175,7 +187,7 @@ impl Fixture {
             engine,
             chain,
             app,
-            payer: PrivateKeySigner::random(),
+            payer,
             handler_runs,
             dir,
         }
@@ -237,13 +249,24 @@ impl Fixture {
     }
 
     pub fn deposit_payload(&self, config: &ChannelConfig, max: u128, amount: u128) -> Value {
+        let auth = json!({"validAfter": "0", "validBefore": "99999999999",
+                          "salt": B256::repeat_byte(9), "signature": format!("0x{}", "11".repeat(65))});
+        self.deposit_payload_with(config, max, amount, auth)
+    }
+
+    pub fn deposit_payload_with(
+        &self,
+        config: &ChannelConfig,
+        max: u128,
+        amount: u128,
+        auth: Value,
+    ) -> Value {
         self.payload(
             PRICE,
             json!({"type": "deposit", "channelConfig": config_json(config),
                    "voucher": self.voucher_json(config, max),
-                   "deposit": {"amount": amount.to_string(), "authorization": {"erc3009Authorization": {
-                       "validAfter": "0", "validBefore": "99999999999", "salt": B256::repeat_byte(9),
-                       "signature": format!("0x{}", "11".repeat(65))}}}}),
+                   "deposit": {"amount": amount.to_string(),
+                               "authorization": {"erc3009Authorization": auth}}}),
         )
     }
 

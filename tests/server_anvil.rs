@@ -1,0 +1,149 @@
+//! The payment layer against the real escrow on anvil: a gasless ERC-3009 deposit submitted
+//! by the server, vouchers, a top-up, a reverted deposit, and a cooperative refund that claims
+//! the charged amount in the same transaction.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "server_support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use alloy_primitives::{B256, U256};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use support::{Fixture, MockChain, engine_config};
+use x402_upto::chain::escrow::EscrowClient;
+use x402_upto::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
+use x402_upto::engine::{ChainAccess, EngineConfig};
+use x402_upto::typed_data::{
+    ChannelConfig, ReceiveWithAuthorization, erc3009_deposit_nonce, sign_receive_with_authorization,
+};
+use x402_upto::wire::Eip155Network;
+
+fn erc3009(net: &Devnet, f: &Fixture, config: &ChannelConfig, amount: u128, salt: u8) -> Value {
+    let id = f.id(config);
+    let salt = B256::repeat_byte(salt);
+    let valid_before = U256::from(4_000_000_000u64);
+    let auth = ReceiveWithAuthorization {
+        from: config.payer,
+        to: net.collector,
+        value: U256::from(amount),
+        validAfter: U256::ZERO,
+        validBefore: valid_before,
+        nonce: erc3009_deposit_nonce(id, salt),
+    };
+    let sig = sign_receive_with_authorization(&f.payer, &net.token_domain(), &auth).unwrap();
+    json!({"validAfter": "0", "validBefore": valid_before.to_string(), "salt": salt,
+           "signature": format!("0x{}", hex::encode(sig.as_bytes()))})
+}
+
+async fn setup() -> (Devnet, Fixture) {
+    let net = Devnet::start().await.expect("anvil (run scripts/tools.sh)");
+    let authorizer = net.key(2).unwrap();
+    let payer = net.key(3).unwrap();
+    let client = EscrowClient::new(
+        net.provider.clone(),
+        net.escrow,
+        net.collector,
+        Arc::new(net.tx_sender(net.key(1).unwrap())),
+        Some(authorizer.clone()),
+        net.domain(),
+    );
+    net.mint(payer.address(), 1_000_000).await.unwrap();
+    let config = EngineConfig {
+        network: Eip155Network(net.chain_id),
+        pay_to: net.key(7).unwrap().address(),
+        asset: net.token,
+        asset_name: TOKEN_NAME.into(),
+        asset_version: TOKEN_VERSION.into(),
+        receiver_authorizer: authorizer.address(),
+        ..engine_config()
+    };
+    let access: Arc<dyn ChainAccess> = Arc::new(client);
+    let f = Fixture::with(
+        config,
+        net.domain(),
+        access,
+        Arc::new(MockChain::default()),
+        payer,
+    );
+    (net, f)
+}
+
+#[tokio::test]
+async fn a_gasless_deposit_vouchers_and_a_refund_settle_on_chain() {
+    let (net, f) = setup().await;
+    let config = f.config(1);
+    let id = f.id(&config);
+    let payer = config.payer;
+    let start = net.balance_of(payer).await.unwrap();
+
+    let p = f.deposit_payload_with(&config, 1000, 10_000, erc3009(&net, &f, &config, 10_000, 1));
+    let a = f.send("/paid?charge=300", &p).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let r = a.settle();
+    assert_eq!(r.amount.as_deref(), Some("10000"));
+    assert_eq!(r.transaction.len(), 66);
+    assert_eq!(net.balance_of(payer).await.unwrap(), start - 10_000);
+    let mut charged = 300u128;
+    for charge in [1000u128, 10, 0, 999] {
+        let a = f
+            .send(
+                &format!("/paid?charge={charge}"),
+                &f.voucher_payload(&config, charged + 1000),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        charged += charge;
+        let extra = a.settle().extra.unwrap();
+        assert_eq!(
+            extra.channel_state.unwrap().charged_cumulative_amount,
+            Some(charged)
+        );
+    }
+    // Top-up: the voucher is checked against balance + deposit.
+    let p = f.deposit_payload_with(
+        &config,
+        charged + 1000,
+        5_000,
+        erc3009(&net, &f, &config, 5_000, 2),
+    );
+    let a = f.send("/paid?charge=1", &p).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    charged += 1;
+    assert_eq!(
+        a.settle().extra.unwrap().channel_state.unwrap().balance,
+        15_000
+    );
+
+    // Reusing a consumed ERC-3009 authorization reverts in simulation: clear 402, no state.
+    let before = f.state().await;
+    let p = f.deposit_payload_with(
+        &config,
+        charged + 1000,
+        5_000,
+        erc3009(&net, &f, &config, 5_000, 2),
+    );
+    let a = f.send("/paid", &p).await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        a.reason(),
+        "invalid_batch_settlement_evm_deposit_simulation_failed",
+        "{:?}",
+        a.body
+    );
+    assert_eq!(f.state().await, before);
+
+    // Cooperative refund: claims `charged` and returns the rest in one transaction.
+    let a = f
+        .send("/paid", &f.refund_payload(&config, charged, None))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let r = a.settle();
+    assert_eq!(r.amount, Some((15_000 - charged).to_string()));
+    let cs = r.extra.unwrap().channel_state.unwrap();
+    assert_eq!((cs.balance, cs.total_claimed), (charged, charged));
+    assert_eq!(cs.refund_nonce, U256::from(1));
+    assert_eq!(net.balance_of(payer).await.unwrap(), start - charged);
+    assert!(f.engine.ledger().snapshot(&id).is_none());
+}
