@@ -1,0 +1,61 @@
+//! The stock `@x402/fetch` + `@x402/evm` batch-settlement client pays our server on anvil:
+//! three channels opened by gasless deposits, top-ups, ≥ 100 paid requests, then the SDK's
+//! cooperative refund on every channel; reconciled against on-chain state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "interop_support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Chain, OurServer, node};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_client_pays_our_server_and_refunds() {
+    let t0 = Instant::now();
+    let chain = Chain::start(&[3, 4, 5]).await;
+    let server = OurServer::start(&chain, 1000).await;
+    let summary = node(
+        &[
+            "stock-client.mjs",
+            "--url",
+            &server.url,
+            "--rpc",
+            &chain.rpc,
+            "--keys",
+            "anvil:3,anvil:4,anvil:5",
+            "--requests",
+            "120",
+            "--refund",
+            "--quiet",
+        ],
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    assert_eq!(summary["failed"], 0, "{summary:#}");
+    assert_eq!(summary["requests"], 120, "{summary:#}");
+    let channels = summary["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 3);
+    let mut deposits = 0;
+    for c in channels {
+        let charged: u128 = c["charged"].as_str().map_or_else(
+            || c["charged"].as_u64().map(u128::from).unwrap(),
+            |s| s.parse().unwrap(),
+        );
+        deposits += c["deposits"].as_u64().unwrap();
+        let onchain = &c["onchain"];
+        let total_claimed: u128 = onchain["totalClaimed"].as_str().unwrap().parse().unwrap();
+        let balance: u128 = onchain["balance"].as_str().unwrap().parse().unwrap();
+        // The refund claimed exactly what we charged and returned the rest.
+        assert_eq!(total_claimed, charged, "{c:#}");
+        assert_eq!(balance, charged, "{c:#}");
+    }
+    assert!(deposits > 3, "expected top-ups: {summary:#}");
+    // Every channel was refunded in full, so the server forgot them all.
+    assert!(server.engine.ledger().is_empty());
+    eprintln!(
+        "stock client → our server: 120 requests, {deposits} deposits, 3 refunds in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+}
