@@ -80,7 +80,6 @@ impl Default for DevnetOptions {
 /// A running anvil with the project's contracts deployed. Dropping it stops anvil.
 #[derive(Debug)]
 pub struct Devnet {
-    anvil: AnvilInstance,
     /// Provider whose wallet is the deployer (account 0); also the token minter.
     pub provider: DynProvider,
     /// Chain id (31337).
@@ -92,6 +91,9 @@ pub struct Devnet {
     /// Erc3009DepositCollector bound to `escrow`.
     pub collector: Address,
     keys: Vec<PrivateKeySigner>,
+    /// Last field: fields drop in order, so the provider (and its block poller) goes before
+    /// anvil is killed, and nothing polls a dead endpoint.
+    anvil: AnvilInstance,
 }
 
 /// Token EIP-712 name and version of MockUSDC, as a 402 offer announces them in `extra`.
