@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `journal.rs` | [`ClaimJournal`]: batches written durably before they are sent |
 //! | `scheduler.rs` | [`Settlement`] / [`SettlementHandle`]: when to claim and sweep |
+//! | `watcher.rs` | [`Watcher`]: escrow events → ledger mirror, confirmations, reorgs |
 //!
 //! Policy (see `docs/settlement.md`): a channel is claimed when its unclaimed charge reaches
 //! [`SettlementConfig::claim_threshold`], when [`SettlementConfig::claim_interval`] has passed
@@ -14,9 +15,11 @@
 
 mod journal;
 mod scheduler;
+mod watcher;
 
 pub use journal::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry};
 pub use scheduler::{RoundReport, Settlement, SettlementConfig, SettlementHandle};
+pub use watcher::{PollReport, WatchError, Watcher, WatcherConfig};
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::ledger::{ChannelSnapshot, Claimable, Ledger};
