@@ -24,6 +24,7 @@
 //! | [`telemetry`] | metric names, the Prometheus exporter, the tracing subscriber |
 //! | [`engine`] | the payment logic of a request, independent of HTTP: offer, checks, settle, deposits, refunds |
 //! | [`server`] | the axum/tower `PaymentLayer` over the engine, and the `Charge` handle |
+//! | [`client`] | the paying reqwest client: deposits, vouchers, response checks, corrective resync, refunds |
 //! | [`cli`] | the command line (today only the hidden `internal store-load` used by the crash test) |
 //!
 //! Dependencies point one way: `typed_data → verify → ledger → store`.
@@ -62,6 +63,7 @@
 //! ```
 
 pub mod chain;
+pub mod client;
 pub mod cli;
 pub mod demo;
 pub mod devnet;

@@ -130,6 +130,28 @@ impl Chain {
         }
     }
 
+    /// Anvil with the project's own deployment only (no Node, non-canonical addresses).
+    pub async fn plain(payers: &[usize]) -> Self {
+        let net = Devnet::start().await.expect("anvil (run scripts/tools.sh)");
+        for i in payers {
+            net.mint(net.key(*i).unwrap().address(), 1_000_000_000)
+                .await
+                .unwrap();
+        }
+        let rpc = net
+            .endpoint_url()
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
+        Self {
+            rpc,
+            token: net.token,
+            escrow: net.escrow,
+            collector: net.collector,
+            net,
+        }
+    }
+
     pub fn domain(&self) -> EscrowDomain {
         EscrowDomain::new(self.net.chain_id, self.escrow)
     }

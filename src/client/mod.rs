@@ -1,0 +1,658 @@
+//! A paying HTTP client for `batch-settlement` servers (ours or the stock x402 SDK's).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), x402_upto::client::ClientError> {
+//! use x402_upto::client::{ClientConfig, PayingClient};
+//! let key: alloy::signers::local::PrivateKeySigner = "0x…".parse().unwrap();
+//! let client = PayingClient::new(ClientConfig::new(key).with_state_dir("./channels"));
+//! let answer = client.get("http://127.0.0.1:8080/paid").await?;   // pays on 402
+//! println!("{} cost {:?}", answer.status, answer.charged());
+//! client.refund("http://127.0.0.1:8080/paid", None).await?;        // unspent deposit back
+//! # Ok(()) }
+//! ```
+//!
+//! On a 402 the client picks the `batch-settlement` offer, opens a channel with a gasless
+//! ERC-3009 deposit (`multiplier × price`, at least the offer's `minDeposit`, capped by the
+//! spend limit), and signs one cumulative voucher per request. Every `PAYMENT-RESPONSE` is
+//! checked (charge ≤ max, cumulative = previous + charge, our channel); a server that breaks
+//! a rule is never paid again by this client. A corrective 402 is adopted only when its
+//! `voucherState` carries our own signature over a ceiling covering the claimed charge.
+
+mod state;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alloy::primitives::aliases::U40;
+use alloy::signers::local::PrivateKeySigner;
+use alloy_primitives::{Address, B256, Bytes, U256, address};
+use bytes::Bytes as BodyBytes;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+pub use state::ChannelState;
+
+use crate::reason::Reason;
+use crate::typed_data::{
+    ChannelConfig, ChannelId, EscrowDomain, ReceiveWithAuthorization, erc3009_deposit_nonce,
+    sign_receive_with_authorization, sign_voucher, token_domain,
+};
+use crate::verify::recover_signer;
+use crate::wire::{
+    BATCH_SETTLEMENT, BatchSettlementExtra, ChannelConfigWire, MAX_PAYMENT_HEADER_BYTES,
+    PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, PaymentRequired, PaymentRequirements,
+    SettleResponse, decode_header, encode_header,
+};
+
+/// Escrow address the stock SDK uses on every chain.
+pub const CANONICAL_ESCROW: Address = address!("0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");
+/// ERC-3009 deposit collector address the stock SDK uses on every chain.
+pub const CANONICAL_COLLECTOR: Address = address!("0x4020806089470a89826cB9fB1f4059150b550004");
+
+/// How the client pays.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The payer: owns the deposited tokens and signs ERC-3009 deposits.
+    pub payer: PrivateKeySigner,
+    /// Signs vouchers (`payerAuthorizer`); the payer itself when `None`.
+    pub voucher_signer: Option<PrivateKeySigner>,
+    /// Escrow contract (channel ids and voucher signatures depend on it).
+    pub escrow: Address,
+    /// ERC-3009 deposit collector.
+    pub collector: Address,
+    /// Deposit = `multiplier × price` (at least the offer's `minDeposit`).
+    pub deposit_multiplier: u128,
+    /// Most this client deposits in total per channel.
+    pub spend_limit: u128,
+    /// Channel salt (a new salt is a new channel).
+    pub salt: B256,
+    /// One JSON file per channel here; memory only when `None`.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ClientConfig {
+    /// Defaults: canonical escrow/collector, deposit 10 × price, spend limit 10 USDC (6 dec.).
+    pub fn new(payer: PrivateKeySigner) -> Self {
+        Self {
+            payer,
+            voucher_signer: None,
+            escrow: CANONICAL_ESCROW,
+            collector: CANONICAL_COLLECTOR,
+            deposit_multiplier: 10,
+            spend_limit: 10_000_000,
+            salt: B256::ZERO,
+            state_dir: None,
+        }
+    }
+    /// Keeps channel state in `dir`.
+    pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+    /// Uses another escrow deployment.
+    pub fn with_contracts(mut self, escrow: Address, collector: Address) -> Self {
+        self.escrow = escrow;
+        self.collector = collector;
+        self
+    }
+    /// Delegates voucher signing to `key` (it becomes the channel's `payerAuthorizer`).
+    pub fn with_voucher_signer(mut self, key: PrivateKeySigner) -> Self {
+        self.voucher_signer = Some(key);
+        self
+    }
+    fn voucher_key(&self) -> &PrivateKeySigner {
+        self.voucher_signer.as_ref().unwrap_or(&self.payer)
+    }
+}
+
+/// Why a paid request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Transport.
+    #[error("http")]
+    Http(#[from] reqwest::Error),
+    /// The 402 offers nothing this client can pay.
+    #[error("no batch-settlement offer this client can pay: {0}")]
+    NoOffer(String),
+    /// The server refused the payment.
+    #[error("payment refused with {status}: {reason}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The server's reason code.
+        reason: String,
+        /// Its message, if any.
+        message: String,
+    },
+    /// The server broke a protocol rule; this client no longer pays it.
+    #[error("server {pay_to} broke the protocol: {what}")]
+    ServerCheated {
+        /// The offending receiver.
+        pay_to: String,
+        /// What it did.
+        what: String,
+    },
+    /// A deposit would exceed the spend limit.
+    #[error("deposit of {needed} would exceed the spend limit {limit} (deposited {deposited})")]
+    SpendLimit {
+        /// Deposit needed.
+        needed: u128,
+        /// Already deposited.
+        deposited: u128,
+        /// Limit.
+        limit: u128,
+    },
+    /// No channel to refund.
+    #[error("no open channel for this resource")]
+    NoChannel,
+    /// Local signing failed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+    /// Channel state file.
+    #[error("channel state i/o")]
+    Io(#[from] std::io::Error),
+}
+
+/// A response to a (possibly paid) request.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: reqwest::StatusCode,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body.
+    pub body: BodyBytes,
+    /// The verified `PAYMENT-RESPONSE`, when the request was paid.
+    pub settle: Option<SettleResponse>,
+}
+
+impl Answer {
+    /// What this request cost, when paid.
+    pub fn charged(&self) -> Option<u128> {
+        self.settle
+            .as_ref()
+            .and_then(|s| s.extra.as_ref())
+            .and_then(|e| e.charged_amount)
+    }
+}
+
+/// The paying client. Share one per payer key; channels are serialised per client.
+#[derive(Debug)]
+pub struct PayingClient {
+    http: reqwest::Client,
+    config: ClientConfig,
+    dir: state::StateDir,
+    channels: Mutex<HashMap<ChannelId, ChannelState>>,
+    cheaters: Mutex<HashSet<Address>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One chosen offer and the channel it maps to.
+struct Target {
+    offer: PaymentRequirements,
+    extra: BatchSettlementExtra,
+    price: u128,
+    config: ChannelConfig,
+    id: ChannelId,
+    domain: EscrowDomain,
+    pay_to: Address,
+    resource: Value,
+}
+
+const MAX_ATTEMPTS: usize = 4;
+
+impl PayingClient {
+    /// A client with its own connection pool.
+    pub fn new(config: ClientConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Self::with_http(http, config)
+    }
+
+    /// A client over an existing `reqwest::Client`.
+    pub fn with_http(http: reqwest::Client, config: ClientConfig) -> Self {
+        let dir = state::dir(config.state_dir.as_deref());
+        Self {
+            http,
+            config,
+            dir,
+            channels: Mutex::new(HashMap::new()),
+            cheaters: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Every channel this client knows (memory and state dir).
+    pub fn channels(&self) -> Vec<ChannelState> {
+        let mut all: HashMap<ChannelId, ChannelState> = self
+            .dir
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.channel_id, s))
+            .collect();
+        for (id, s) in self.channels.lock().iter() {
+            all.insert(*id, s.clone());
+        }
+        all.into_values().collect()
+    }
+
+    /// GETs `url`, paying on a 402.
+    pub async fn get(&self, url: &str) -> Result<Answer, ClientError> {
+        let first = self.http.get(url).send().await?;
+        if first.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
+            return answer(first, None).await;
+        }
+        let required = read_required(&first)?;
+        let target = self.target(&required)?;
+        let mut busy_waits = 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (header, deposit) = self.build_payment(&target)?;
+            let res = self
+                .http
+                .get(url)
+                .header(PAYMENT_SIGNATURE, header)
+                .send()
+                .await?;
+            if res.status() == reqwest::StatusCode::PAYMENT_REQUIRED {
+                let again = read_required(&res)?;
+                let reason = again.error.clone().unwrap_or_default();
+                if reason == Reason::ChannelBusy.as_str() && busy_waits < 50 {
+                    busy_waits += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    attempt -= 1;
+                    continue;
+                }
+                if reason == Reason::CumulativeAmountMismatch.as_str() && attempt < MAX_ATTEMPTS {
+                    self.resync(&target, &again)?;
+                    continue;
+                }
+                let message = String::from_utf8_lossy(&res.bytes().await?)
+                    .chars()
+                    .take(300)
+                    .collect();
+                return Err(ClientError::Refused {
+                    status: 402,
+                    reason,
+                    message,
+                });
+            }
+            if !res.status().is_success() {
+                // Nothing was charged (the server releases the channel on a failure).
+                return answer(res, None).await;
+            }
+            let settle = self.check_response(&target, &res, deposit)?;
+            return answer(res, Some(settle)).await;
+        }
+    }
+
+    /// Asks `url`'s server for a cooperative refund of `amount` (everything when `None`).
+    pub async fn refund(
+        &self,
+        url: &str,
+        amount: Option<u128>,
+    ) -> Result<SettleResponse, ClientError> {
+        let first = self.http.get(url).send().await?;
+        if first.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
+            return Err(ClientError::NoOffer(format!(
+                "expected 402, got {}",
+                first.status()
+            )));
+        }
+        let required = read_required(&first)?;
+        let target = self.target(&required)?;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(state) = self.state(&target)? else {
+                return Err(ClientError::NoChannel);
+            };
+            let voucher = self.voucher_json(&target, state.charged)?;
+            let mut payload =
+                json!({"type": "refund", "channelConfig": state.config, "voucher": voucher});
+            if let Some(a) = amount {
+                payload["amount"] = json!(a.to_string());
+            }
+            let res = self
+                .http
+                .get(url)
+                .header(PAYMENT_SIGNATURE, self.envelope(&target, payload))
+                .send()
+                .await?;
+            if res.status() == reqwest::StatusCode::PAYMENT_REQUIRED {
+                let again = read_required(&res)?;
+                let reason = again.error.clone().unwrap_or_default();
+                if reason == Reason::CumulativeAmountMismatch.as_str() && attempt < MAX_ATTEMPTS {
+                    self.resync(&target, &again)?;
+                    continue;
+                }
+                return Err(ClientError::Refused {
+                    status: 402,
+                    reason,
+                    message: String::new(),
+                });
+            }
+            let settle = read_response(&res)?;
+            if !res.status().is_success() || !settle.success {
+                return Err(ClientError::Refused {
+                    status: res.status().as_u16(),
+                    reason: settle.error_reason.unwrap_or_default(),
+                    message: settle.error_message.unwrap_or_default(),
+                });
+            }
+            let cs = settle.extra.as_ref().and_then(|e| e.channel_state.clone());
+            let mut state = state;
+            if let Some(cs) = cs {
+                if cs.channel_id != target.id.0 {
+                    return Err(self.cheated(&target, "refund response for another channel"));
+                }
+                state.balance = cs.balance;
+            }
+            if state.balance <= state.charged {
+                self.channels.lock().remove(&target.id);
+                self.dir.remove(&target.id)?;
+            } else {
+                self.store(state)?;
+            }
+            return Ok(settle);
+        }
+        Err(ClientError::NoChannel)
+    }
+
+    fn target(&self, required: &PaymentRequired) -> Result<Target, ClientError> {
+        let offer = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == BATCH_SETTLEMENT && o.eip155_network().is_some())
+            .ok_or_else(|| ClientError::NoOffer("no batch-settlement eip155 entry".into()))?
+            .clone();
+        let bad = |w: &str| ClientError::NoOffer(w.to_owned());
+        let extra = offer
+            .batch_extra()
+            .map_err(|e| bad(&format!("extra: {e}")))?;
+        let price = offer.amount_u128().ok_or_else(|| bad("amount"))?;
+        let chain_id = offer
+            .eip155_network()
+            .map(|n| n.chain_id())
+            .ok_or_else(|| bad("network"))?;
+        let pay_to: Address = offer.pay_to.parse().map_err(|_| bad("payTo"))?;
+        let token: Address = offer.asset.parse().map_err(|_| bad("asset"))?;
+        if self.cheaters.lock().contains(&pay_to) {
+            return Err(ClientError::ServerCheated {
+                pay_to: pay_to.to_string(),
+                what: "broke the protocol earlier; not paying it again".into(),
+            });
+        }
+        let config = ChannelConfig {
+            payer: self.config.payer.address(),
+            payerAuthorizer: self.config.voucher_key().address(),
+            receiver: pay_to,
+            receiverAuthorizer: extra.receiver_authorizer,
+            token,
+            withdrawDelay: U40::saturating_from(extra.withdraw_delay),
+            salt: self.config.salt,
+        };
+        let domain = EscrowDomain::new(chain_id, self.config.escrow);
+        let id = domain.channel_id(&config);
+        Ok(Target {
+            extra,
+            price,
+            config,
+            id,
+            domain,
+            pay_to,
+            resource: serde_json::to_value(&required.resource).unwrap_or(Value::Null),
+            offer,
+        })
+    }
+
+    fn state(&self, t: &Target) -> Result<Option<ChannelState>, ClientError> {
+        if let Some(s) = self.channels.lock().get(&t.id) {
+            return Ok(Some(s.clone()));
+        }
+        let loaded = self.dir.load(&t.id)?;
+        if let Some(s) = &loaded {
+            self.channels.lock().insert(t.id, s.clone());
+        }
+        Ok(loaded)
+    }
+
+    fn store(&self, s: ChannelState) -> Result<(), ClientError> {
+        self.dir.save(&s)?;
+        self.channels.lock().insert(s.channel_id, s);
+        Ok(())
+    }
+
+    fn fresh(&self, t: &Target) -> ChannelState {
+        ChannelState {
+            channel_id: t.id,
+            network: t.offer.network.clone(),
+            config: wire_config(&t.config),
+            charged: 0,
+            balance: 0,
+            deposited: 0,
+            signed_max: 0,
+            requests: 0,
+        }
+    }
+
+    fn voucher_json(&self, t: &Target, max: u128) -> Result<Value, ClientError> {
+        let sig = sign_voucher(self.config.voucher_key(), &t.domain, t.id, max)
+            .map_err(|e| ClientError::Signing(e.to_string()))?;
+        Ok(
+            json!({"channelId": t.id.0, "maxClaimableAmount": max.to_string(),
+                  "signature": Bytes::from(sig.as_bytes().to_vec())}),
+        )
+    }
+
+    fn envelope(&self, t: &Target, payload: Value) -> String {
+        encode_header(&json!({"x402Version": 2, "accepted": t.offer,
+                              "payload": payload, "resource": t.resource}))
+    }
+
+    /// The `PAYMENT-SIGNATURE` for the next request, and the deposit amount if one is made.
+    fn build_payment(&self, t: &Target) -> Result<(String, Option<u128>), ClientError> {
+        let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
+        let max = state.charged.saturating_add(t.price);
+        let voucher = self.voucher_json(t, max)?;
+        let mut payload =
+            json!({"type": "voucher", "channelConfig": state.config, "voucher": voucher});
+        let mut deposit = None;
+        if max > state.balance {
+            let min_deposit = t
+                .extra
+                .other
+                .get("minDeposit")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<u128>().ok())
+                .unwrap_or(0);
+            let amount = t
+                .price
+                .saturating_mul(self.config.deposit_multiplier)
+                .max(min_deposit)
+                .max(max - state.balance);
+            if state.deposited.saturating_add(amount) > self.config.spend_limit {
+                return Err(ClientError::SpendLimit {
+                    needed: amount,
+                    deposited: state.deposited,
+                    limit: self.config.spend_limit,
+                });
+            }
+            payload["type"] = json!("deposit");
+            payload["deposit"] = json!({"amount": amount.to_string(),
+                "authorization": {"erc3009Authorization": self.erc3009(t, amount)?}});
+            deposit = Some(amount);
+        }
+        state.signed_max = state.signed_max.max(max);
+        self.store(state)?;
+        Ok((self.envelope(t, payload), deposit))
+    }
+
+    fn erc3009(&self, t: &Target, amount: u128) -> Result<Value, ClientError> {
+        let salt = B256::from(rand::random::<[u8; 32]>());
+        let valid_before = U256::from(now() + t.offer.max_timeout_seconds.max(60));
+        let auth = ReceiveWithAuthorization {
+            from: self.config.payer.address(),
+            to: self.config.collector,
+            value: U256::from(amount),
+            validAfter: U256::ZERO,
+            validBefore: valid_before,
+            nonce: erc3009_deposit_nonce(t.id, salt),
+        };
+        let domain = token_domain(
+            &t.extra.name,
+            &t.extra.version,
+            t.domain.chain_id(),
+            t.config.token,
+        );
+        let sig = sign_receive_with_authorization(&self.config.payer, &domain, &auth)
+            .map_err(|e| ClientError::Signing(e.to_string()))?;
+        Ok(
+            json!({"validAfter": "0", "validBefore": valid_before.to_string(), "salt": salt,
+                  "signature": Bytes::from(sig.as_bytes().to_vec())}),
+        )
+    }
+
+    /// Adopts a corrective 402's state only if it proves itself with our own signature.
+    fn resync(&self, t: &Target, required: &PaymentRequired) -> Result<(), ClientError> {
+        let extra = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == BATCH_SETTLEMENT)
+            .and_then(|o| o.batch_extra().ok())
+            .ok_or_else(|| self.cheated(t, "corrective 402 without an offer"))?;
+        let cs = extra
+            .channel_state
+            .ok_or_else(|| self.cheated(t, "corrective 402 without channelState"))?;
+        if cs.channel_id != t.id.0 {
+            return Err(self.cheated(t, "corrective 402 for another channel"));
+        }
+        let charged = cs.charged_cumulative_amount.unwrap_or(cs.total_claimed);
+        let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
+        if charged > state.charged {
+            // The server claims more than we know of: it must show our signature over a
+            // ceiling covering it, or the on-chain claimed amount must.
+            let proven = extra.voucher_state.as_ref().is_some_and(|v| {
+                let (Some(max), Some(sig)) = (v.signed_max_claimable, v.signature.as_ref()) else {
+                    return false;
+                };
+                let digest = t.domain.voucher_digest(t.id, max);
+                max >= charged
+                    && recover_signer(&digest, sig).ok()
+                        == Some(self.config.voucher_key().address())
+            });
+            if !proven && charged > cs.total_claimed {
+                return Err(self.cheated(t, "corrective 402 claims charges we never signed"));
+            }
+        }
+        state.charged = charged;
+        state.balance = cs.balance;
+        self.store(state)
+    }
+
+    fn check_response(
+        &self,
+        t: &Target,
+        res: &reqwest::Response,
+        deposit: Option<u128>,
+    ) -> Result<SettleResponse, ClientError> {
+        let settle = read_response(res)
+            .map_err(|_| self.cheated(t, "paid response without a valid PAYMENT-RESPONSE"))?;
+        let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
+        let extra = settle.extra.clone().unwrap_or_default();
+        let (Some(charged), Some(cs)) = (extra.charged_amount, extra.channel_state) else {
+            return Err(self.cheated(t, "PAYMENT-RESPONSE without chargedAmount/channelState"));
+        };
+        let cumulative = cs.charged_cumulative_amount.unwrap_or(0);
+        let rules = [
+            (settle.success, "success is false on a paid response"),
+            (settle.network == t.offer.network, "network differs"),
+            (
+                cs.channel_id == t.id.0,
+                "channelState is for another channel",
+            ),
+            (charged <= t.price, "charged more than the offered maximum"),
+            (
+                cumulative == state.charged.saturating_add(charged),
+                "cumulative is not previous + charge",
+            ),
+            (
+                cumulative <= state.charged.saturating_add(t.price),
+                "cumulative above the signed voucher",
+            ),
+            (
+                deposit.is_none_or(|d| settle.amount.as_deref() == Some(d.to_string().as_str())),
+                "deposit amount differs",
+            ),
+        ];
+        if let Some((_, what)) = rules.iter().find(|(ok, _)| !ok) {
+            return Err(self.cheated(t, what));
+        }
+        state.charged = cumulative;
+        state.balance = cs.balance;
+        state.deposited = state.deposited.saturating_add(deposit.unwrap_or(0));
+        state.requests += 1;
+        self.store(state)?;
+        Ok(settle)
+    }
+
+    fn cheated(&self, t: &Target, what: &str) -> ClientError {
+        tracing::warn!(pay_to = %t.pay_to, "{what}");
+        self.cheaters.lock().insert(t.pay_to);
+        ClientError::ServerCheated {
+            pay_to: t.pay_to.to_string(),
+            what: what.to_owned(),
+        }
+    }
+}
+
+fn wire_config(c: &ChannelConfig) -> ChannelConfigWire {
+    ChannelConfigWire {
+        payer: c.payer,
+        payer_authorizer: c.payerAuthorizer,
+        receiver: c.receiver,
+        receiver_authorizer: c.receiverAuthorizer,
+        token: c.token,
+        withdraw_delay: c.withdrawDelay.to::<u64>(),
+        salt: c.salt,
+    }
+}
+
+fn read_required(res: &reqwest::Response) -> Result<PaymentRequired, ClientError> {
+    let raw = res
+        .headers()
+        .get(PAYMENT_REQUIRED)
+        .ok_or_else(|| ClientError::NoOffer("402 without PAYMENT-REQUIRED".into()))?;
+    decode_header(raw.as_bytes(), 64 * 1024).map_err(|e| ClientError::NoOffer(e.to_string()))
+}
+
+fn read_response(res: &reqwest::Response) -> Result<SettleResponse, ClientError> {
+    let raw = res
+        .headers()
+        .get(PAYMENT_RESPONSE)
+        .ok_or_else(|| ClientError::NoOffer("no PAYMENT-RESPONSE".into()))?;
+    decode_header(raw.as_bytes(), MAX_PAYMENT_HEADER_BYTES * 4)
+        .map_err(|e| ClientError::NoOffer(e.to_string()))
+}
+
+async fn answer(
+    res: reqwest::Response,
+    settle: Option<SettleResponse>,
+) -> Result<Answer, ClientError> {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.bytes().await?;
+    Ok(Answer {
+        status,
+        headers,
+        body,
+        settle,
+    })
+}

@@ -1,0 +1,110 @@
+//! What the client remembers per channel, kept in one small JSON file per channel.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::typed_data::ChannelId;
+use crate::wire::{ChannelConfigWire, decimal_u128};
+
+/// The client's view of one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelState {
+    /// The channel id.
+    pub channel_id: ChannelId,
+    /// CAIP-2 network.
+    pub network: String,
+    /// Channel parameters.
+    pub config: ChannelConfigWire,
+    /// `chargedCumulativeAmount` as last confirmed by the server.
+    #[serde(with = "decimal_u128")]
+    pub charged: u128,
+    /// On-chain balance as last reported.
+    #[serde(with = "decimal_u128")]
+    pub balance: u128,
+    /// Sum of our deposits through this client (counts against the spend limit).
+    #[serde(with = "decimal_u128")]
+    pub deposited: u128,
+    /// Highest ceiling we signed.
+    #[serde(with = "decimal_u128")]
+    pub signed_max: u128,
+    /// Paid requests made.
+    pub requests: u64,
+}
+
+/// Where channel files live (`<dir>/<channelId>.json`); `None` keeps state in memory only.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StateDir(pub(crate) Option<PathBuf>);
+
+impl StateDir {
+    fn path(&self, id: &ChannelId) -> Option<PathBuf> {
+        self.0.as_ref().map(|d| d.join(format!("{}.json", id.0)))
+    }
+
+    pub(crate) fn load(&self, id: &ChannelId) -> std::io::Result<Option<ChannelState>> {
+        let Some(path) = self.path(id) else {
+            return Ok(None);
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes atomically (temp file + rename), so a crash leaves the old or the new state.
+    pub(crate) fn save(&self, state: &ChannelState) -> std::io::Result<()> {
+        let Some(path) = self.path(&state.channel_id) else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(state)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    pub(crate) fn remove(&self, id: &ChannelId) -> std::io::Result<()> {
+        match self.path(id) {
+            Some(p) => match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Every saved channel.
+    pub(crate) fn list(&self) -> std::io::Result<Vec<ChannelState>> {
+        let Some(dir) = &self.0 else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let bytes = std::fs::read(&path)?;
+                if let Ok(s) = serde_json::from_slice(&bytes) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `Path` helper so callers can pass `&str` or `PathBuf`.
+pub(crate) fn dir(p: Option<&Path>) -> StateDir {
+    StateDir(p.map(Path::to_path_buf))
+}

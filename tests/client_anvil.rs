@@ -1,0 +1,104 @@
+//! Our Rust client pays our server on anvil: deposits, vouchers, state kept on disk across
+//! client restarts, resync from a corrective 402 after losing its state, refund; and it stops
+//! paying a server that overcharges.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "interop_support/mod.rs"]
+mod support;
+
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use support::{Chain, OurServer};
+use x402_upto::client::{ClientConfig, ClientError, PayingClient};
+use x402_upto::wire::encode_header;
+
+fn client(chain: &Chain, key: usize, dir: &std::path::Path) -> PayingClient {
+    let cfg = ClientConfig::new(chain.net.key(key).unwrap())
+        .with_contracts(chain.escrow, chain.collector)
+        .with_state_dir(dir);
+    PayingClient::new(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_pays_our_server_resyncs_and_refunds() {
+    let chain = Chain::plain(&[3]).await;
+    let server = OurServer::start(&chain, 1000).await;
+    let payer = chain.net.key(3).unwrap().address();
+    let start = chain.net.balance_of(payer).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let c = client(&chain, 3, dir.path());
+    let mut charged = 0u128;
+    for i in 0..25u128 {
+        let url = format!("{}?charge={}", server.url, (i * 37) % 1000);
+        let a = c.get(&url).await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(a.charged(), Some((i * 37) % 1000));
+        charged += (i * 37) % 1000;
+    }
+    let ch = c.channels();
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].charged, charged);
+    assert!(ch[0].deposited >= 10_000);
+
+    // A new client process with the same state dir continues without a corrective 402.
+    let c2 = client(&chain, 3, dir.path());
+    let a = c2.get(&format!("{}?charge=5", server.url)).await.unwrap();
+    assert_eq!(a.charged(), Some(5));
+    charged += 5;
+
+    // A client that lost its state resyncs from the corrective 402 (our own signature).
+    let empty = tempfile::tempdir().unwrap();
+    let c3 = client(&chain, 3, empty.path());
+    let a = c3.get(&format!("{}?charge=7", server.url)).await.unwrap();
+    assert_eq!(a.status, 200);
+    charged += 7;
+    assert_eq!(c3.channels()[0].charged, charged);
+
+    // Refund everything unspent.
+    let r = c3.refund(&server.url, None).await.unwrap();
+    assert!(r.success);
+    assert_eq!(chain.net.balance_of(payer).await.unwrap(), start - charged);
+    assert!(c3.channels().is_empty());
+}
+
+#[tokio::test]
+async fn our_client_stops_paying_a_server_that_overcharges() {
+    let chain = Chain::plain(&[]).await;
+    let offer = json!({"scheme": "batch-settlement", "network": "eip155:31337", "amount": "100",
+        "asset": chain.token, "payTo": chain.net.key(7).unwrap().address(), "maxTimeoutSeconds": 300,
+        "extra": {"name": "USDC", "version": "2", "receiverAuthorizer": chain.net.key(2).unwrap().address(),
+                  "withdrawDelay": 900}});
+    let required = encode_header(
+        &json!({"x402Version": 2, "resource": {"url": "http://x/paid"}, "accepts": [offer]}),
+    );
+    let app = Router::new().route(
+        "/paid",
+        get(move |headers: axum::http::HeaderMap| {
+            let required = required.clone();
+            async move {
+                if headers.get("payment-signature").is_none() {
+                    return (axum::http::StatusCode::PAYMENT_REQUIRED, [("PAYMENT-REQUIRED", required)], "").into_response();
+                }
+                let forged = encode_header(&json!({"success": true, "transaction": "0x01", "network": "eip155:31337",
+                    "amount": "100000", "extra": {"chargedAmount": "5000", "channelState": {
+                    "channelId": format!("0x{}", "00".repeat(32)), "balance": "100000", "totalClaimed": "0",
+                    "withdrawRequestedAt": 0, "refundNonce": "0", "chargedCumulativeAmount": "5000"}}}));
+                (axum::http::StatusCode::OK, [("PAYMENT-RESPONSE", forged)], "ok").into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/paid", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&chain, 3, dir.path());
+    let err = c.get(&url).await.unwrap_err();
+    assert!(matches!(err, ClientError::ServerCheated { .. }), "{err:?}");
+    let err = c.get(&url).await.unwrap_err();
+    assert!(matches!(err, ClientError::ServerCheated { .. }), "{err:?}");
+}
