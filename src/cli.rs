@@ -26,6 +26,8 @@ enum Command {
 enum Internal {
     /// Commits signed vouchers through ledger + store and prints one line per durable ack.
     StoreLoad(StoreLoadArgs),
+    /// Ledger + store + claim scheduler against an RPC/escrow; prints one line per ack.
+    SettleLoad(Box<crate::settlement::load::SettleLoadArgs>),
 }
 
 /// Runs the parsed command line.
@@ -41,5 +43,8 @@ pub fn run(cli: Cli) -> crate::Result<()> {
             Ok(())
         }
         Command::Internal(Internal::StoreLoad(args)) => crate::load::run_blocking(&args),
+        Command::Internal(Internal::SettleLoad(args)) => {
+            crate::settlement::load::run_blocking(&args)
+        }
     }
 }

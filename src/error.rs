@@ -35,6 +35,9 @@ pub enum Error {
     /// The demo failed (the step is in the message).
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
+    /// An escrow read or transaction failed.
+    #[error(transparent)]
+    Chain(#[from] crate::chain::escrow::ChainError),
     /// The async runtime could not start.
     #[error("could not start the tokio runtime")]
     Runtime(#[source] std::io::Error),

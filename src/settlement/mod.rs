@@ -14,6 +14,8 @@
 //! scheduler look now). Claims never exceed what was charged ([`Claimable::claim_total`]).
 
 mod journal;
+#[doc(hidden)]
+pub mod load;
 mod scheduler;
 mod watcher;
 

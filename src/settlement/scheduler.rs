@@ -234,6 +234,11 @@ impl Settlement {
                     continue;
                 }
             };
+            tracing::info!(
+                batch = id,
+                rows = rows.len(),
+                "claim batch journalled; sending"
+            );
             match self.client.claim(&rows).await {
                 Ok(out) => {
                     let now = unix_now();
