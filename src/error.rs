@@ -39,6 +39,9 @@ pub enum Error {
     #[error(transparent)]
     Chain(#[from] crate::chain::escrow::ChainError),
     /// The async runtime could not start.
+    /// A command-line command failed (message for the operator).
+    #[error("{0}")]
+    Command(String),
     #[error("could not start the tokio runtime")]
     Runtime(#[source] std::io::Error),
 }

@@ -34,6 +34,8 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 
+pub mod proxy;
+
 use crate::engine::{Authorized, BoxFuture, Engine, Refusal};
 use crate::store::Store;
 use crate::wire::{
