@@ -15,20 +15,30 @@ async fn the_stock_client_pays_our_server_and_refunds() {
     let t0 = Instant::now();
     let chain = Chain::start(&[3, 4, 5]).await;
     let server = OurServer::start(&chain, 1000).await;
+    // X402_WIRE_LOG=FILE keeps the first sample of every message kind (docs/protocol.md).
+    let wire_log = std::env::var("X402_WIRE_LOG").ok();
+    let mut extra: Vec<&str> = Vec::new();
+    if let Some(f) = &wire_log {
+        extra.extend(["--wire-log", f.as_str()]);
+    }
     let summary = node(
         &[
-            "stock-client.mjs",
-            "--url",
-            &server.url,
-            "--rpc",
-            &chain.rpc,
-            "--keys",
-            "anvil:3,anvil:4,anvil:5",
-            "--requests",
-            "120",
-            "--refund",
-            "--quiet",
-        ],
+            &[
+                "stock-client.mjs",
+                "--url",
+                &server.url,
+                "--rpc",
+                &chain.rpc,
+                "--keys",
+                "anvil:3,anvil:4,anvil:5",
+                "--requests",
+                "120",
+                "--refund",
+                "--quiet",
+            ][..],
+            &extra[..],
+        ]
+        .concat(),
         Duration::from_secs(180),
     )
     .await;
