@@ -16,6 +16,10 @@ bash scripts/export-artifacts.sh --check
 echo "== forge test"
 (cd contracts && forge test)
 
+echo "== interop peers (stock @x402 SDK, pinned in interop/package-lock.json)"
+bash interop/setup.sh >/dev/null
+node interop/selftest.mjs
+
 echo "== cargo test"
 cargo test --all-targets --locked
 cargo test --doc --locked
