@@ -63,8 +63,8 @@
 //! ```
 
 pub mod chain;
-pub mod client;
 pub mod cli;
+pub mod client;
 pub mod demo;
 pub mod devnet;
 pub mod engine;
