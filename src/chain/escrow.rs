@@ -202,6 +202,23 @@ impl ChainError {
         }
     }
 
+    /// True when the node could not be reached at all (connection refused or dropped, no
+    /// HTTP answer) and nothing was broadcast: retry later, the request itself is fine.
+    pub fn unreachable(&self) -> bool {
+        let transport = |e: &RpcError<TransportErrorKind>| matches!(e, RpcError::Transport(_));
+        match self {
+            Self::Read { source, .. } => transport(source),
+            Self::Tx { source, .. } => match source.as_ref() {
+                TxError::Estimate { source, .. } => transport(source),
+                TxError::Rpc { source, call, .. } => {
+                    *call != "eth_getTransactionReceipt" && transport(source)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// True when the failure says nothing about the chain's state having changed (the
     /// transaction was never broadcast), so a retry cannot double anything.
     pub fn nothing_sent(&self) -> bool {

@@ -21,7 +21,7 @@ mod watcher;
 
 pub use journal::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry};
 pub use scheduler::{RoundReport, Settlement, SettlementConfig, SettlementHandle};
-pub use watcher::{PollReport, WatchError, Watcher, WatcherConfig};
+pub use watcher::{Freshness, PollReport, WatchError, Watcher, WatcherConfig};
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::ledger::{ChannelSnapshot, Claimable, Ledger};

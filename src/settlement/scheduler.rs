@@ -260,6 +260,16 @@ impl Settlement {
                     report.claimed += unclaimed_of(&rows);
                     report.gas_used += out.gas_used;
                 }
+                Err(e) if e.nothing_sent() && e.unreachable() => {
+                    // The node is unreachable, not the batch at fault: no split, no backoff;
+                    // the rest of the round would fail the same way.
+                    let _ = self.journal.finish(id);
+                    let left: usize = stack.iter().map(Vec::len).sum();
+                    report.failed_rows += rows.len() + left;
+                    metrics::counter!(telemetry::RPC_ERRORS, "call" => "claim").increment(1);
+                    tracing::warn!(rows = rows.len() + left, error = %e, "rpc unreachable; claims deferred");
+                    return;
+                }
                 Err(e) if e.nothing_sent() => {
                     let _ = self.journal.finish(id);
                     if rows.len() > 1 {
@@ -295,6 +305,10 @@ impl Settlement {
                     }
                     tracing::warn!(batch = id, rows = rows.len(), error = %e, reason = %e.reason(), "claim batch outcome unknown; will reconcile");
                     report.failed_rows += rows.len();
+                    if e.unreachable() {
+                        report.failed_rows += stack.iter().map(Vec::len).sum::<usize>();
+                        return;
+                    }
                 }
             }
         }

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alloy::providers::Provider;
@@ -89,9 +90,49 @@ pub enum WatchError {
     Chain(#[from] ChainError),
 }
 
+/// Whether a channel's mirror is recent enough to serve on: the newer of its own last
+/// direct read (`onchain_synced_at`) and the watcher's last successful poll (which, when it
+/// succeeds, has seen every escrow event of every known channel up to the head) must be at
+/// most `max_age` old. During an RPC outage, channels keep being served until that age is
+/// reached; then the request path should refuse with `rpc_read_failed`.
+#[derive(Clone, Debug)]
+pub struct Freshness {
+    last_poll: Arc<AtomicU64>,
+    max_age: Duration,
+}
+
+impl Freshness {
+    /// A policy allowing mirrors up to `max_age` old.
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            last_poll: Arc::new(AtomicU64::new(0)),
+            max_age,
+        }
+    }
+
+    /// Records a successful watcher poll at `now` (unix seconds).
+    pub fn mark(&self, now: u64) {
+        self.last_poll.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Unix seconds of the watcher's last successful poll (0: never).
+    pub fn last_poll(&self) -> u64 {
+        self.last_poll.load(Ordering::Relaxed)
+    }
+
+    /// Whether `id`'s mirror may be served on at `now`. Unknown channels are not fresh.
+    pub fn is_fresh(&self, ledger: &Ledger, id: &ChannelId, now: u64) -> bool {
+        ledger.record(id).is_some_and(|r| {
+            let synced = r.onchain_synced_at.max(self.last_poll());
+            now.saturating_sub(synced) <= self.max_age.as_secs()
+        })
+    }
+}
+
 /// Follows the escrow for one ledger.
 #[derive(Debug)]
 pub struct Watcher {
+    freshness: Option<Freshness>,
     client: Arc<EscrowClient>,
     ledger: Ledger,
     config: WatcherConfig,
@@ -129,7 +170,14 @@ impl Watcher {
             wake,
             next: from,
             seen: VecDeque::new(),
+            freshness: None,
         }
+    }
+
+    /// Marks `freshness` after every successful poll.
+    pub fn with_freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = Some(freshness);
+        self
     }
 
     /// Next block the watcher will process.
@@ -193,6 +241,9 @@ impl Watcher {
                 "withdrawal seen; waking the claim scheduler"
             );
             wake.notify_one();
+        }
+        if let Some(f) = &self.freshness {
+            f.mark(unix_now());
         }
         Ok(report)
     }
