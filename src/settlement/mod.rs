@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `journal.rs` | [`ClaimJournal`]: batches written durably before they are sent |
 //! | `scheduler.rs` | [`Settlement`] / [`SettlementHandle`]: when to claim and sweep |
+//! | `refunds.rs` | [`refund_idle`]: cooperative refunds of idle channels |
 //! | `watcher.rs` | [`Watcher`]: escrow events → ledger mirror, confirmations, reorgs |
 //!
 //! Policy (see `docs/settlement.md`): a channel is claimed when its unclaimed charge reaches
@@ -16,10 +17,12 @@
 mod journal;
 #[doc(hidden)]
 pub mod load;
+mod refunds;
 mod scheduler;
 mod watcher;
 
 pub use journal::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry};
+pub use refunds::{RefundPolicy, Refunded, refund_idle};
 pub use scheduler::{RoundReport, Settlement, SettlementConfig, SettlementHandle};
 pub use watcher::{Freshness, PollReport, WatchError, Watcher, WatcherConfig};
 

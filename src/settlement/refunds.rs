@@ -1,0 +1,127 @@
+//! Cooperative refunds of idle channels: the remainder (`balance - charged`) goes back to
+//! the payer with a receiver-authorizer-signed `refundWithSignature`, claiming any unclaimed
+//! charge first in the same transaction, so the payer's money is not parked in escrow
+//! forever and nothing owed is given back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::chain::escrow::{ChainError, EscrowClient};
+use crate::ledger::{Claimable, Ledger, OnchainState};
+use crate::settlement::unix_now;
+use crate::store::{SledStore, Store};
+use crate::typed_data::ChannelId;
+
+/// When an idle channel is refunded.
+#[derive(Clone, Debug)]
+pub struct RefundPolicy {
+    /// Refund a channel whose last paid request is at least this old. Channels that never
+    /// served a request are left alone (the payer just deposited and may be about to pay).
+    pub idle_after: Duration,
+    /// Only refund channels with no unclaimed charge (claims then stay the claim
+    /// scheduler's job); otherwise the refund claims it in the same transaction.
+    pub only_when_claimed: bool,
+}
+
+impl Default for RefundPolicy {
+    fn default() -> Self {
+        Self {
+            idle_after: Duration::from_secs(24 * 3_600),
+            only_when_claimed: false,
+        }
+    }
+}
+
+/// One refund made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refunded {
+    /// Channel.
+    pub channel_id: ChannelId,
+    /// Returned to the payer.
+    pub amount: u128,
+    /// Claimed in the same transaction.
+    pub claimed: u128,
+}
+
+/// Refunds every idle channel per `policy`. A channel is first fenced in the ledger (its
+/// mirrored balance is lowered to what was charged, so no new voucher fits) and skipped if
+/// a request holds it; after the refund its mirror is re-read, and a channel left with
+/// nothing is removed from the ledger and the store.
+pub async fn refund_idle(
+    ledger: &Ledger,
+    store: &Arc<SledStore>,
+    client: &EscrowClient,
+    policy: &RefundPolicy,
+) -> Vec<Result<Refunded, (ChannelId, ChainError)>> {
+    let now = unix_now();
+    let ours = client.receiver_authorizer();
+    let mut out = Vec::new();
+    for record in ledger.records() {
+        let id = record.channel_id;
+        let idle = record.last_request_at != 0
+            && now.saturating_sub(record.last_request_at) >= policy.idle_after.as_secs();
+        let remainder = record.onchain.balance.saturating_sub(record.charged);
+        let unclaimed = record.unclaimed();
+        if !idle
+            || remainder == 0
+            || Some(record.config.receiverAuthorizer) != ours
+            || (policy.only_when_claimed && unclaimed > 0)
+        {
+            continue;
+        }
+        // Fence: with balance == charged, every new voucher exceeds the balance.
+        let fenced = OnchainState {
+            balance: record.charged.max(record.onchain.total_claimed),
+            ..record.onchain
+        };
+        if ledger
+            .refresh(&id, fenced, record.onchain_synced_at)
+            .is_err()
+            || ledger.is_held(&id)
+        {
+            let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+            continue;
+        }
+        // The record may have moved between the copy and the fence: use the fenced state.
+        let Some(current) = ledger.record(&id) else {
+            continue;
+        };
+        let claim = Claimable::of(&current);
+        let remainder = record.onchain.balance.saturating_sub(current.charged);
+        if remainder == 0 {
+            let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+            continue;
+        }
+        match client
+            .refund(&current.config, remainder, claim.as_ref())
+            .await
+        {
+            Ok(done) => {
+                let _ = ledger.refresh(&id, done.state, unix_now());
+                let claimed = claim
+                    .as_ref()
+                    .map_or(0, |c| c.claim_total.saturating_sub(c.onchain_total_claimed));
+                tracing::info!(channel = %id, refunded = done.refunded, claimed, tx = %done.tx_hash, "idle channel refunded");
+                if done.state.balance == done.state.total_claimed
+                    && let Ok(removed) = ledger.remove(&id)
+                    && removed.version != 0
+                    && let Err(e) = store.remove(id, removed.version).await
+                {
+                    tracing::warn!(channel = %id, error = %e, "store removal after refund failed");
+                }
+                out.push(Ok(Refunded {
+                    channel_id: id,
+                    amount: done.refunded,
+                    claimed,
+                }));
+            }
+            Err(e) => {
+                // Unfence: the mirror goes back to what chain said before.
+                let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+                tracing::warn!(channel = %id, error = %e, reason = %e.reason(), "refund failed");
+                out.push(Err((id, e)));
+            }
+        }
+    }
+    out
+}
