@@ -290,7 +290,19 @@ impl PayingClient {
                 // Nothing was charged (the server releases the channel on a failure).
                 return answer(res, None).await;
             }
-            let settle = self.check_response(&target, &res, deposit)?;
+            if res.headers().get(PAYMENT_RESPONSE).is_none() && is_sse(&res) {
+                // A metered stream: the payment result is its final event.
+                let mut streamed = answer(res, None).await?;
+                let settle = sse_payment(&streamed.body).ok_or_else(|| {
+                    self.cheated(&target, "stream ended without payment-response")
+                })?;
+                streamed.settle = Some(self.check_settle(&target, settle, deposit)?);
+                return Ok(streamed);
+            }
+            let settle = read_response(&res).map_err(|_| {
+                self.cheated(&target, "paid response without a valid PAYMENT-RESPONSE")
+            })?;
+            let settle = self.check_settle(&target, settle, deposit)?;
             return answer(res, Some(settle)).await;
         }
     }
@@ -557,14 +569,12 @@ impl PayingClient {
         self.store(state)
     }
 
-    fn check_response(
+    fn check_settle(
         &self,
         t: &Target,
-        res: &reqwest::Response,
+        settle: SettleResponse,
         deposit: Option<u128>,
     ) -> Result<SettleResponse, ClientError> {
-        let settle = read_response(res)
-            .map_err(|_| self.cheated(t, "paid response without a valid PAYMENT-RESPONSE"))?;
         let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
         let extra = settle.extra.clone().unwrap_or_default();
         let (Some(charged), Some(cs)) = (extra.charged_amount, extra.channel_state) else {
@@ -655,4 +665,30 @@ async fn answer(
         body,
         settle,
     })
+}
+
+fn is_sse(res: &reqwest::Response) -> bool {
+    res.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// The `data` of the last `event: payment-response` in an SSE body, decoded.
+fn sse_payment(body: &[u8]) -> Option<SettleResponse> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut found = None;
+    let mut event = "";
+    for line in text.lines() {
+        if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            if event == "payment-response" {
+                found = decode_header(d.trim().as_bytes(), MAX_PAYMENT_HEADER_BYTES * 4).ok();
+            }
+        } else if line.is_empty() {
+            event = "";
+        }
+    }
+    found
 }

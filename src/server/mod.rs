@@ -69,6 +69,21 @@ impl Charge {
     pub fn get(&self) -> Option<u128> {
         *self.actual.lock()
     }
+    /// Adds `amount` to the charge if the total stays within [`Charge::max`]; `false` (and no
+    /// change) when it would not. A metered stream stops when this returns `false`.
+    pub fn add(&self, amount: u128) -> bool {
+        let mut actual = self.actual.lock();
+        let next = actual.unwrap_or(0).saturating_add(amount);
+        if next > self.max {
+            return false;
+        }
+        *actual = Some(next);
+        true
+    }
+    /// What is left of the maximum.
+    pub fn remaining(&self) -> u128 {
+        self.max.saturating_sub(self.get().unwrap_or(0))
+    }
 }
 
 /// Response extension alternative to [`Charge::set`] (the request extension wins if both).
@@ -113,6 +128,7 @@ pub struct PaymentLayer<S> {
     description: Option<String>,
     mime_type: Option<String>,
     base_url: Option<String>,
+    streaming: bool,
 }
 
 impl<S> Clone for PaymentLayer<S> {
@@ -123,6 +139,7 @@ impl<S> Clone for PaymentLayer<S> {
             description: self.description.clone(),
             mime_type: self.mime_type.clone(),
             base_url: self.base_url.clone(),
+            streaming: self.streaming,
         }
     }
 }
@@ -141,7 +158,18 @@ impl<S: Store + 'static> PaymentLayer<S> {
             description: None,
             mime_type: None,
             base_url: None,
+            streaming: false,
         }
+    }
+
+    /// Metered Server-Sent Events: the handler streams and charges as it goes with
+    /// [`Charge::add`] (stopping when it returns `false`); the payment is settled when the
+    /// stream ends, and its `PAYMENT-RESPONSE` is sent as a final
+    /// `event: payment-response` whose data is the base64 header value. See
+    /// `docs/protocol.md`, "Streaming".
+    pub fn streaming(mut self) -> Self {
+        self.streaming = true;
+        self
     }
 
     /// `resource.description` of the offer.
@@ -174,6 +202,7 @@ impl<S, I> Layer<I> for PaymentLayer<S> {
                 description: self.description.clone(),
                 mime_type: self.mime_type.clone(),
                 base_url: self.base_url.clone(),
+                streaming: self.streaming,
             }),
             inner,
         }
@@ -252,6 +281,9 @@ where
         drop(paid);
         return response;
     }
+    if layer.streaming {
+        return metered_stream(layer.engine.clone(), paid, charge, response);
+    }
     let actual = charge
         .get()
         .or_else(|| response.extensions().get::<ActualCharge>().map(|c| c.0))
@@ -319,4 +351,76 @@ fn refund_answer(settled: &SettleResponse) -> Response {
     insert(&mut response, CACHE_CONTROL.as_str(), "no-store");
     insert(&mut response, PAYMENT_RESPONSE, &encode_header(settled));
     response
+}
+
+/// Settles a streamed payment exactly once: at the end of the stream, or (client gone) when
+/// the stream is dropped, charging what was delivered.
+struct StreamSettlement<S: Store + 'static> {
+    engine: Engine<S>,
+    paid: Option<crate::engine::Paid>,
+    charge: Charge,
+}
+
+impl<S: Store + 'static> StreamSettlement<S> {
+    fn actual(&self) -> u128 {
+        self.charge.get().unwrap_or(self.charge.max)
+    }
+
+    /// The final SSE event carrying the payment result.
+    async fn finish(mut self) -> bytes::Bytes {
+        let actual = self.actual();
+        let Some(paid) = self.paid.take() else {
+            return bytes::Bytes::new();
+        };
+        let event = match self.engine.settle(paid, actual).await {
+            Ok(settled) => format!(
+                "event: payment-response\ndata: {}\n\n",
+                encode_header(&settled)
+            ),
+            Err(refusal) => {
+                let failed = refusal
+                    .response
+                    .as_ref()
+                    .map(encode_header)
+                    .unwrap_or_default();
+                format!("event: payment-error\ndata: {failed}\n\n")
+            }
+        };
+        bytes::Bytes::from(event)
+    }
+}
+
+impl<S: Store + 'static> Drop for StreamSettlement<S> {
+    fn drop(&mut self) {
+        if let Some(paid) = self.paid.take() {
+            let engine = self.engine.clone();
+            let actual = self.actual();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = engine.settle(paid, actual).await {
+                        tracing::warn!(error = %e, "settling an interrupted stream failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn metered_stream<S: Store + 'static>(
+    engine: Engine<S>,
+    paid: crate::engine::Paid,
+    charge: Charge,
+    response: Response,
+) -> Response {
+    use futures_util::StreamExt as _;
+    let (parts, body) = response.into_parts();
+    let settlement = StreamSettlement {
+        engine,
+        paid: Some(paid),
+        charge,
+    };
+    let tail =
+        futures_util::stream::once(async move { Ok::<_, axum::Error>(settlement.finish().await) });
+    let body = Body::from_stream(body.into_data_stream().chain(tail));
+    Response::from_parts(parts, body)
 }

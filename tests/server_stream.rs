@@ -1,0 +1,115 @@
+//! Metered streaming (the GPU-per-minute case) on anvil: an SSE route charges per token
+//! against the request's maximum, stops cleanly when it is used up, and settles with a final
+//! `payment-response` event; the client renews with its next voucher.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "interop_support/mod.rs"]
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Query;
+use axum::routing::get;
+use axum::{Extension, Router};
+use support::Chain;
+use x402_upto::client::{ClientConfig, PayingClient};
+use x402_upto::engine::{ChainAccess, Engine};
+use x402_upto::server::{Charge, PaymentLayer};
+use x402_upto::wire::Eip155Network;
+use x402_upto::{Durability, Ledger, SledOptions, SledStore};
+
+const PER_TOKEN: u128 = 100;
+
+#[derive(serde::Deserialize)]
+struct Q {
+    tokens: u32,
+}
+
+async fn gpu(
+    Extension(charge): Extension<Charge>,
+    Query(q): Query<Q>,
+) -> impl axum::response::IntoResponse {
+    // Metered from zero: only delivered tokens are charged.
+    charge.set(0);
+    let stream = futures_util::stream::unfold(0u32, move |i| {
+        let charge = charge.clone();
+        async move {
+            if i >= q.tokens || !charge.add(PER_TOKEN) {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            Some((
+                Ok::<_, Infallible>(Bytes::from(format!("event: token\ndata: {i}\n\n"))),
+                i + 1,
+            ))
+        }
+    });
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(stream),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_stream_stops_at_its_maximum_and_settles_in_a_final_event() {
+    let chain = Chain::plain(&[3]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group)).unwrap(),
+    );
+    let config = x402_upto::engine::EngineConfig {
+        network: Eip155Network(31337),
+        pay_to: chain.net.key(7).unwrap().address(),
+        asset: chain.token,
+        asset_name: "USDC".into(),
+        asset_version: "2".into(),
+        receiver_authorizer: chain.net.key(2).unwrap().address(),
+        withdraw_delay: 900,
+        max_timeout_seconds: 300,
+        extra: Default::default(),
+    };
+    let access: Arc<dyn ChainAccess> = Arc::new(chain.escrow_client());
+    let engine = Engine::new(config, Ledger::new(chain.domain()), store, Some(access)).unwrap();
+    let app = Router::new().route(
+        "/gpu",
+        get(gpu).layer(PaymentLayer::fixed(engine.clone(), 1000).streaming()),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/gpu", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    let client = PayingClient::new(
+        ClientConfig::new(chain.net.key(3).unwrap()).with_contracts(chain.escrow, chain.collector),
+    );
+
+    // 25 tokens asked, 10 authorized by one request's maximum: the stream stops at 10.
+    let a = client.get(&format!("{url}?tokens=25")).await.unwrap();
+    let body = String::from_utf8_lossy(&a.body).to_string();
+    assert_eq!(body.matches("event: token").count(), 10, "{body}");
+    assert!(
+        body.trim_end()
+            .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '=')
+    );
+    assert_eq!(a.charged(), Some(1000));
+    // Renewal: the next paid request continues (the client signs cumulative + max).
+    let a = client.get(&format!("{url}?tokens=3")).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&a.body)
+            .matches("event: token")
+            .count(),
+        3
+    );
+    assert_eq!(a.charged(), Some(300));
+    let ch = &client.channels()[0];
+    assert_eq!(ch.charged, 1300);
+    // Durable before the final event left.
+    let stored = x402_upto::Store::load(engine.store().as_ref(), ch.channel_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.charged, 1300);
+    assert!(!engine.ledger().is_held(&ch.channel_id));
+}
