@@ -25,7 +25,8 @@
 //! | [`engine`] | the payment logic of a request, independent of HTTP: offer, checks, settle, deposits, refunds |
 //! | [`server`] | the axum/tower `PaymentLayer` over the engine, and the `Charge` handle |
 //! | [`client`] | the paying reqwest client: deposits, vouchers, response checks, corrective resync, refunds |
-//! | [`cli`] | the command line (today only the hidden `internal store-load` used by the crash test) |
+//! | [`facilitator`] | `POST /verify`, `POST /settle`, `GET /supported` for this scheme (axum router) |
+//! | [`cli`] | the command line: `serve`, `get`/`pay`, `channel`, `demo`, hidden `internal` tools |
 //!
 //! Dependencies point one way: `typed_data → verify → ledger → store`.
 //!
@@ -69,6 +70,7 @@ pub mod demo;
 pub mod devnet;
 pub mod engine;
 pub mod error;
+pub mod facilitator;
 pub mod ledger;
 pub mod reason;
 pub mod server;

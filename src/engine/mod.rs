@@ -41,6 +41,17 @@ pub use refusal::Refusal;
 
 use decode::{Checked, decode};
 
+/// The HTTP layer's stateless decoder, for the facilitator endpoints: payload, channel config
+/// and channel id, or the reason code.
+pub(crate) fn decode_for_facilitator(
+    raw: &[u8],
+    offer: &PaymentRequirements,
+    ours: &EngineConfig,
+    domain: &EscrowDomain,
+) -> Result<(BatchPayload, ChannelConfig, ChannelId), (Reason, String)> {
+    decode(raw, offer, ours, domain).map(|c| (c.payload, c.config, c.channel_id))
+}
+
 /// Longest withdraw delay the escrow accepts (30 days).
 pub const MAX_WITHDRAW_DELAY: u64 = 2_592_000;
 /// Shortest withdraw delay the escrow accepts (15 minutes).
