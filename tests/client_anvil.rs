@@ -64,6 +64,26 @@ async fn our_client_pays_our_server_resyncs_and_refunds() {
     assert!(c3.channels().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegated_voucher_key_pays_for_the_payer() {
+    let chain = Chain::plain(&[3]).await;
+    let server = OurServer::start(&chain, 1000).await;
+    let delegate = alloy::signers::local::PrivateKeySigner::random();
+    let c = PayingClient::new(
+        ClientConfig::new(chain.net.key(3).unwrap())
+            .with_contracts(chain.escrow, chain.collector)
+            .with_voucher_signer(delegate.clone()),
+    );
+    for _ in 0..3 {
+        let a = c.get(&format!("{}?charge=10", server.url)).await.unwrap();
+        assert_eq!(a.charged(), Some(10));
+    }
+    let ch = &c.channels()[0];
+    assert_eq!(ch.config.payer_authorizer, delegate.address());
+    assert_eq!(ch.config.payer, chain.net.key(3).unwrap().address());
+    assert_eq!(ch.charged, 30);
+}
+
 #[tokio::test]
 async fn our_client_stops_paying_a_server_that_overcharges() {
     let chain = Chain::plain(&[]).await;

@@ -346,3 +346,55 @@ async fn a_second_request_on_a_held_channel_is_busy() {
     let a = f.send("/paid", &f.voucher_payload(&config, 2000)).await;
     assert_eq!(a.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn without_chain_access_an_unknown_channel_is_missing_and_a_failed_read_is_reported() {
+    use std::sync::Arc;
+    use x402_upto::engine::Engine;
+    use x402_upto::server::PaymentLayer;
+
+    let f = Fixture::new().await;
+    let config = f.config(20);
+    f.fund(&config, 10_000);
+    *f.chain.fail_read.lock() = Some(x402_upto::Reason::RpcReadFailed);
+    let a = f.send("/paid", &f.voucher_payload(&config, 1000)).await;
+    assert_eq!(a.reason(), "invalid_batch_settlement_evm_rpc_read_failed");
+    assert!(f.engine.ledger().is_empty());
+
+    // The same engine configuration with no chain access at all.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        x402_upto::SledStore::open(
+            dir.path(),
+            x402_upto::SledOptions::with_durability(x402_upto::Durability::Group),
+        )
+        .unwrap(),
+    );
+    let engine = Engine::new(
+        f.engine.config().clone(),
+        x402_upto::Ledger::new(f.domain().clone()),
+        store,
+        None,
+    )
+    .unwrap();
+    let app = axum::Router::new().route(
+        "/paid",
+        axum::routing::get(|| async { "x" }).layer(PaymentLayer::fixed(engine, 1000)),
+    );
+    let header = x402_upto::wire::encode_header(&f.voucher_payload(&config, 1000));
+    let res = tower::ServiceExt::oneshot(
+        app,
+        http::Request::get("/paid")
+            .header("payment-signature", header)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "invalid_batch_settlement_evm_missing_channel");
+}

@@ -33,6 +33,7 @@ pub struct MockChain {
     pub channels: Mutex<HashMap<ChannelId, OnchainState>>,
     pub domain: Mutex<Option<EscrowDomain>>,
     pub fail_deposit: Mutex<Option<Reason>>,
+    pub fail_read: Mutex<Option<Reason>>,
     pub deposits: AtomicUsize,
     pub refunds: AtomicUsize,
     pub reads: AtomicUsize,
@@ -42,7 +43,16 @@ impl ChainAccess for MockChain {
     fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         let s = self.channels.lock().get(&id).copied().unwrap_or_default();
-        Box::pin(async move { Ok(s) })
+        let fail = *self.fail_read.lock();
+        Box::pin(async move {
+            match fail {
+                Some(reason) => Err(ChainFailure {
+                    reason,
+                    message: "rpc down".into(),
+                }),
+                None => Ok(s),
+            }
+        })
     }
 
     fn deposit<'a>(
