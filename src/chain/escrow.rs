@@ -73,6 +73,8 @@ pub struct ClaimOutcome {
     /// `(channel, newTotalClaimed)` for every row that raised its channel's total (from the
     /// `Claimed` events; rows already at or below on-chain `totalClaimed` emit nothing).
     pub claimed: Vec<(ChannelId, u128)>,
+    /// Block it was mined in.
+    pub block: Option<u64>,
 }
 
 /// A `settle` (sweep to the receiver).
@@ -388,6 +390,7 @@ impl EscrowClient {
             gas_used: receipt.gas_used,
             rows: rows.len(),
             claimed,
+            block: receipt.block_number,
         })
     }
 

@@ -27,6 +27,9 @@ pub enum BatchState {
     Pending,
     /// A transaction was broadcast; its fate was not confirmed (timeout, RPC failure, crash).
     Sent,
+    /// Mined in this block and applied to the ledger; kept until the block has enough
+    /// confirmations, then read back once more in case a reorg dropped it.
+    Mined(u64),
 }
 
 /// One journalled batch.
@@ -227,6 +230,20 @@ impl ClaimJournal {
             }
         }
         self.put(&entry)
+    }
+
+    /// Marks a batch [`BatchState::Mined`] in `block` by `hash`. Not flushed: losing it in a
+    /// crash leaves the batch `Pending`, which is reconciled the same way.
+    pub fn mark_mined(&self, id: u64, block: u64, hash: B256) -> Result<(), StoreError> {
+        let Some(mut entry) = self.get(id)? else {
+            return Ok(());
+        };
+        entry.state = BatchState::Mined(block);
+        if !entry.tx_hashes.contains(&hash) {
+            entry.tx_hashes.push(hash);
+        }
+        self.tree.insert(entry.id.to_be_bytes(), encode(&entry)?)?;
+        Ok(())
     }
 
     /// Removes a batch whose outcome the ledger now reflects. Not flushed: if the removal is

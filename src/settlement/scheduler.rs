@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use alloy::providers::Provider;
 use alloy_primitives::Address;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::chain::tx::TxError;
 use crate::ledger::{Claimable, Ledger};
-use crate::settlement::journal::{ClaimJournal, JournalEntry};
+use crate::settlement::journal::{BatchState, ClaimJournal, JournalEntry};
 use crate::settlement::{sync_all, unclaimed_of, unix_now};
 use crate::telemetry;
 use crate::typed_data::ChannelId;
@@ -41,6 +42,10 @@ pub struct SettlementConfig {
     pub tick: Duration,
     /// A channel whose claim fails simulation on its own is retried after this long.
     pub retry_backoff: Duration,
+    /// A mined claim batch stays in the journal until its block has this many
+    /// confirmations, then is read back once more (a reorg may have dropped it). 0: closed
+    /// as soon as it is mined.
+    pub confirmations: u64,
 }
 
 impl Default for SettlementConfig {
@@ -52,6 +57,7 @@ impl Default for SettlementConfig {
             settle_interval: Duration::from_secs(3_600),
             tick: Duration::from_secs(5),
             retry_backoff: Duration::from_secs(60),
+            confirmations: 3,
         }
     }
 }
@@ -137,7 +143,26 @@ impl Settlement {
             }
         };
         let mut closed = 0;
+        let head = if open.iter().any(|e| matches!(e.state, BatchState::Mined(_))) {
+            Some(
+                self.client
+                    .provider()
+                    .get_block_number()
+                    .await
+                    .map_err(|source| ChainError::Read {
+                        call: "eth_blockNumber",
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         for entry in open {
+            if let (BatchState::Mined(block), Some(head)) = (entry.state, head)
+                && head < block.saturating_add(self.config.confirmations)
+            {
+                continue;
+            }
             self.reconcile_entry(&entry).await?;
             if let Err(e) = self.journal.finish(entry.id) {
                 tracing::error!(batch = entry.id, error = %e, "closing journal batch failed");
@@ -249,8 +274,14 @@ impl Settlement {
                         let waited = now.saturating_sub(row_time(&self.ledger, row));
                         metrics::histogram!(telemetry::SETTLEMENT_LATENCY).record(waited as f64);
                     }
-                    if let Err(e) = self.journal.finish(id) {
-                        tracing::error!(batch = id, error = %e, "closing journal batch failed");
+                    let closed = match out.block {
+                        Some(block) if self.config.confirmations > 0 => {
+                            self.journal.mark_mined(id, block, out.tx_hash)
+                        }
+                        _ => self.journal.finish(id),
+                    };
+                    if let Err(e) = closed {
+                        tracing::error!(batch = id, error = %e, "journal update failed");
                     }
                     metrics::counter!(telemetry::CLAIM_BATCHES).increment(1);
                     metrics::histogram!(telemetry::CLAIM_GAS).record(out.gas_used as f64);
