@@ -174,3 +174,38 @@ async fn recent_unused_unclaimed_by_policy_and_busy_channels_are_left_alone() {
     f.serve(busy, 1_000, 1).await;
     assert_eq!(f.ledger.snapshot(&busy).expect("known").charged, 4_000);
 }
+
+#[tokio::test]
+async fn the_scheduler_task_refunds_idle_channels_on_its_own() {
+    let f = fixture().await;
+    let id = f.open(1).await;
+    f.serve(id, 2_500, 1).await;
+    let client = Arc::new(f.client.clone());
+    let handle = x402_upto::settlement::Settlement::new(
+        f.ledger.clone(),
+        client,
+        x402_upto::settlement::ClaimJournal::open(&f.store).expect("journal"),
+        x402_upto::settlement::SettlementConfig {
+            claim_threshold: u128::MAX,
+            tick: Duration::from_millis(50),
+            ..Default::default()
+        },
+    )
+    .with_refunds(
+        Arc::clone(&f.store),
+        RefundPolicy::default(),
+        Duration::from_millis(100),
+    )
+    .spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.ledger.snapshot(&id).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle channel not refunded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = f.client.channel_state(id).await.expect("read");
+    assert_eq!((state.balance, state.total_claimed), (2_500, 2_500));
+    handle.shutdown().await;
+}

@@ -23,7 +23,8 @@ use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::chain::tx::TxError;
 use crate::ledger::{Claimable, Ledger};
 use crate::settlement::journal::{BatchState, ClaimJournal, JournalEntry};
-use crate::settlement::{sync_all, unclaimed_of, unix_now};
+use crate::settlement::{RefundPolicy, refund_idle, sync_all, unclaimed_of, unix_now};
+use crate::store::SledStore;
 use crate::telemetry;
 use crate::typed_data::ChannelId;
 
@@ -88,12 +89,22 @@ pub struct Settlement {
     config: SettlementConfig,
     wake: Arc<Notify>,
     timers: Mutex<Timers>,
+    refunds: Option<Refunds>,
+}
+
+/// Idle-channel refunds run by the scheduler task (so never concurrently with a claim).
+#[derive(Debug)]
+struct Refunds {
+    store: Arc<SledStore>,
+    policy: RefundPolicy,
+    every: Duration,
 }
 
 #[derive(Debug)]
 struct Timers {
     last_claim_round: Instant,
     last_settle: Instant,
+    last_refund: Instant,
     backoff: HashMap<ChannelId, Instant>,
 }
 
@@ -112,12 +123,30 @@ impl Settlement {
             journal,
             config,
             wake: Arc::new(Notify::new()),
+            refunds: None,
             timers: Mutex::new(Timers {
                 last_claim_round: now,
                 last_settle: now,
+                last_refund: now,
                 backoff: HashMap::new(),
             }),
         }
+    }
+
+    /// Also refunds idle channels per `policy` every `every` (see [`refund_idle`]); the
+    /// store is where refunded-out channels are deleted.
+    pub fn with_refunds(
+        mut self,
+        store: Arc<SledStore>,
+        policy: RefundPolicy,
+        every: Duration,
+    ) -> Self {
+        self.refunds = Some(Refunds {
+            store,
+            policy,
+            every,
+        });
+        self
     }
 
     /// The journal (tests and tooling inspect it).
@@ -400,6 +429,20 @@ impl Settlement {
                 self.timers.lock().last_settle.elapsed() >= self.config.settle_interval;
             if settle_due && let Err(e) = self.settle_round().await {
                 tracing::warn!(error = %e, "settle failed; retrying next interval");
+            }
+            if let Some(r) = &self.refunds {
+                let due = self.timers.lock().last_refund.elapsed() >= r.every;
+                if due {
+                    let done = refund_idle(&self.ledger, &r.store, &self.client, &r.policy).await;
+                    self.timers.lock().last_refund = Instant::now();
+                    if !done.is_empty() {
+                        tracing::info!(
+                            refunds = done.iter().filter(|d| d.is_ok()).count(),
+                            failed = done.iter().filter(|d| d.is_err()).count(),
+                            "idle-channel refunds"
+                        );
+                    }
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => break,
