@@ -29,7 +29,7 @@ enum Command {
     /// Fetches a URL, paying with a batch-settlement channel when the server asks (402).
     #[command(alias = "pay")]
     Get(GetArgs),
-    /// Local channels: status, cooperative refund.
+    /// Local channels: status, cooperative refund, timed withdrawal.
     #[command(subcommand)]
     Channel(ChannelCommand),
     /// Runs the whole money path on a local anvil chain and prints a reconciled summary.
@@ -108,6 +108,19 @@ enum ChannelCommand {
         #[command(flatten)]
         payer: PayerArgs,
     },
+    /// The payer's own exit: start a timed withdrawal of the unspent balance, or finalize it.
+    Withdraw {
+        /// Channel id (see `channel status`).
+        channel: alloy_primitives::B256,
+        /// JSON-RPC endpoint (the payer pays the gas).
+        #[arg(long, env = "X402_RPC_URL")]
+        rpc: String,
+        /// Finalize a withdrawal whose delay has passed.
+        #[arg(long)]
+        finalize: bool,
+        #[command(flatten)]
+        payer: PayerArgs,
+    },
 }
 
 fn parse_key(s: &str, what: &str) -> crate::Result<PrivateKeySigner> {
@@ -174,6 +187,19 @@ fn channel(cmd: &ChannelCommand) -> crate::Result<()> {
                 "{}",
                 serde_json::to_string(&settled).map_err(command_error)?
             );
+            Ok(())
+        }
+        ChannelCommand::Withdraw {
+            channel,
+            rpc,
+            finalize,
+            payer,
+        } => {
+            let client = payer.client()?;
+            let tx = runtime()?
+                .block_on(client.withdraw(rpc, (*channel).into(), *finalize))
+                .map_err(command_error)?;
+            println!("{tx}");
             Ok(())
         }
     }

@@ -84,6 +84,24 @@ async fn a_delegated_voucher_key_pays_for_the_payer() {
     assert_eq!(ch.charged, 30);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payer_can_exit_alone_with_a_timed_withdrawal_of_the_unspent_balance() {
+    let chain = Chain::plain(&[3]).await;
+    let server = OurServer::start(&chain, 1000).await;
+    let payer = chain.net.key(3).unwrap().address();
+    let start = chain.net.balance_of(payer).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&chain, 3, dir.path());
+    c.get(&format!("{}?charge=300", server.url)).await.unwrap();
+    let id = c.channels()[0].channel_id;
+    c.withdraw(&chain.rpc, id, false).await.unwrap();
+    // Finalizing before the delay reverts in estimation; after it, the unspent 9,700 return.
+    assert!(c.withdraw(&chain.rpc, id, true).await.is_err());
+    chain.net.increase_time(901).await.unwrap();
+    c.withdraw(&chain.rpc, id, true).await.unwrap();
+    assert_eq!(chain.net.balance_of(payer).await.unwrap(), start - 300);
+}
+
 #[tokio::test]
 async fn our_client_stops_paying_a_server_that_overcharges() {
     let chain = Chain::plain(&[]).await;

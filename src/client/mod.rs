@@ -152,6 +152,15 @@ pub enum ClientError {
     /// Channel state file.
     #[error("channel state i/o")]
     Io(#[from] std::io::Error),
+    /// A payer transaction (timed withdrawal) failed.
+    #[error("{what} transaction failed")]
+    Chain {
+        /// Which transaction.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: Box<crate::chain::tx::TxError>,
+    },
 }
 
 /// A response to a (possibly paid) request.
@@ -376,6 +385,81 @@ impl PayingClient {
             return Ok(settle);
         }
         Err(ClientError::NoChannel)
+    }
+
+    /// The payer's trustless exit, no server involved: `initiateWithdraw` of the unspent
+    /// balance (`finalize == false`), or `finalizeWithdraw` once `withdrawDelay` has passed.
+    /// The payer pays the gas. Returns the mined transaction.
+    pub async fn withdraw(
+        &self,
+        rpc: &str,
+        channel: ChannelId,
+        finalize: bool,
+    ) -> Result<B256, ClientError> {
+        use alloy::network::{EthereumWallet, TransactionBuilder as _};
+        use alloy::providers::{Provider as _, ProviderBuilder};
+        use alloy::rpc::types::TransactionRequest;
+        use alloy_sol_types::SolCall as _;
+
+        use crate::chain::bindings::UptoEscrow;
+
+        let state = self
+            .channels()
+            .into_iter()
+            .find(|s| s.channel_id == channel)
+            .ok_or(ClientError::NoChannel)?;
+        let chain_id = state
+            .network
+            .parse::<crate::wire::Eip155Network>()
+            .map_err(|()| ClientError::NoOffer(format!("network {}", state.network)))?
+            .chain_id();
+        let url: reqwest::Url = rpc
+            .parse()
+            .map_err(|e| ClientError::NoOffer(format!("rpc url: {e}")))?;
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(self.config.payer.clone()))
+            .connect_http(url)
+            .erased();
+        let sender = crate::chain::tx::TxSender::new(
+            provider,
+            self.config.payer.clone(),
+            chain_id,
+            crate::chain::tx::TxPolicy::default(),
+        );
+        let config = ChannelConfig {
+            payer: state.config.payer,
+            payerAuthorizer: state.config.payer_authorizer,
+            receiver: state.config.receiver,
+            receiverAuthorizer: state.config.receiver_authorizer,
+            token: state.config.token,
+            withdrawDelay: U40::saturating_from(state.config.withdraw_delay),
+            salt: state.config.salt,
+        };
+        let (input, what) = if finalize {
+            let call = UptoEscrow::finalizeWithdrawCall {
+                config: (&config).into(),
+            };
+            (call.abi_encode(), "finalizeWithdraw")
+        } else {
+            // Only what we did not spend: the rest is owed to the server.
+            let amount = state.balance.saturating_sub(state.charged);
+            let call = UptoEscrow::initiateWithdrawCall {
+                config: (&config).into(),
+                amount,
+            };
+            (call.abi_encode(), "initiateWithdraw")
+        };
+        let tx = TransactionRequest::default()
+            .with_to(self.config.escrow)
+            .with_input(input);
+        let sent = sender
+            .send(tx, what)
+            .await
+            .map_err(|source| ClientError::Chain {
+                what,
+                source: Box::new(source),
+            })?;
+        Ok(sent.hash)
     }
 
     fn target(&self, required: &PaymentRequired) -> Result<Target, ClientError> {
