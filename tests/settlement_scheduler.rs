@@ -416,3 +416,60 @@ async fn a_claim_dropped_by_a_reorg_is_sent_again_once_its_block_should_have_bee
     assert_eq!((report.reconciled, report.batches), (1, 1));
     assert_eq!(f.total_claimed(a).await, 3_000);
 }
+
+#[tokio::test]
+async fn after_a_reorg_drops_our_claim_the_same_process_recovers_its_nonce_and_claims_again() {
+    let f = fixture().await;
+    let a = f.open(1).await;
+    f.serve(a, 3_000).await.expect("served");
+    // Short timeouts, so the send stuck behind the dropped nonce gives up quickly.
+    let sender = x402_upto::chain::tx::TxSender::new(
+        f.net.provider.clone(),
+        f.net.key(6).expect("key"),
+        f.net.chain_id,
+        x402_upto::chain::tx::TxPolicy {
+            attempt_timeout: Duration::from_millis(300),
+            total_timeout: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(20),
+            ..Default::default()
+        },
+    );
+    let client = Arc::new(EscrowClient::new(
+        f.net.provider.clone(),
+        f.net.escrow,
+        f.net.collector,
+        Arc::new(sender),
+        Some(f.authorizer.clone()),
+        f.net.domain(),
+    ));
+    let s = Settlement::new(
+        f.ledger.clone(),
+        client,
+        ClaimJournal::open(&f.store).expect("journal"),
+        quiet(SettlementConfig {
+            claim_threshold: 1,
+            confirmations: 1,
+            ..SettlementConfig::default()
+        }),
+    );
+    assert_eq!(s.claim_round(false).await.batches, 1);
+    f.net
+        .provider
+        .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
+        .await
+        .expect("anvil_reorg");
+    assert_eq!(f.total_claimed(a).await, 0);
+    f.net.mine().await.expect("mine");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while f.total_claimed(a).await != 3_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "claim not recovered"
+        );
+        s.claim_round(false).await;
+    }
+    // Eventually the journal is empty again (the re-sent batch confirmed and read back).
+    f.net.mine().await.expect("mine");
+    s.claim_round(false).await;
+    assert!(s.journal().is_empty());
+}

@@ -220,6 +220,9 @@ impl TxSender {
                 }
             }
             if start.elapsed() >= self.policy.total_timeout {
+                // The cached nonce may be ahead of the chain (a reorg dropped an earlier
+                // transaction of ours): the next send re-reads it from the node.
+                *self.next_nonce.lock().await = None;
                 return Err(TxError::Timeout {
                     label: label.to_owned(),
                     nonce,
