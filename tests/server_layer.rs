@@ -398,3 +398,31 @@ async fn without_chain_access_an_unknown_channel_is_missing_and_a_failed_read_is
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"], "invalid_batch_settlement_evm_missing_channel");
 }
+
+#[tokio::test]
+async fn no_request_is_served_on_a_channel_while_its_refund_is_in_flight() {
+    let f = std::sync::Arc::new(Fixture::new().await);
+    let config = f.config(21);
+    let id = f.fund(&config, 10_000);
+    f.send("/paid?charge=100", &f.voucher_payload(&config, 1000))
+        .await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    *f.chain.refund_gate.lock() = Some(gate.clone());
+    let refund = {
+        let f = f.clone();
+        let p = f.refund_payload(&config, 100, None);
+        tokio::spawn(async move { f.send("/paid", &p).await })
+    };
+    while f.chain.refunds.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let before = f.state().await;
+    let a = f.send("/paid", &f.voucher_payload(&config, 1100)).await;
+    assert_eq!(a.reason(), "invalid_batch_settlement_evm_channel_busy");
+    assert_eq!(f.state().await, before);
+    gate.notify_one();
+    let r = refund.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.response()["amount"], "9900");
+    assert!(f.engine.ledger().snapshot(&id).is_none());
+}

@@ -123,6 +123,21 @@ struct Inner<S> {
     ledger: Ledger,
     store: Arc<S>,
     chain: Option<Arc<dyn ChainAccess>>,
+    /// Channels with a refund in flight: no request may be served on them meanwhile, or its
+    /// charge would land after the refund's claim and be unclaimable.
+    refunding: parking_lot::Mutex<std::collections::HashSet<ChannelId>>,
+}
+
+/// Marks a channel as refunding until dropped.
+struct RefundMark<'a> {
+    set: &'a parking_lot::Mutex<std::collections::HashSet<ChannelId>>,
+    id: ChannelId,
+}
+
+impl Drop for RefundMark<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
 }
 
 /// A checked payment holding its channel: run the handler, then [`Engine::settle`]. Dropping
@@ -181,6 +196,7 @@ impl<S: Store + 'static> Engine<S> {
                 ledger,
                 store,
                 chain,
+                refunding: Default::default(),
             }),
         })
     }
@@ -293,6 +309,7 @@ impl<S: Store + 'static> Engine<S> {
             .ledger
             .verify_and_reserve(voucher, price)
             .map_err(|r| self.reject(resource, price, &r))?;
+        self.not_refunding(&reservation, price, resource)?;
         Ok(Authorized::Paid(Paid {
             reservation,
             deposit: None,
@@ -401,6 +418,7 @@ impl<S: Store + 'static> Engine<S> {
             .ledger
             .verify_and_reserve(signed(voucher, id), price)
             .map_err(|r| self.reject(resource, price, &r))?;
+        self.not_refunding(&reservation, price, resource)?;
         Ok(Authorized::Paid(Paid {
             reservation,
             deposit: Some((outcome.tx_hash, outcome.amount)),
@@ -426,6 +444,15 @@ impl<S: Store + 'static> Engine<S> {
             return Err(self.reject(resource, price, &reject));
         };
         let ledger = &self.inner.ledger;
+        // Mark first, then look for a hold; a request reserves first, then looks for the mark
+        // (`not_refunding`): whichever comes second sees the other, so they never overlap.
+        if !self.inner.refunding.lock().insert(id) {
+            return Err(self.reject(resource, price, &Reject::new(Reason::ChannelBusy, Some(id))));
+        }
+        let _mark = RefundMark {
+            set: &self.inner.refunding,
+            id,
+        };
         if ledger.is_held(&id) {
             return Err(self.reject(resource, price, &Reject::new(Reason::ChannelBusy, Some(id))));
         }
@@ -466,6 +493,21 @@ impl<S: Store + 'static> Engine<S> {
             outcome.tx_hash,
             outcome.amount,
         )))
+    }
+
+    /// Refuses (and releases) a reservation on a channel whose refund is in flight.
+    fn not_refunding(
+        &self,
+        reservation: &Reservation,
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<(), Refusal> {
+        let id = reservation.channel_id();
+        if self.inner.refunding.lock().contains(&id) {
+            // The caller drops the reservation with the error, releasing the channel unchanged.
+            return Err(self.reject(resource, price, &Reject::new(Reason::ChannelBusy, Some(id))));
+        }
+        Ok(())
     }
 
     async fn forget(&self, id: ChannelId, version: u64) {

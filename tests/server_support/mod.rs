@@ -34,6 +34,8 @@ pub struct MockChain {
     pub domain: Mutex<Option<EscrowDomain>>,
     pub fail_deposit: Mutex<Option<Reason>>,
     pub fail_read: Mutex<Option<Reason>>,
+    /// When set, refunds wait for a notification (to observe a refund in flight).
+    pub refund_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     pub deposits: AtomicUsize,
     pub refunds: AtomicUsize,
     pub reads: AtomicUsize,
@@ -90,6 +92,10 @@ impl ChainAccess for MockChain {
         Box::pin(async move {
             let id = self.domain.lock().as_ref().unwrap().channel_id(config);
             self.refunds.fetch_add(1, Ordering::SeqCst);
+            let gate = self.refund_gate.lock().clone();
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
             let mut map = self.channels.lock();
             let s = map.entry(id).or_default();
             if let Some(c) = claim {
