@@ -418,6 +418,7 @@ async fn no_request_is_served_on_a_channel_while_its_refund_is_in_flight() {
     }
     let before = f.state().await;
     let a = f.send("/paid", &f.voucher_payload(&config, 1100)).await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{:?}", a.body);
     assert_eq!(a.reason(), "invalid_batch_settlement_evm_channel_busy");
     assert_eq!(f.state().await, before);
     gate.notify_one();

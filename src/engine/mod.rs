@@ -309,7 +309,10 @@ impl<S: Store + 'static> Engine<S> {
             .ledger
             .verify_and_reserve(voucher, price)
             .map_err(|r| self.reject(resource, price, &r))?;
-        self.not_refunding(&reservation, price, resource)?;
+        if self.refunding(&reservation.channel_id()) {
+            let reject = Reject::new(Reason::ChannelBusy, Some(reservation.channel_id()));
+            return Err(self.reject(resource, price, &reject));
+        }
         Ok(Authorized::Paid(Paid {
             reservation,
             deposit: None,
@@ -418,7 +421,10 @@ impl<S: Store + 'static> Engine<S> {
             .ledger
             .verify_and_reserve(signed(voucher, id), price)
             .map_err(|r| self.reject(resource, price, &r))?;
-        self.not_refunding(&reservation, price, resource)?;
+        if self.refunding(&reservation.channel_id()) {
+            let reject = Reject::new(Reason::ChannelBusy, Some(reservation.channel_id()));
+            return Err(self.reject(resource, price, &reject));
+        }
         Ok(Authorized::Paid(Paid {
             reservation,
             deposit: Some((outcome.tx_hash, outcome.amount)),
@@ -495,19 +501,10 @@ impl<S: Store + 'static> Engine<S> {
         )))
     }
 
-    /// Refuses (and releases) a reservation on a channel whose refund is in flight.
-    fn not_refunding(
-        &self,
-        reservation: &Reservation,
-        price: u128,
-        resource: &ResourceInfo,
-    ) -> Result<(), Refusal> {
-        let id = reservation.channel_id();
-        if self.inner.refunding.lock().contains(&id) {
-            // The caller drops the reservation with the error, releasing the channel unchanged.
-            return Err(self.reject(resource, price, &Reject::new(Reason::ChannelBusy, Some(id))));
-        }
-        Ok(())
+    /// Whether a refund is in flight on `id` (checked after reserving: the caller then drops
+    /// the reservation, releasing the channel unchanged).
+    fn refunding(&self, id: &ChannelId) -> bool {
+        self.inner.refunding.lock().contains(id)
     }
 
     async fn forget(&self, id: ChannelId, version: u64) {
