@@ -38,10 +38,10 @@ pub enum Error {
     /// An escrow read or transaction failed.
     #[error(transparent)]
     Chain(#[from] crate::chain::escrow::ChainError),
-    /// The async runtime could not start.
     /// A command-line command failed (message for the operator).
     #[error("{0}")]
     Command(String),
+    /// The async runtime could not start.
     #[error("could not start the tokio runtime")]
     Runtime(#[source] std::io::Error),
 }

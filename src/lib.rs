@@ -15,12 +15,11 @@
 //! | [`store`] | durable records: the [`Store`] trait, [`SledStore`], group commit |
 //! | [`reason`] | every x402 reason code as one `Copy` enum |
 //! | [`error`] | the crate [`Error`] and `Result` |
-//! | [`chain`] | `sol!` bindings of the escrow, deposit collector and test token (from `contracts/artifacts/`) |
 //! | [`wire`] | x402 v2 JSON messages, the base64 header codec, `accepted` matching |
-//! | [`chain`] | contract bindings from the artifacts, [`chain::tx::TxSender`] (nonces, fees, replacement) |
+//! | [`chain`] | `sol!` bindings from `contracts/artifacts/`, [`chain::tx::TxSender`] (nonces, fees, replacement), `EscrowClient` |
 //! | [`demo`] | `x402-upto demo`: crawler scenario, batched claims, sweep, reconciled summary |
 //! | [`devnet`] | a local anvil with the contracts deployed and funded accounts (tests, demo) |
-//! | [`settlement`] | claim journal, claim/sweep scheduler, loading channels from chain |
+//! | [`settlement`] | claim journal, claim/sweep/refund scheduler, chain watcher (confirmations, reorgs), channel loading |
 //! | [`telemetry`] | metric names, the Prometheus exporter, the tracing subscriber |
 //! | [`engine`] | the payment logic of a request, independent of HTTP: offer, checks, settle, deposits, refunds |
 //! | [`server`] | the axum/tower `PaymentLayer` over the engine, and the `Charge` handle |
@@ -28,7 +27,8 @@
 //! | [`facilitator`] | `POST /verify`, `POST /settle`, `GET /supported` for this scheme (axum router) |
 //! | [`cli`] | the command line: `serve`, `get`/`pay`, `channel`, `demo`, hidden `internal` tools |
 //!
-//! Dependencies point one way: `typed_data → verify → ledger → store`.
+//! Dependencies point one way: `wire, typed_data → verify → ledger → store → chain → settlement →
+//! engine → server, facilitator, client, cli`.
 //!
 //! # A paid request
 //!

@@ -69,6 +69,9 @@ pub struct ServeConfig {
     /// Priced path prefixes.
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteConfig>,
+    /// Prometheus scrape address (`GET /metrics`), e.g. `127.0.0.1:9464`; none by default.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One priced path prefix.
@@ -165,32 +168,80 @@ pub async fn serve(
         crate::chain::tx::TxPolicy::default(),
     );
     let receiver_authorizer = authorizer.address();
-    let escrow = crate::chain::escrow::EscrowClient::new(
-        provider,
+    let escrow = Arc::new(crate::chain::escrow::EscrowClient::new(
+        provider.clone(),
         cfg.escrow,
         cfg.collector,
         Arc::new(sender),
         Some(authorizer),
         domain.clone(),
+    ));
+    let store = Arc::new(
+        crate::SledStore::open(
+            &cfg.store,
+            crate::SledOptions::with_durability(cfg.durability),
+        )
+        .map_err(|e| format!("store {}: {e}", cfg.store.display()))?,
     );
-    let store = crate::SledStore::open(
-        &cfg.store,
-        crate::SledOptions::with_durability(cfg.durability),
-    )
-    .map_err(|e| format!("store {}: {e}", cfg.store.display()))?;
+    let ledger = crate::Ledger::new(domain);
     let engine = Engine::new(
         cfg.engine_config(receiver_authorizer),
-        crate::Ledger::new(domain),
-        Arc::new(store),
-        Some(Arc::new(escrow)),
+        ledger.clone(),
+        Arc::clone(&store),
+        Some(escrow.clone()),
     )?;
     let restored = engine.restore().await.map_err(|e| e.to_string())?;
+    if let Some(addr) = cfg.metrics_listen {
+        crate::telemetry::install_prometheus(addr).map_err(|e| format!("metrics {addr}: {e}"))?;
+    }
+
+    // Vouchers only become money when claimed: the scheduler claims (threshold, interval, at
+    // once on a withdrawal), sweeps and refunds idle channels; the watcher keeps the mirror
+    // of every channel fresh and wakes the scheduler when a payer starts a withdrawal.
+    let journal =
+        crate::settlement::ClaimJournal::open(&store).map_err(|e| format!("claim journal: {e}"))?;
+    let settlement = crate::settlement::Settlement::new(
+        ledger.clone(),
+        escrow.clone(),
+        journal,
+        crate::settlement::SettlementConfig::default(),
+    )
+    .with_refunds(
+        Arc::clone(&store),
+        crate::settlement::RefundPolicy::default(),
+        std::time::Duration::from_secs(60),
+    )
+    .spawn();
+    let head = provider
+        .get_block_number()
+        .await
+        .map_err(|e| format!("rpc {}: {e}", cfg.rpc))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = crate::settlement::Watcher::new(
+        escrow,
+        ledger,
+        crate::settlement::WatcherConfig::default(),
+        Some(settlement.waker()),
+        head + 1,
+    )
+    .spawn(stop.clone());
+
     let app = proxy_router(engine, &cfg.routes, &cfg.upstream);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, upstream = %cfg.upstream, restored, "serving");
-    axum::serve(listener, app).await.map_err(|e| e.to_string())
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string());
+    // Stop watching, then let the scheduler finish its round so a started claim is journalled.
+    stop.cancel();
+    let _ = watcher.await;
+    settlement.shutdown().await;
+    served
 }
 
 async fn forward(State(up): State<Upstream>, req: Request) -> Response {
