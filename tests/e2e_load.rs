@@ -21,10 +21,19 @@ use x402_upto::typed_data::{ChannelId, sign_digest, sign_voucher};
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 
-const CHANNELS: usize = 50;
-const REQUESTS: usize = 200;
 const PRICE: u128 = 10_000;
-const DEPOSIT: u128 = PRICE * REQUESTS as u128;
+
+/// Size of the run: 50 × 200 by default (the CI profile); the longer profile sets
+/// `X402_E2E_CHANNELS` / `X402_E2E_REQUESTS` (see `docs/settlement.md`).
+fn size() -> (usize, usize) {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (var("X402_E2E_CHANNELS", 50), var("X402_E2E_REQUESTS", 200))
+}
 
 alloy::sol! {
     struct TransferWithAuthorization {
@@ -137,6 +146,8 @@ async fn fifty_channels_times_two_hundred_requests_settle_to_the_exact_charged_s
         Some(authorizer.clone()),
         net.domain(),
     ));
+    let (n_channels, n_requests) = size();
+    let deposit = PRICE * n_requests as u128;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(
         SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group))
@@ -146,9 +157,9 @@ async fn fifty_channels_times_two_hundred_requests_settle_to_the_exact_charged_s
 
     let first_block = net.provider.get_block_number().await.expect("block") + 1;
     let mut channels: Vec<(PrivateKeySigner, ChannelId)> = Vec::new();
-    for i in 0..CHANNELS {
+    for i in 0..n_channels {
         let payer = PrivateKeySigner::random();
-        net.mint(payer.address(), DEPOSIT).await.expect("mint");
+        net.mint(payer.address(), deposit).await.expect("mint");
         let salt = B256::from(U256::from(i));
         let config = net.channel_config(
             payer.address(),
@@ -158,7 +169,7 @@ async fn fifty_channels_times_two_hundred_requests_settle_to_the_exact_charged_s
             salt,
         );
         let id = net
-            .deposit(&payer, &config, DEPOSIT, salt)
+            .deposit(&payer, &config, deposit, salt)
             .await
             .expect("deposit");
         let state = client.channel_state(id).await.expect("read");
@@ -191,7 +202,7 @@ async fn fifty_channels_times_two_hundred_requests_settle_to_the_exact_charged_s
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
             let mut charged = 0u128;
-            for _ in 0..REQUESTS {
+            for _ in 0..n_requests {
                 let actual = rng.random_range(0..=PRICE);
                 let max = charged + PRICE;
                 let sig = sign_voucher(&payer, ledger.domain(), id, max).expect("sign");
@@ -235,7 +246,7 @@ async fn fifty_channels_times_two_hundred_requests_settle_to_the_exact_charged_s
     assert_eq!(swept, total);
     assert_eq!(
         net.balance_of(net.escrow).await.expect("bal"),
-        DEPOSIT * CHANNELS as u128 - total
+        deposit * n_channels as u128 - total
     );
 
     let gas = gas_by_kind(&net, first_block, last_block).await;
@@ -244,10 +255,10 @@ async fn fifty_channels_times_two_hundred_requests_settle_to_the_exact_charged_s
         .await
         .expect("mint");
     let exact = exact_gas(&net, &exact_payer, 5).await;
-    let requests = (CHANNELS * REQUESTS) as f64;
+    let requests = (n_channels * n_requests) as f64;
     let settlement_gas = (gas.claims.1 + gas.settles.1) as f64;
     eprintln!(
-        "e2e: {CHANNELS} channels x {REQUESTS} requests, charged {total}; open {opened:.1?}, load {load:.1?} \
+        "e2e: {n_channels} channels x {n_requests} requests, charged {total}; open {opened:.1?}, load {load:.1?} \
          ({:.0} req/s), total {:.1?}",
         requests / load.as_secs_f64(),
         started.elapsed()
