@@ -1,103 +1,25 @@
 //! Core benchmarks: recovery, digest, ledger in memory, ledger + sled in each durability mode.
 //!
-//! `cargo bench --bench core -- --noplot`, then `python3 benches/report.py` for the table and
-//! the ratios (docs/benchmarks.md). Every paid request here charges 0 out of a price of 100,
-//! so one pre-signed voucher per channel stays valid forever; the code path (digest, one
-//! recovery, rules, stage, compare-and-set, durability wait, apply) is the same as for any
-//! other charge.
+//! `cargo bench --bench core -- --noplot`, then `python3 benches/report.py` for the table
+//! (docs/benchmarks.md). The target ratios come from `benches/ratios.rs`, which interleaves
+//! its measurements to cancel the shared machine's load swings. Fixtures: `common/mod.rs`.
+
+mod common;
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::aliases::U40;
-use alloy_primitives::{Address, B256, Bytes, Signature, U256};
+use alloy_primitives::{Address, B256, Signature};
 use alloy_sol_types::SolStruct;
+use common::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use x402_upto::ledger::OnchainState;
+use x402_upto::Durability;
 use x402_upto::store::persist;
-use x402_upto::typed_data::{ChannelConfig, EscrowDomain, Voucher, sign_voucher};
-use x402_upto::verify::SignedVoucher;
-use x402_upto::{Durability, Ledger, SledOptions, SledStore};
-
-const PRICE: u128 = 100;
-const MANY: usize = 10_000;
-/// Concurrent committers for group commit (one per disjoint channel subset).
-const COMMITTERS: usize = 64;
-
-fn domain() -> EscrowDomain {
-    EscrowDomain::new(8453, Address::repeat_byte(0xee))
-}
-
-fn key() -> PrivateKeySigner {
-    PrivateKeySigner::from_bytes(&B256::with_last_byte(7)).expect("valid scalar")
-}
-
-/// A ledger with `n` funded channels and one valid voucher for each.
-fn fixture(n: usize) -> (Ledger, Arc<Vec<SignedVoucher>>) {
-    let ledger = Ledger::new(domain());
-    let key = key();
-    let onchain = OnchainState {
-        balance: 1_000_000_000,
-        ..Default::default()
-    };
-    let vouchers = (0..n)
-        .map(|i| {
-            let config = ChannelConfig {
-                payer: key.address(),
-                payerAuthorizer: key.address(),
-                receiver: Address::repeat_byte(1),
-                receiverAuthorizer: Address::repeat_byte(2),
-                token: Address::repeat_byte(3),
-                withdrawDelay: U40::from(900u64),
-                salt: B256::from(U256::from(i)),
-            };
-            let (id, _) = ledger.upsert_from_chain(config, onchain, 0);
-            let sig = sign_voucher(&key, &domain(), id, PRICE).expect("sign");
-            SignedVoucher {
-                channel_id: id,
-                max_claimable: PRICE,
-                signature: Bytes::from(sig.as_bytes()),
-            }
-        })
-        .collect();
-    (ledger, Arc::new(vouchers))
-}
-
-fn serve_in_memory(ledger: &Ledger, voucher: &SignedVoucher) {
-    let reservation = ledger
-        .verify_and_reserve(voucher.clone(), PRICE)
-        .expect("valid voucher");
-    let staged = reservation.commit(0, 0).expect("within price");
-    black_box(staged.apply().expect("held"));
-}
-
-async fn serve_durably(ledger: &Ledger, store: &SledStore, voucher: &SignedVoucher) {
-    let reservation = ledger
-        .verify_and_reserve(voucher.clone(), PRICE)
-        .expect("valid voucher");
-    let staged = reservation.commit(0, 0).expect("within price");
-    black_box(persist(store, staged).await.expect("persisted"));
-}
-
-/// Runs `op(thread, k)` `iters` times split over `threads` OS threads; returns wall time.
-fn on_threads(iters: u64, threads: u64, op: impl Fn(u64, u64) + Sync) -> Duration {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let share = iters / threads + u64::from(t < iters % threads);
-            let op = &op;
-            s.spawn(move || (0..share).for_each(|k| op(t, k)));
-        }
-    });
-    start.elapsed()
-}
+use x402_upto::typed_data::Voucher;
+use x402_upto::verify::VerifiedVoucher;
 
 fn recovery(c: &mut Criterion) {
-    let digest = domain().voucher_digest(Default::default(), PRICE);
-    let sig = key().sign_hash_sync_for_bench(&digest);
-    let raw = sig.as_bytes();
+    let (digest, raw) = raw_signature();
     let k_sig = k256::ecdsa::Signature::from_slice(&raw[..64]).expect("valid");
     let k_id = k256::ecdsa::RecoveryId::from_byte(raw[64] - 27).expect("0 or 1");
 
@@ -161,15 +83,15 @@ fn digest(c: &mut Criterion) {
 fn ledger_in_memory(c: &mut Criterion) {
     let mut g = c.benchmark_group("ledger_mem");
     g.throughput(Throughput::Elements(1));
-    let (one, one_v) = fixture(1);
+    let (one, one_v) = (ledger(1), vouchers(1));
     g.bench_function("1ch/1t", |b| b.iter(|| serve_in_memory(&one, &one_v[0])));
-    let (two, two_v) = fixture(2);
+    let (two, two_v) = (ledger(2), vouchers(2));
     g.bench_function("2ch/2t", |b| {
         b.iter_custom(|iters| {
             on_threads(iters, 2, |t, _| serve_in_memory(&two, &two_v[t as usize]))
         })
     });
-    let (many, many_v) = fixture(MANY);
+    let (many, many_v) = (ledger(MANY), vouchers(MANY));
     let mut next = 0usize;
     g.bench_function("10k/1t", |b| {
         b.iter(|| {
@@ -188,27 +110,61 @@ fn ledger_in_memory(c: &mut Criterion) {
     g.finish();
 }
 
-fn open_store(mode: Durability, fdatasync: bool) -> (tempfile::TempDir, Arc<SledStore>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SledStore::open(
-        dir.path(),
-        SledOptions {
-            durability: mode,
-            fdatasync,
-        },
-    )
-    .expect("open");
-    (dir, Arc::new(store))
+/// Everything except the recovery, to put a noise-free number on the overhead: the voucher
+/// is verified once up front and the pre-verified copy is reserved, committed and applied.
+fn overhead(c: &mut Criterion) {
+    let mut g = c.benchmark_group("overhead");
+    g.throughput(Throughput::Elements(1));
+    let verified = |n: usize| -> Vec<VerifiedVoucher> {
+        vouchers(n)
+            .iter()
+            .map(|v| {
+                v.clone()
+                    .verify_ecdsa(&domain(), key().address())
+                    .expect("valid")
+            })
+            .collect()
+    };
+    let (one, one_v) = (ledger(1), verified(1));
+    g.bench_function("verify_ecdsa_incl_digest", |b| {
+        let v = vouchers(1)[0].clone();
+        b.iter(|| black_box(v.clone().verify_ecdsa(&domain(), key().address())))
+    });
+    g.bench_function("ledger_no_recovery/1ch", |b| {
+        b.iter(|| reserve_commit_apply(&one, &one_v[0]))
+    });
+    let (many, many_v) = (ledger(MANY), verified(MANY));
+    let mut next = 0usize;
+    g.bench_function("ledger_no_recovery/10k", |b| {
+        b.iter(|| {
+            next = (next + 1) % MANY;
+            reserve_commit_apply(&many, &many_v[next])
+        })
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (_dir, store) = open_store(Durability::None, false);
+    let many = ledger(MANY);
+    g.bench_function("ledger_no_recovery+sled_write/10k", |b| {
+        b.iter(|| {
+            next = (next + 1) % MANY;
+            let reservation = many.reserve(many_v[next].clone(), PRICE).expect("valid");
+            let staged = reservation.commit(0, 0).expect("within price");
+            black_box(
+                rt.block_on(persist(store.as_ref(), staged))
+                    .expect("persisted"),
+            );
+        })
+    });
+    g.finish();
 }
 
-fn label(mode: Durability, fdatasync: bool) -> &'static str {
-    match (mode, fdatasync) {
-        (Durability::None, _) => "none",
-        (Durability::Group, true) => "group+fdatasync",
-        (Durability::Group, false) => "group",
-        (Durability::Every, true) => "every+fdatasync",
-        (Durability::Every, false) => "every",
-    }
+fn reserve_commit_apply(ledger: &x402_upto::Ledger, voucher: &VerifiedVoucher) {
+    let reservation = ledger.reserve(voucher.clone(), PRICE).expect("valid");
+    let staged = reservation.commit(0, 0).expect("within price");
+    black_box(staged.apply().expect("held"));
 }
 
 /// One committer, one request at a time: latency-bound in the durable modes.
@@ -219,8 +175,7 @@ fn store_sequential(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (one, one_v) = fixture(1);
-    let (many, many_v) = fixture(MANY);
+    let (one_v, many_v) = (vouchers(1), vouchers(MANY));
     for (mode, sync) in [
         (Durability::None, false),
         (Durability::Group, false),
@@ -228,9 +183,12 @@ fn store_sequential(c: &mut Criterion) {
         (Durability::Every, false),
         (Durability::Every, true),
     ] {
+        // Separate stores: channel 0 exists in both ledgers, with different versions.
+        let (_dir1, store1) = open_store(mode, sync);
         let (_dir, store) = open_store(mode, sync);
+        let (one, many) = (ledger(1), ledger(MANY));
         g.bench_function(BenchmarkId::new(label(mode, sync), "1ch/1t"), |b| {
-            b.iter(|| rt.block_on(serve_durably(&one, &store, &one_v[0])))
+            b.iter(|| rt.block_on(serve_durably(&one, &store1, &one_v[0])))
         });
         let mut next = 0usize;
         g.bench_function(BenchmarkId::new(label(mode, sync), "10k/1t"), |b| {
@@ -247,7 +205,7 @@ fn store_sequential(c: &mut Criterion) {
 fn store_concurrent(c: &mut Criterion) {
     let mut g = c.benchmark_group("store_conc");
     g.throughput(Throughput::Elements(1));
-    let (many, many_v) = fixture(MANY);
+    let many_v = vouchers(MANY);
     for workers in [1usize, 2] {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -260,6 +218,7 @@ fn store_concurrent(c: &mut Criterion) {
             (Durability::Group, true),
         ] {
             let (_dir, store) = open_store(mode, sync);
+            let many = ledger(MANY);
             let id = BenchmarkId::new(label(mode, sync), format!("10k/{COMMITTERS}c/{workers}t"));
             g.bench_function(id, |b| {
                 b.iter_custom(|iters| {
@@ -273,9 +232,7 @@ fn store_concurrent(c: &mut Criterion) {
                                 (many.clone(), store.clone(), many_v.clone());
                             set.spawn(async move {
                                 for k in 0..share {
-                                    // Task t owns channels t, t+64, t+128, … (disjoint sets).
-                                    let per_task = (MANY / COMMITTERS) as u64;
-                                    let idx = (task + COMMITTERS as u64 * (k % per_task)) as usize;
+                                    let idx = committer_channel(task, k, COMMITTERS);
                                     serve_durably(&ledger, &store, &vouchers[idx]).await;
                                 }
                             });
@@ -292,22 +249,12 @@ fn store_concurrent(c: &mut Criterion) {
     g.finish();
 }
 
-/// Signs a digest with the local key (bench setup only).
-trait SignForBench {
-    fn sign_hash_sync_for_bench(&self, digest: &B256) -> Signature;
-}
-
-impl SignForBench for PrivateKeySigner {
-    fn sign_hash_sync_for_bench(&self, digest: &B256) -> Signature {
-        x402_upto::typed_data::sign_digest(self, digest).expect("sign")
-    }
-}
-
 criterion_group!(
     benches,
     recovery,
     digest,
     ledger_in_memory,
+    overhead,
     store_sequential,
     store_concurrent
 );

@@ -5,8 +5,11 @@
 //! The flusher reads the counter, flushes, and publishes "durable up to that ticket". A write
 //! with ticket `t` was in sled's buffers before the counter reached `t`, so any flush begun
 //! after reading `>= t` covers it. While one flush runs, later writers pile up and share the
-//! next one: batch size adapts to load with no timer (perf-limits §3, design c3). Waiters are
-//! woken through a `tokio::sync::watch`, so the wait is async and runtime-agnostic.
+//! next one: batch size adapts to load with no timer (perf-limits §3, design c3).
+//!
+//! Each waiter parks on its own oneshot, registered under a small mutex, and the flusher
+//! completes exactly the waiters its flush covered: one wake-up per acknowledged write, not
+//! one per waiter per flush. The wait is async and runtime-agnostic.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,15 +17,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::store::{FlushError, StoreError, WriteTicket};
 
-/// What the flusher has made durable so far.
-#[derive(Clone, Debug, Default)]
-struct Flushed {
+type Outcome = Result<(), Arc<FlushError>>;
+
+/// State shared by writers and the flusher.
+#[derive(Debug, Default)]
+struct Shared {
+    issued: AtomicU64,
+    stop: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every ticket up to this one is durable.
     durable: u64,
+    /// Set by the first failed flush; nothing after it is acknowledged.
     failed: Option<Arc<FlushError>>,
+    /// The flusher has exited.
+    stopped: bool,
+    /// Writers waiting for a ticket above `durable`.
+    waiters: Vec<(u64, oneshot::Sender<Outcome>)>,
 }
 
 /// Runs one flush (sled flush, then optionally `fdatasync`).
@@ -31,36 +50,30 @@ pub(crate) type FlushFn = Box<dyn FnMut() -> Result<(), FlushError> + Send>;
 /// Handle to the flusher thread; stops and joins it on drop (after a last flush).
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
-    issued: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    rx: watch::Receiver<Flushed>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl GroupCommit {
     pub(crate) fn start(dir: &Path, mut flush: FlushFn) -> Result<Self, StoreError> {
-        let issued = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = watch::channel(Flushed::default());
-        let (issued2, stop2) = (issued.clone(), stop.clone());
+        let shared = Arc::new(Shared::default());
+        let for_thread = shared.clone();
         let thread = thread::Builder::new()
             .name("x402-store-flush".into())
-            .spawn(move || flusher_loop(&issued2, &stop2, &tx, &mut flush))
+            .spawn(move || flusher_loop(&for_thread, &mut flush))
             .map_err(|source| StoreError::Io {
                 path: dir.to_path_buf(),
                 source,
             })?;
         Ok(Self {
-            issued,
-            stop,
-            rx,
+            shared,
             thread: Some(thread),
         })
     }
 
     /// Call after a write returned: issues its ticket and wakes the flusher.
     pub(crate) fn written(&self) -> WriteTicket {
-        let ticket = self.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        let ticket = self.shared.issued.fetch_add(1, Ordering::AcqRel) + 1;
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
@@ -69,31 +82,36 @@ impl GroupCommit {
 
     /// Resolves once a flush covering `ticket` completed.
     pub(crate) async fn wait(&self, ticket: WriteTicket) -> Result<(), StoreError> {
-        let mut rx = self.rx.clone();
-        let state = rx
-            .wait_for(|f| f.durable >= ticket.0 || f.failed.is_some())
-            .await
-            .map_err(|_| StoreError::FlusherStopped)?;
-        match &state.failed {
-            // A failure after our flush completed does not undo our durability.
-            _ if state.durable >= ticket.0 => Ok(()),
-            Some(e) => Err(StoreError::FlushFailed(e.clone())),
-            None => Err(StoreError::FlusherStopped),
+        let rx = {
+            let mut st = self.shared.state.lock();
+            if st.durable >= ticket.0 {
+                return Ok(());
+            }
+            if let Some(e) = &st.failed {
+                return Err(StoreError::FlushFailed(e.clone()));
+            }
+            if st.stopped {
+                return Err(StoreError::FlusherStopped);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push((ticket.0, tx));
+            rx
+        };
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::FlushFailed(e)),
+            Err(_) => Err(StoreError::FlusherStopped),
         }
     }
 }
 
-fn flusher_loop(
-    issued: &AtomicU64,
-    stop: &AtomicBool,
-    tx: &watch::Sender<Flushed>,
-    flush: &mut FlushFn,
-) {
+fn flusher_loop(shared: &Shared, flush: &mut FlushFn) {
     let mut durable = 0u64;
     loop {
-        let target = issued.load(Ordering::Acquire);
+        let target = shared.issued.load(Ordering::Acquire);
         if target == durable {
-            if stop.load(Ordering::Acquire) {
+            if shared.stop.load(Ordering::Acquire) {
+                shared.state.lock().stopped = true;
                 return;
             }
             // A write between the load and here leaves an unpark token: no lost wake-up.
@@ -104,11 +122,31 @@ fn flusher_loop(
         match flush() {
             Ok(()) => {
                 durable = target;
-                tx.send_modify(|f| f.durable = target);
+                let ready: Vec<_> = {
+                    let mut st = shared.state.lock();
+                    st.durable = target;
+                    st.waiters
+                        .extract_if(.., |(t, _)| *t <= target)
+                        .map(|(_, tx)| tx)
+                        .collect()
+                };
+                for tx in ready {
+                    // The waiter may have gone away (request cancelled); nothing to do then.
+                    let _ = tx.send(Ok(()));
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "store flush failed; refusing further acknowledgements");
-                tx.send_modify(|f| f.failed = Some(Arc::new(e)));
+                let e = Arc::new(e);
+                let waiters = {
+                    let mut st = shared.state.lock();
+                    st.failed = Some(e.clone());
+                    st.stopped = true;
+                    std::mem::take(&mut st.waiters)
+                };
+                for (_, tx) in waiters {
+                    let _ = tx.send(Err(e.clone()));
+                }
                 return;
             }
         }
@@ -117,7 +155,7 @@ fn flusher_loop(
 
 impl Drop for GroupCommit {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();
@@ -160,6 +198,42 @@ mod tests {
         assert!(matches!(gc.wait(t).await, Err(StoreError::FlushFailed(_))));
         let t = gc.written();
         assert!(gc.wait(t).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_concurrent_waiter_is_covered_by_a_flush_that_started_after_its_write() {
+        let starts = Arc::new(AtomicU64::new(0));
+        let completes = Arc::new(AtomicU64::new(0));
+        let (s, c) = (starts.clone(), completes.clone());
+        let gc = Arc::new(
+            GroupCommit::start(
+                Path::new("test"),
+                Box::new(move || {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_micros(200));
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }),
+            )
+            .expect("start"),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (gc, starts, completes) = (gc.clone(), starts.clone(), completes.clone());
+            tasks.spawn(async move {
+                for _ in 0..20 {
+                    // Flushes that began before this load cannot cover the write below.
+                    let started_before = starts.load(Ordering::SeqCst);
+                    let ticket = gc.written();
+                    gc.wait(ticket).await.expect("durable");
+                    assert!(completes.load(Ordering::SeqCst) > started_before);
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("waiter");
+        }
+        assert!(gc.shared.state.lock().waiters.is_empty());
     }
 
     fn sync_err() -> FlushError {

@@ -1,0 +1,205 @@
+//! Target ratios, measured so that a shared, noisy machine cannot fake or hide them.
+//!
+//! `cargo bench --bench ratios`. Each path is measured right after raw libsecp256k1 recovery
+//! at the same thread count, both for `X402_RATIO_MS` ms (default 200), and the ratio of the
+//! pair is kept; this repeats for `X402_RATIO_ROUNDS` rounds (default 11). Load from other
+//! processes that lasts longer than a pair hits both sides of it, so the median ratio is far
+//! steadier than two criterion numbers taken minutes apart. Absolute rates are printed too,
+//! but `benches/core.rs` (criterion) is the place for those.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use x402_upto::Durability;
+
+/// A path under test: runs until the deadline and returns how many operations it did.
+struct Path {
+    name: String,
+    threads: usize,
+    target: Option<f64>,
+    run: Box<dyn FnMut(Instant) -> u64>,
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `f(thread, k)` on `threads` OS threads until `deadline`; returns total calls.
+fn threads_until(threads: usize, deadline: Instant, f: &(dyn Fn(usize, u64) + Sync)) -> u64 {
+    let total = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let total = &total;
+            s.spawn(move || {
+                let mut k = 0;
+                while Instant::now() < deadline {
+                    f(t, k);
+                    k += 1;
+                }
+                total.fetch_add(k, Ordering::Relaxed);
+            });
+        }
+    });
+    total.into_inner()
+}
+
+fn raw(threads: usize) -> Box<dyn FnMut(Instant) -> u64> {
+    let (digest, sig) = raw_signature();
+    Box::new(move |deadline| threads_until(threads, deadline, &|_, _| recover_raw(&digest, &sig)))
+}
+
+fn in_memory(channels: usize, threads: usize) -> Box<dyn FnMut(Instant) -> u64> {
+    let (ledger, vouchers) = (ledger(channels), vouchers(channels));
+    Box::new(move |deadline| {
+        // Thread t serves channels t, t+threads, … so threads never meet on a channel.
+        threads_until(threads, deadline, &|t, k| {
+            let idx = (t + threads * (k as usize % (channels / threads))) % channels;
+            serve_in_memory(&ledger, &vouchers[idx]);
+        })
+    })
+}
+
+fn concurrent(
+    mode: Durability,
+    fdatasync: bool,
+    workers: usize,
+    committers: usize,
+) -> Box<dyn FnMut(Instant) -> u64> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (dir, store) = open_store(mode, fdatasync);
+    let (ledger, vouchers) = (ledger(MANY), vouchers(MANY));
+    Box::new(move |deadline| {
+        let _keep = &dir;
+        committers_until(committers, &rt, &ledger, &store, &vouchers, deadline)
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this target takes no arguments of its own.
+    let rounds = env_or("X402_RATIO_ROUNDS", 11) as usize;
+    let slice = Duration::from_millis(env_or("X402_RATIO_MS", 200));
+    let mut baselines = [raw(1), raw(2)];
+    let mut paths = vec![
+        Path {
+            name: "ledger_mem/1ch/1t".into(),
+            threads: 1,
+            target: Some(0.9),
+            run: in_memory(1, 1),
+        },
+        Path {
+            name: "ledger_mem/10k/1t".into(),
+            threads: 1,
+            target: Some(0.9),
+            run: in_memory(MANY, 1),
+        },
+        Path {
+            name: "ledger_mem/2ch/2t".into(),
+            threads: 2,
+            target: Some(0.9),
+            run: in_memory(2, 2),
+        },
+        Path {
+            name: "ledger_mem/10k/2t".into(),
+            threads: 2,
+            target: Some(0.9),
+            run: in_memory(MANY, 2),
+        },
+    ];
+    for workers in [1, 2] {
+        for (mode, sync, target) in [
+            (Durability::Group, true, Some(0.8)),
+            (Durability::Group, false, Some(0.8)),
+            (Durability::None, false, None),
+        ] {
+            paths.push(Path {
+                name: format!(
+                    "store_conc/{}/10k/{COMMITTERS}c/{workers}t",
+                    label(mode, sync)
+                ),
+                threads: workers,
+                target,
+                run: concurrent(mode, sync, workers, COMMITTERS),
+            });
+        }
+        // Group commit batches what is in flight: more concurrent requests, bigger batches.
+        paths.push(Path {
+            name: format!("store_conc/group+fdatasync/10k/256c/{workers}t"),
+            threads: workers,
+            target: None,
+            run: concurrent(Durability::Group, true, workers, 256),
+        });
+    }
+
+    println!(
+        "ratios: {rounds} rounds of {} ms pairs; loadavg before: {}",
+        slice.as_millis(),
+        loadavg()
+    );
+    // Warm-up round: fills the stores with every channel and the caches.
+    for p in paths.iter_mut() {
+        (p.run)(Instant::now() + slice);
+    }
+    let mut ratios = vec![Vec::new(); paths.len()];
+    let mut rates = vec![Vec::new(); paths.len()];
+    let mut raw_rates = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, p) in paths.iter_mut().enumerate() {
+            let base = &mut baselines[p.threads - 1];
+            let start = Instant::now();
+            let n = base(start + slice);
+            let raw_rate = n as f64 / start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let n = (p.run)(start + slice);
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            raw_rates[p.threads - 1].push(raw_rate);
+            rates[i].push(rate);
+            ratios[i].push(rate / raw_rate);
+        }
+    }
+    println!("loadavg after: {}\n", loadavg());
+    println!("| raw libsecp256k1 recovery | median ops/s |");
+    println!("|---|---:|");
+    for (t, r) in raw_rates.iter_mut().enumerate() {
+        println!("| {} thread(s) | {:.0} |", t + 1, median(r));
+    }
+    println!();
+    println!("| path | threads | median ops/s | ratio median | ratio min–max | target | met |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for (i, p) in paths.iter().enumerate() {
+        let (lo, hi) = ratios[i]
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let med = median(&mut ratios[i]);
+        let (target, met) = match p.target {
+            Some(t) => (format!("≥ {t}"), if med >= t { "yes" } else { "**no**" }),
+            None => ("—".into(), "—"),
+        };
+        let rate = median(&mut rates[i]);
+        println!(
+            "| `{}` | {} | {rate:.0} | {med:.2} | {lo:.2}–{hi:.2} | {target} | {met} |",
+            p.name, p.threads
+        );
+    }
+}
