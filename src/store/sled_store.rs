@@ -9,8 +9,12 @@
 //! Trees: [`CHANNELS_TREE`] holds one record per channel; [`CLAIM_JOURNAL_TREE`] is reserved
 //! for the settlement module's claim journal (not written here).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+use alloy_primitives::hex;
+use parking_lot::Mutex;
 
 use crate::ledger::ChannelRecord;
 use crate::store::codec;
@@ -57,6 +61,10 @@ impl SledOptions {
 pub struct SledStore {
     db: sled::Db,
     channels: sled::Tree,
+    /// Stored version of every channel. sled holds an exclusive lock on its directory, so
+    /// this process is the only writer and the cache is authoritative: a compare-and-set is
+    /// one map lookup plus one sled insert, not a sled read plus a sled compare-and-swap.
+    versions: VersionCache,
     options: SledOptions,
     data_file: Option<(PathBuf, File)>,
     group: Option<GroupCommit>,
@@ -94,9 +102,11 @@ impl SledStore {
             }
             Durability::None | Durability::Every => None,
         };
+        let versions = VersionCache::load(&channels)?;
         Ok(Self {
             db,
             channels,
+            versions,
             options,
             data_file,
             group,
@@ -126,23 +136,16 @@ impl SledStore {
         }
     }
 
-    fn stored_version(
-        &self,
-        key: &[u8],
-        value: Option<&sled::IVec>,
-    ) -> Result<Option<u64>, StoreError> {
-        value.map(|v| codec::version_of(key, v)).transpose()
-    }
-
     fn cas(
         &self,
         channel_id: ChannelId,
         expected: Option<u64>,
-        new: Option<Vec<u8>>,
+        new: Option<(u64, Vec<u8>)>,
     ) -> Result<WriteTicket, StoreError> {
         let key = channel_id.0;
-        let current = self.channels.get(key)?;
-        let found = self.stored_version(key.as_slice(), current.as_ref())?;
+        // Held across the sled write so that check and write are one step per channel.
+        let mut shard = self.versions.shard(&channel_id).lock();
+        let found = shard.get(&channel_id).copied();
         if found != expected {
             return Err(StoreError::Conflict {
                 channel_id,
@@ -150,17 +153,56 @@ impl SledStore {
                 found,
             });
         }
-        match self.channels.compare_and_swap(key, current, new)? {
-            Ok(()) => Ok(self.after_write()),
-            Err(lost) => {
-                let found = self.stored_version(key.as_slice(), lost.current.as_ref())?;
-                Err(StoreError::Conflict {
-                    channel_id,
-                    expected,
-                    found,
-                })
+        match new {
+            Some((version, value)) => {
+                self.channels.insert(key, value)?;
+                shard.insert(channel_id, version);
+            }
+            None => {
+                self.channels.remove(key)?;
+                shard.remove(&channel_id);
             }
         }
+        drop(shard);
+        Ok(self.after_write())
+    }
+}
+
+/// Channel id → stored record version, sharded like the ledger.
+#[derive(Debug)]
+struct VersionCache {
+    shards: Box<[Mutex<HashMap<ChannelId, u64>>]>,
+}
+
+impl VersionCache {
+    const SHARDS: usize = 64;
+
+    fn load(channels: &sled::Tree) -> Result<Self, StoreError> {
+        let cache = Self {
+            shards: (0..Self::SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        };
+        for item in channels.iter() {
+            let (key, value) = item?;
+            let version = codec::version_of(&key, &value)?;
+            let id = key
+                .as_ref()
+                .try_into()
+                .map(|b: [u8; 32]| ChannelId(b.into()))
+                .map_err(|_| StoreError::Corrupt {
+                    key: hex::encode_prefixed(&key),
+                    what: "key is not 32 bytes",
+                    source: None,
+                })?;
+            cache.shard(&id).lock().insert(id, version);
+        }
+        Ok(cache)
+    }
+
+    fn shard(&self, id: &ChannelId) -> &Mutex<HashMap<ChannelId, u64>> {
+        // Channel ids are keccak outputs; one byte spreads them evenly over 64 shards.
+        &self.shards[usize::from(id.0[31]) % Self::SHARDS]
     }
 }
 
@@ -171,7 +213,7 @@ impl Store for SledStore {
         record: &ChannelRecord,
     ) -> Result<WriteTicket, StoreError> {
         let value = codec::encode(record)?;
-        self.cas(record.channel_id, expected, Some(value))
+        self.cas(record.channel_id, expected, Some((record.version, value)))
     }
 
     async fn remove(

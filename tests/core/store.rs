@@ -167,20 +167,29 @@ async fn the_claim_journal_tree_is_separate_from_channel_records() {
 }
 
 #[tokio::test]
-async fn a_corrupt_record_fails_the_load_instead_of_being_skipped() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let db = sled::open(dir.path()).expect("sled");
-        let tree = db.open_tree(CHANNELS_TREE).expect("tree");
-        tree.insert([7u8; 32], b"\x01garbage".as_slice())
-            .expect("insert");
-        db.flush().expect("flush");
+async fn a_corrupt_store_is_refused_instead_of_records_being_skipped() {
+    let cases: [&[u8]; 2] = [
+        b"\x01garbage",                                 // header too short: refused at open
+        b"\x01\x00\x00\x00\x00\x00\x00\x00\x05garbage", // payload does not decode
+    ];
+    for value in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path()).expect("sled");
+            let tree = db.open_tree(CHANNELS_TREE).expect("tree");
+            tree.insert([7u8; 32], value).expect("insert");
+            db.flush().expect("flush");
+        }
+        let result =
+            match SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group)) {
+                Ok(store) => store.load_all().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+        assert!(
+            matches!(result, Err(StoreError::Corrupt { .. })),
+            "{value:?}: {result:?}"
+        );
     }
-    let store = open(dir.path(), Durability::Group);
-    assert!(matches!(
-        store.load_all().await,
-        Err(StoreError::Corrupt { .. })
-    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
