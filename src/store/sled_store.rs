@@ -74,7 +74,7 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        let db = sled::Config::new().path(&dir).open()?;
+        let db = open_sled(&dir)?;
         let channels = db.open_tree(CHANNELS_TREE)?;
         let sync = options.fdatasync && options.durability != Durability::None;
         let data_file = if sync {
@@ -289,4 +289,23 @@ fn sync_path(dir: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Opens sled, waiting up to 5 s while the directory lock is held. sled's background flusher
+/// thread releases the lock a moment after its `Db` is dropped, so a store reopened in the
+/// same process (a restart in tests, a supervisor restarting the engine) can find it still
+/// taken; a lock held by another live process is still an error after the wait.
+fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
