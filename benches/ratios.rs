@@ -2,13 +2,11 @@
 //!
 //! `cargo bench --bench ratios`. Each path is measured right after raw libsecp256k1 recovery
 //! at the same thread count, both for `X402_RATIO_MS` ms (default 1000), and the ratio of the
-//! pair is kept; this repeats for `X402_RATIO_ROUNDS` rounds (default 7). Load from other
-//! processes that lasts longer than a pair hits both sides of it, so the median ratio is far
-//! steadier than two criterion numbers taken minutes apart. A second ratio uses operations per
-//! CPU-second of this process (from `/proc/self/task/*/schedstat`), which time stolen by other
-//! processes does not distort (the kernel updates a running thread's figure about once a
-//! tick, hence the long slices). Absolute rates are printed too, but `benches/core.rs`
-//! (criterion) is the place for those.
+//! pair is kept; this repeats for `X402_RATIO_ROUNDS` rounds (default 7) and the median is
+//! reported. Load from other processes that lasts longer than a pair hits both sides of it,
+//! so the median ratio is far steadier than two criterion numbers taken minutes apart.
+//! `X402_RATIO_ONLY=<substring>` runs only matching paths. Absolute rates are printed too, but
+//! `benches/core.rs` (criterion) is the place for those.
 
 mod common;
 
@@ -16,14 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use x402_upto::Durability;
+use x402_upto::{Durability, SledOptions};
 
-/// A path under test: runs until the deadline and returns how many operations it did.
+/// Runs a path until the deadline; returns how many operations it did.
+type Runner = Box<dyn FnMut(Instant) -> u64>;
+
 struct Path {
     name: String,
     threads: usize,
     target: Option<f64>,
-    run: Box<dyn FnMut(Instant) -> u64>,
+    run: Runner,
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -33,29 +33,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// CPU time of threads that exited since start (they vanish from `/proc/self/task`).
-static EXITED_CPU_NS: AtomicU64 = AtomicU64::new(0);
-
-/// On-CPU nanoseconds of one thread (`schedstat`'s first field), 0 if unavailable.
-fn schedstat_ns(path: &std::path::Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
-/// On-CPU nanoseconds of the whole process: live threads plus those that already exited.
-/// Time other processes take from us does not count, which is the point.
-fn process_cpu_ns() -> u64 {
-    let live: u64 = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|task| schedstat_ns(&task.path().join("schedstat")))
-        .sum();
-    live + EXITED_CPU_NS.load(Ordering::Relaxed)
-}
-
 /// `f(thread, k)` on `threads` OS threads until `deadline`; returns total calls.
 fn threads_until(threads: usize, deadline: Instant, f: &(dyn Fn(usize, u64) + Sync)) -> u64 {
     let total = AtomicU64::new(0);
@@ -63,44 +40,24 @@ fn threads_until(threads: usize, deadline: Instant, f: &(dyn Fn(usize, u64) + Sy
         for t in 0..threads {
             let total = &total;
             s.spawn(move || {
-                let me = std::path::Path::new("/proc/thread-self/schedstat");
-                let cpu0 = schedstat_ns(me);
                 let mut k = 0;
                 while Instant::now() < deadline {
                     f(t, k);
                     k += 1;
                 }
                 total.fetch_add(k, Ordering::Relaxed);
-                EXITED_CPU_NS.fetch_add(schedstat_ns(me).saturating_sub(cpu0), Ordering::Relaxed);
             });
         }
     });
     total.into_inner()
 }
 
-/// Runs `f` for one slice; returns (ops per wall second, ops per CPU second).
-fn measure(f: &mut dyn FnMut(Instant) -> u64, slice: Duration) -> (f64, f64) {
-    let cpu0 = process_cpu_ns();
-    let start = Instant::now();
-    let n = f(start + slice) as f64;
-    let wall = start.elapsed().as_secs_f64();
-    let cpu1 = process_cpu_ns();
-    if std::env::var_os("X402_RATIO_DEBUG").is_some() {
-        eprintln!(
-            "slice: ops {n} wall {wall:.3}s cpu {:.3}s",
-            (cpu1 as f64 - cpu0 as f64) / 1e9
-        );
-    }
-    let cpu = cpu1.saturating_sub(cpu0).max(1) as f64 / 1e9;
-    (n / wall, n / cpu)
-}
-
-fn raw(threads: usize) -> Box<dyn FnMut(Instant) -> u64> {
+fn raw(threads: usize) -> Runner {
     let (digest, sig) = raw_signature();
     Box::new(move |deadline| threads_until(threads, deadline, &|_, _| recover_raw(&digest, &sig)))
 }
 
-fn in_memory(channels: usize, threads: usize) -> Box<dyn FnMut(Instant) -> u64> {
+fn in_memory(channels: usize, threads: usize) -> Runner {
     let (ledger, vouchers) = (ledger(channels), vouchers(channels));
     Box::new(move |deadline| {
         // Thread t serves channels t, t+threads, … so threads never meet on a channel.
@@ -111,18 +68,13 @@ fn in_memory(channels: usize, threads: usize) -> Box<dyn FnMut(Instant) -> u64> 
     })
 }
 
-fn concurrent(
-    mode: Durability,
-    fdatasync: bool,
-    workers: usize,
-    committers: usize,
-) -> Box<dyn FnMut(Instant) -> u64> {
+fn concurrent(options: SledOptions, workers: usize, committers: usize) -> Runner {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime");
-    let (dir, store) = open_store(mode, fdatasync);
+    let (dir, store) = open_store_with(options);
     let (ledger, vouchers) = (ledger(MANY), vouchers(MANY));
     Box::new(move |deadline| {
         let _keep = &dir;
@@ -132,7 +84,7 @@ fn concurrent(
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// p50 / p99 of `fdatasync` after a 200-byte overwrite: the disk's sync latency right now,
@@ -172,54 +124,63 @@ fn main() {
     let rounds = env_or("X402_RATIO_ROUNDS", 7) as usize;
     let slice = Duration::from_millis(env_or("X402_RATIO_MS", 1000));
     let mut baselines = [raw(1), raw(2)];
-    let mut paths = vec![
-        Path {
-            name: "ledger_mem/1ch/1t".into(),
-            threads: 1,
-            target: Some(0.9),
-            run: in_memory(1, 1),
-        },
-        Path {
-            name: "ledger_mem/10k/1t".into(),
-            threads: 1,
-            target: Some(0.9),
-            run: in_memory(MANY, 1),
-        },
-        Path {
-            name: "ledger_mem/2ch/2t".into(),
-            threads: 2,
-            target: Some(0.9),
-            run: in_memory(2, 2),
-        },
-        Path {
-            name: "ledger_mem/10k/2t".into(),
-            threads: 2,
-            target: Some(0.9),
-            run: in_memory(MANY, 2),
-        },
-    ];
+    let only = std::env::var("X402_RATIO_ONLY").ok();
+    let mut paths = Vec::new();
+    // Fixtures are built only for the selected paths.
+    let mut add = |name: String, threads: usize, target: Option<f64>, make: &dyn Fn() -> Runner| {
+        if only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
+            paths.push(Path {
+                name,
+                threads,
+                target,
+                run: make(),
+            });
+        }
+    };
+    add("ledger_mem/1ch/1t".into(), 1, Some(0.9), &|| {
+        in_memory(1, 1)
+    });
+    add("ledger_mem/10k/1t".into(), 1, Some(0.9), &|| {
+        in_memory(MANY, 1)
+    });
+    add("ledger_mem/2ch/2t".into(), 2, Some(0.9), &|| {
+        in_memory(2, 2)
+    });
+    add("ledger_mem/10k/2t".into(), 2, Some(0.9), &|| {
+        in_memory(MANY, 2)
+    });
+    let with = |durability, fdatasync| SledOptions {
+        durability,
+        fdatasync,
+        ..SledOptions::default()
+    };
     for workers in [1, 2] {
         for (mode, sync, target) in [
             (Durability::Group, true, Some(0.8)),
             (Durability::Group, false, Some(0.8)),
             (Durability::None, false, None),
         ] {
-            paths.push(Path {
-                name: format!(
-                    "store_conc/{}/10k/{COMMITTERS}c/{workers}t",
-                    label(mode, sync)
-                ),
-                threads: workers,
-                target,
-                run: concurrent(mode, sync, workers, COMMITTERS),
+            let name = format!(
+                "store_conc/{}/10k/{COMMITTERS}c/{workers}t",
+                label(mode, sync)
+            );
+            add(name, workers, target, &|| {
+                concurrent(with(mode, sync), workers, COMMITTERS)
             });
         }
+        // What the default linger buys: the same path flushing back to back.
+        let name = format!("store_conc/group+fdatasync,linger=0/10k/{COMMITTERS}c/{workers}t");
+        let no_linger = SledOptions {
+            group_linger: Duration::ZERO,
+            ..with(Durability::Group, true)
+        };
+        add(name, workers, None, &|| {
+            concurrent(no_linger.clone(), workers, COMMITTERS)
+        });
         // Group commit batches what is in flight: more concurrent requests, bigger batches.
-        paths.push(Path {
-            name: format!("store_conc/group+fdatasync/10k/256c/{workers}t"),
-            threads: workers,
-            target: None,
-            run: concurrent(Durability::Group, true, workers, 256),
+        let name = format!("store_conc/group+fdatasync/10k/256c/{workers}t");
+        add(name, workers, None, &|| {
+            concurrent(with(Durability::Group, true), workers, 256)
         });
     }
 
@@ -234,17 +195,19 @@ fn main() {
         (p.run)(Instant::now() + slice);
     }
     let mut ratios = vec![Vec::new(); paths.len()];
-    let mut cpu_ratios = vec![Vec::new(); paths.len()];
     let mut rates = vec![Vec::new(); paths.len()];
     let mut raw_rates = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for (i, p) in paths.iter_mut().enumerate() {
-            let (raw_wall, raw_cpu) = measure(&mut baselines[p.threads - 1], slice);
-            let (wall, cpu) = measure(&mut p.run, slice);
-            raw_rates[p.threads - 1].push(raw_wall);
-            rates[i].push(wall);
-            ratios[i].push(wall / raw_wall);
-            cpu_ratios[i].push(cpu / raw_cpu);
+            let start = Instant::now();
+            let n = baselines[p.threads - 1](start + slice) as f64;
+            let raw_rate = n / start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let n = (p.run)(start + slice) as f64;
+            let rate = n / start.elapsed().as_secs_f64();
+            raw_rates[p.threads - 1].push(raw_rate);
+            rates[i].push(rate);
+            ratios[i].push(rate / raw_rate);
         }
     }
     println!(
@@ -254,43 +217,30 @@ fn main() {
     );
     println!("| raw libsecp256k1 recovery | median ops/s |");
     println!("|---|---:|");
-    for (t, r) in raw_rates.iter_mut().enumerate() {
+    for (t, r) in raw_rates
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, r)| !r.is_empty())
+    {
         println!("| {} thread(s) | {:.0} |", t + 1, median(r));
     }
-    println!();
-    println!("Wall ratio: ops/s of the path over ops/s of raw recovery measured just before it.");
     println!(
-        "CPU ratio: the same with ops per CPU-second of this process (immune to neighbours).\n"
+        "\n| path | threads | median ops/s | ratio to raw recovery, median (min–max) | target | met |"
     );
-    println!(
-        "| path | threads | median ops/s | wall ratio (min–max) | CPU ratio (min–max) | target | met (wall / CPU) |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---|");
     for (i, p) in paths.iter().enumerate() {
-        let wall = summary(&mut ratios[i]);
-        let cpu = summary(&mut cpu_ratios[i]);
+        let (lo, hi) = ratios[i]
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let med = median(&mut ratios[i]);
         let (target, met) = match p.target {
-            Some(t) => {
-                let yes = |r: f64| if r >= t { "yes" } else { "**no**" };
-                (
-                    format!("≥ {t}"),
-                    format!("{} / {}", yes(wall.0), yes(cpu.0)),
-                )
-            }
-            None => ("—".into(), "—".into()),
+            Some(t) => (format!("≥ {t}"), if med >= t { "yes" } else { "**no**" }),
+            None => ("—".into(), "—"),
         };
         let rate = median(&mut rates[i]);
         println!(
-            "| `{}` | {} | {rate:.0} | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {target} | {met} |",
-            p.name, p.threads, wall.0, wall.1, wall.2, cpu.0, cpu.1, cpu.2
+            "| `{}` | {} | {rate:.0} | {med:.2} ({lo:.2}–{hi:.2}) | {target} | {met} |",
+            p.name, p.threads
         );
     }
-}
-
-/// (median, min, max).
-fn summary(v: &mut [f64]) -> (f64, f64, f64) {
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-    (median(v), lo, hi)
 }

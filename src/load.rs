@@ -98,6 +98,7 @@ async fn run(args: &StoreLoadArgs) -> Result<()> {
     let options = SledOptions {
         durability: args.durability,
         fdatasync: !args.no_fdatasync,
+        ..SledOptions::default()
     };
     let store = std::sync::Arc::new(SledStore::open(&args.dir, options)?);
     let domain = load_domain();

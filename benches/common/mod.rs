@@ -74,8 +74,21 @@ pub fn ledger(n: usize) -> Ledger {
     ledger
 }
 
-/// One valid voucher per channel of [`ledger`]`(n)` (channel ids are deterministic).
+/// One valid voucher per channel of [`ledger`]`(n)` (channel ids are deterministic); signed
+/// once per `n` per process.
 pub fn vouchers(n: usize) -> Arc<Vec<SignedVoucher>> {
+    static CACHE: std::sync::Mutex<Vec<(usize, Arc<Vec<SignedVoucher>>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().expect("voucher cache");
+    if let Some((_, v)) = cache.iter().find(|(m, _)| *m == n) {
+        return v.clone();
+    }
+    let v = sign_vouchers(n);
+    cache.push((n, v.clone()));
+    v
+}
+
+fn sign_vouchers(n: usize) -> Arc<Vec<SignedVoucher>> {
     let key = key();
     let vouchers = (0..n)
         .map(|i| {
@@ -114,15 +127,16 @@ pub fn committer_channel(task: u64, k: u64, committers: usize) -> usize {
 }
 
 pub fn open_store(mode: Durability, fdatasync: bool) -> (tempfile::TempDir, Arc<SledStore>) {
+    open_store_with(SledOptions {
+        durability: mode,
+        fdatasync,
+        ..SledOptions::default()
+    })
+}
+
+pub fn open_store_with(options: SledOptions) -> (tempfile::TempDir, Arc<SledStore>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SledStore::open(
-        dir.path(),
-        SledOptions {
-            durability: mode,
-            fdatasync,
-        },
-    )
-    .expect("open");
+    let store = SledStore::open(dir.path(), options).expect("open");
     (dir, Arc::new(store))
 }
 

@@ -27,7 +27,9 @@ use crate::typed_data::ChannelId;
 
 pub use codec::FORMAT_V1;
 pub use persist::{PersistError, persist};
-pub use sled_store::{CHANNELS_TREE, CLAIM_JOURNAL_TREE, SledOptions, SledStore};
+pub use sled_store::{
+    CHANNELS_TREE, CLAIM_JOURNAL_TREE, DEFAULT_GROUP_LINGER, SledOptions, SledStore,
+};
 
 /// When a write counts as durable.
 #[derive(

@@ -221,6 +221,7 @@ fn open(dir: &tempfile::TempDir) -> SledStore {
     let options = SledOptions {
         durability: Durability::Group,
         fdatasync: false,
+        ..SledOptions::default()
     };
     SledStore::open(dir.path(), options).expect("open")
 }
