@@ -43,7 +43,7 @@ fn config() -> bincode::config::Configuration {
 }
 
 /// Encodes `record` with its version in the header.
-pub(crate) fn encode(record: &ChannelRecord) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode(record: &ChannelRecord) -> Result<Vec<u8>, bincode::error::EncodeError> {
     let c = &record.config;
     let disk = DiskRecordV1 {
         channel_id: record.channel_id.0.0,
@@ -67,12 +67,7 @@ pub(crate) fn encode(record: &ChannelRecord) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(HEADER + 256);
     out.push(FORMAT_V1);
     out.extend_from_slice(&record.version.to_be_bytes());
-    bincode::serde::encode_into_std_write(&disk, &mut out, config()).map_err(|source| {
-        StoreError::Encode {
-            channel_id: record.channel_id,
-            source,
-        }
-    })?;
+    bincode::serde::encode_into_std_write(&disk, &mut out, config())?;
     Ok(out)
 }
 

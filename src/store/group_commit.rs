@@ -1,25 +1,22 @@
-//! Group commit: one flusher thread runs flushes back to back; writers wait for the first
-//! flush that *started* after their write.
+//! Group commit on a store thread: request tasks hand their writes to one thread, which
+//! applies everything queued as one sled batch, flushes (and `fdatasync`s), then completes
+//! exactly the writers that flush covered.
 //!
-//! Writers take a ticket from a counter *after* their insert returned, then wake the flusher.
-//! The flusher reads the counter, flushes, and publishes "durable up to that ticket". A write
-//! with ticket `t` was in sled's buffers before the counter reached `t`, so any flush begun
-//! after reading `>= t` covers it. While one flush runs, later writers pile up and share the
-//! next one: batch size adapts to load with no timer (perf-limits §3, design c3).
+//! Why a thread and not a flush-only helper: sled's copy-on-write inserts churn memory, and
+//! doing them on the request thread between two signature recoveries evicted
+//! libsecp256k1's tables and made the recovery itself slower (docs/benchmarks.md). Here the
+//! request side only checks the version map and enqueues; all sled work happens on this
+//! thread, batched. A write's ticket is taken when it is queued, in queue order, and a flush
+//! covers every ticket up to the last one of its batch.
 //!
-//! With a non-zero `linger`, the flusher that finds pending writes waits that long before
-//! flushing, so one flush (and one wake-up of this thread, which the scheduler tends to put
-//! on the writer's core) serves more writes. On the 2-core machine this raised group-commit
-//! throughput with 64 committers from ~0.55 to ~0.74 of raw recovery (docs/benchmarks.md),
-//! for at most `linger` of extra acknowledgement latency.
-//!
-//! Each waiter parks on its own oneshot, registered under a small mutex, and the flusher
-//! completes exactly the waiters its flush covered: one wake-up per acknowledged write, not
-//! one per waiter per flush. The wait is async and runtime-agnostic.
+//! With a non-zero `linger`, the thread that finds writes queued waits that long before
+//! taking the batch, so one sled batch, one flush and one wake-up serve more writes, for at
+//! most `linger` of extra acknowledgement latency. Each waiter parks on its own oneshot, so
+//! a flush wakes exactly the writers it covered. The wait is async and runtime-agnostic.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -30,47 +27,60 @@ use crate::store::{FlushError, StoreError, WriteTicket};
 
 type Outcome = Result<(), Arc<FlushError>>;
 
-/// State shared by writers and the flusher.
-#[derive(Debug, Default)]
-struct Shared {
-    issued: AtomicU64,
+/// Applies a batch of queued writes and makes it durable (sled batch, flush, `fdatasync`).
+pub(crate) type WriteFn<T> = Box<dyn FnMut(Vec<T>) -> Result<(), FlushError> + Send>;
+
+/// State shared by writers and the store thread.
+#[derive(Debug)]
+struct Shared<T> {
     stop: AtomicBool,
-    state: Mutex<State>,
+    state: Mutex<State<T>>,
 }
 
-#[derive(Debug, Default)]
-struct State {
+#[derive(Debug)]
+struct State<T> {
+    /// Last ticket handed out; tickets are queue positions.
+    issued: u64,
     /// Every ticket up to this one is durable.
     durable: u64,
-    /// Set by the first failed flush; nothing after it is acknowledged.
+    /// Set by the first failed batch; nothing after it is acknowledged.
     failed: Option<Arc<FlushError>>,
-    /// The flusher has exited.
+    /// The store thread has exited.
     stopped: bool,
+    /// Writes not yet taken by the store thread, in ticket order.
+    queue: Vec<T>,
     /// Writers waiting for a ticket above `durable`.
     waiters: Vec<(u64, oneshot::Sender<Outcome>)>,
 }
 
-/// Runs one flush (sled flush, then optionally `fdatasync`).
-pub(crate) type FlushFn = Box<dyn FnMut() -> Result<(), FlushError> + Send>;
-
-/// Handle to the flusher thread; stops and joins it on drop (after a last flush).
+/// Handle to the store thread; stops and joins it on drop, after it wrote the whole queue.
 #[derive(Debug)]
-pub(crate) struct GroupCommit {
-    shared: Arc<Shared>,
+pub(crate) struct GroupCommit<T> {
+    shared: Arc<Shared<T>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl GroupCommit {
+impl<T: Send + 'static> GroupCommit<T> {
     pub(crate) fn start(
         dir: &Path,
         linger: Duration,
-        mut flush: FlushFn,
+        mut write: WriteFn<T>,
     ) -> Result<Self, StoreError> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State {
+                issued: 0,
+                durable: 0,
+                failed: None,
+                stopped: false,
+                queue: Vec::new(),
+                waiters: Vec::new(),
+            }),
+        });
         let for_thread = shared.clone();
         let thread = thread::Builder::new()
-            .name("x402-store-flush".into())
-            .spawn(move || flusher_loop(&for_thread, linger, &mut flush))
+            .name("x402-store".into())
+            .spawn(move || store_loop(&for_thread, linger, &mut write))
             .map_err(|source| StoreError::Io {
                 path: dir.to_path_buf(),
                 source,
@@ -81,13 +91,29 @@ impl GroupCommit {
         })
     }
 
-    /// Call after a write returned: issues its ticket and wakes the flusher.
-    pub(crate) fn written(&self) -> WriteTicket {
-        let ticket = self.shared.issued.fetch_add(1, Ordering::AcqRel) + 1;
+    /// Queues a write; returns its ticket. Fails once the store thread failed or stopped.
+    pub(crate) fn submit(&self, op: T) -> Result<WriteTicket, StoreError> {
+        let ticket = {
+            let mut st = self.shared.state.lock();
+            if let Some(e) = &st.failed {
+                return Err(StoreError::FlushFailed(e.clone()));
+            }
+            if st.stopped {
+                return Err(StoreError::FlusherStopped);
+            }
+            st.issued += 1;
+            st.queue.push(op);
+            st.issued
+        };
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
-        WriteTicket(ticket)
+        Ok(WriteTicket(ticket))
+    }
+
+    /// The ticket of the last write queued so far.
+    pub(crate) fn last_issued(&self) -> WriteTicket {
+        WriteTicket(self.shared.state.lock().issued)
     }
 
     /// Resolves once a flush covering `ticket` completed.
@@ -115,27 +141,27 @@ impl GroupCommit {
     }
 }
 
-fn flusher_loop(shared: &Shared, linger: Duration, flush: &mut FlushFn) {
-    let mut durable = 0u64;
+fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut WriteFn<T>) {
     loop {
-        let mut target = shared.issued.load(Ordering::Acquire);
-        if target != durable && !linger.is_zero() {
-            thread::sleep(linger);
-            target = shared.issued.load(Ordering::Acquire);
-        }
-        if target == durable {
+        if shared.state.lock().queue.is_empty() {
             if shared.stop.load(Ordering::Acquire) {
                 shared.state.lock().stopped = true;
                 return;
             }
-            // A write between the load and here leaves an unpark token: no lost wake-up.
+            // A submit between the check and here leaves an unpark token: no lost wake-up.
             // The timeout only bounds how long a stop request can go unnoticed.
             thread::park_timeout(Duration::from_millis(50));
             continue;
         }
-        match flush() {
+        if !linger.is_zero() {
+            thread::sleep(linger);
+        }
+        let (batch, target) = {
+            let mut st = shared.state.lock();
+            (std::mem::take(&mut st.queue), st.issued)
+        };
+        match write(batch) {
             Ok(()) => {
-                durable = target;
                 let ready: Vec<_> = {
                     let mut st = shared.state.lock();
                     st.durable = target;
@@ -150,7 +176,7 @@ fn flusher_loop(shared: &Shared, linger: Duration, flush: &mut FlushFn) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "store flush failed; refusing further acknowledgements");
+                tracing::error!(error = %e, "store write failed; refusing further acknowledgements");
                 let e = Arc::new(e);
                 let waiters = {
                     let mut st = shared.state.lock();
@@ -167,7 +193,7 @@ fn flusher_loop(shared: &Shared, linger: Duration, flush: &mut FlushFn) {
     }
 }
 
-impl Drop for GroupCommit {
+impl<T> Drop for GroupCommit<T> {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
@@ -180,80 +206,92 @@ impl Drop for GroupCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use std::path::PathBuf;
-    use std::sync::Mutex;
 
-    #[tokio::test]
-    async fn a_waiter_returns_only_after_a_flush_that_started_after_its_write() {
-        let flushes = Arc::new(Mutex::new(0u32));
-        let counter = flushes.clone();
+    type Recording = (
+        GroupCommit<u64>,
+        Arc<Mutex<HashSet<u64>>>,
+        Arc<Mutex<Vec<usize>>>,
+    );
+
+    /// A store thread whose "flush" records each batch as durable after a short sleep.
+    fn recording(linger: Duration) -> Recording {
+        let durable = Arc::new(Mutex::new(HashSet::new()));
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let (d, b) = (durable.clone(), batches.clone());
         let gc = GroupCommit::start(
             Path::new("test"),
-            Duration::ZERO,
-            Box::new(move || {
-                *counter.lock().map_err(|_| sync_err())? += 1;
+            linger,
+            Box::new(move |batch: Vec<u64>| {
+                std::thread::sleep(Duration::from_micros(200));
+                b.lock().push(batch.len());
+                d.lock().extend(batch);
                 Ok(())
             }),
         )
         .expect("start");
-        let t1 = gc.written();
-        gc.wait(t1).await.expect("durable");
-        let after_first = *flushes.lock().expect("lock");
-        assert!(after_first >= 1);
-        let t2 = gc.written();
-        gc.wait(t2).await.expect("durable");
-        assert!(*flushes.lock().expect("lock") > after_first);
+        (gc, durable, batches)
     }
 
     #[tokio::test]
-    async fn a_failed_flush_fails_every_pending_and_later_waiter() {
-        let gc = GroupCommit::start(
-            Path::new("test"),
-            Duration::ZERO,
-            Box::new(|| Err(sync_err())),
-        )
-        .expect("start");
-        let t = gc.written();
-        assert!(matches!(gc.wait(t).await, Err(StoreError::FlushFailed(_))));
-        let t = gc.written();
-        assert!(gc.wait(t).await.is_err());
+    async fn a_write_is_acknowledged_only_once_its_batch_was_written_and_flushed() {
+        let (gc, durable, _) = recording(Duration::ZERO);
+        for value in 0..5 {
+            let ticket = gc.submit(value).expect("queued");
+            gc.wait(ticket).await.expect("durable");
+            assert!(durable.lock().contains(&value));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_concurrent_waiter_is_covered_by_a_flush_that_started_after_its_write() {
-        let starts = Arc::new(AtomicU64::new(0));
-        let completes = Arc::new(AtomicU64::new(0));
-        let (s, c) = (starts.clone(), completes.clone());
-        let gc = Arc::new(
-            GroupCommit::start(
-                Path::new("test"),
-                Duration::from_micros(100),
-                Box::new(move || {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_micros(200));
-                    c.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                }),
-            )
-            .expect("start"),
-        );
+    async fn every_concurrent_writer_is_acknowledged_after_its_own_write_only() {
+        let (gc, durable, batches) = recording(Duration::from_micros(100));
+        let gc = Arc::new(gc);
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..64 {
-            let (gc, starts, completes) = (gc.clone(), starts.clone(), completes.clone());
+        for task in 0..64u64 {
+            let (gc, durable) = (gc.clone(), durable.clone());
             tasks.spawn(async move {
-                for _ in 0..20 {
-                    // Flushes that began before this load cannot cover the write below.
-                    let started_before = starts.load(Ordering::SeqCst);
-                    let ticket = gc.written();
+                for k in 0..20u64 {
+                    let value = task * 1_000 + k;
+                    let ticket = gc.submit(value).expect("queued");
                     gc.wait(ticket).await.expect("durable");
-                    assert!(completes.load(Ordering::SeqCst) > started_before);
+                    assert!(
+                        durable.lock().contains(&value),
+                        "acknowledged before written"
+                    );
                 }
             });
         }
         while let Some(done) = tasks.join_next().await {
-            done.expect("waiter");
+            done.expect("writer");
         }
+        assert_eq!(durable.lock().len(), 64 * 20);
+        assert_eq!(batches.lock().iter().sum::<usize>(), 64 * 20);
         assert!(gc.shared.state.lock().waiters.is_empty());
+    }
+
+    #[test]
+    fn dropping_the_handle_writes_everything_still_queued() {
+        let (gc, durable, _) = recording(Duration::from_millis(5));
+        for value in 0..100 {
+            gc.submit(value).expect("queued");
+        }
+        drop(gc);
+        assert_eq!(durable.lock().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_pending_and_later_writer() {
+        let gc: GroupCommit<u64> = GroupCommit::start(
+            Path::new("test"),
+            Duration::ZERO,
+            Box::new(|_| Err(sync_err())),
+        )
+        .expect("start");
+        let t = gc.submit(1).expect("queued");
+        assert!(matches!(gc.wait(t).await, Err(StoreError::FlushFailed(_))));
+        assert!(gc.submit(2).is_err());
     }
 
     fn sync_err() -> FlushError {

@@ -9,7 +9,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `sled_store.rs` | [`SledStore`], tree names, open options |
-//! | `group_commit.rs` | the flusher thread: back-to-back flushes, waiters woken per flush |
+//! | `group_commit.rs` | the store thread: queued writes applied as one batch, flushed, waiters woken |
 //! | `codec.rs` | on-disk format: format byte, record version, bincode 2 payload |
 //! | `persist.rs` | [`persist`]: staged commit → compare-and-set → durable → apply |
 
@@ -163,6 +163,9 @@ pub enum FlushError {
     /// sled's flush (`pwrite` + `sync_file_range`) failed.
     #[error("sled flush")]
     Sled(#[source] sled::Error),
+    /// Encoding a queued record failed.
+    #[error("encoding a queued record")]
+    Encode(#[source] bincode::error::EncodeError),
     /// Our `fdatasync` of the data file failed.
     #[error("fdatasync of {path}")]
     Sync {

@@ -75,7 +75,14 @@ pub struct SledStore {
     versions: VersionCache,
     options: SledOptions,
     data_file: Option<(PathBuf, File)>,
-    group: Option<GroupCommit>,
+    group: Option<GroupCommit<WriteOp>>,
+}
+
+/// A write handed to the group-commit store thread.
+#[derive(Debug)]
+enum WriteOp {
+    Put(Box<ChannelRecord>),
+    Remove(ChannelId),
 }
 
 impl SledStore {
@@ -96,7 +103,7 @@ impl SledStore {
         }
         let group = match options.durability {
             Durability::Group => {
-                let db2 = db.clone();
+                let (db2, tree) = (db.clone(), channels.clone());
                 let file = data_file
                     .as_ref()
                     .map(|(p, f)| f.try_clone().map(|f| (p.clone(), f)))
@@ -105,8 +112,21 @@ impl SledStore {
                         path: dir.clone(),
                         source,
                     })?;
-                let flush = Box::new(move || flush_and_sync(&db2, file.as_ref()));
-                Some(GroupCommit::start(&dir, options.group_linger, flush)?)
+                let write = Box::new(move |batch: Vec<WriteOp>| {
+                    let mut writes = sled::Batch::default();
+                    for op in batch {
+                        match op {
+                            WriteOp::Put(record) => {
+                                let value = codec::encode(&record).map_err(FlushError::Encode)?;
+                                writes.insert(record.channel_id.0.as_slice(), value);
+                            }
+                            WriteOp::Remove(id) => writes.remove(id.0.as_slice()),
+                        }
+                    }
+                    tree.apply_batch(writes).map_err(FlushError::Sled)?;
+                    flush_and_sync(&db2, file.as_ref())
+                });
+                Some(GroupCommit::start(&dir, options.group_linger, write)?)
             }
             Durability::None | Durability::Every => None,
         };
@@ -137,21 +157,15 @@ impl SledStore {
             .map_err(|e| StoreError::FlushFailed(e.into()))
     }
 
-    fn after_write(&self) -> WriteTicket {
-        match &self.group {
-            Some(group) => group.written(),
-            None => WriteTicket(0),
-        }
-    }
-
     fn cas(
         &self,
         channel_id: ChannelId,
         expected: Option<u64>,
-        new: Option<(u64, Vec<u8>)>,
+        new: Option<&ChannelRecord>,
     ) -> Result<WriteTicket, StoreError> {
         let key = channel_id.0;
-        // Held across the sled write so that check and write are one step per channel.
+        // Held until the write is applied (or queued, in group mode) so that per channel the
+        // check, the write and the queue order are one step.
         let mut shard = self.versions.shard(&channel_id).lock();
         let found = shard.get(&channel_id).copied();
         if found != expected {
@@ -161,18 +175,33 @@ impl SledStore {
                 found,
             });
         }
-        match new {
-            Some((version, value)) => {
+        let ticket = match (&self.group, new) {
+            (Some(group), Some(record)) => group.submit(WriteOp::Put(Box::new(record.clone())))?,
+            (Some(group), None) => group.submit(WriteOp::Remove(channel_id))?,
+            (None, Some(record)) => {
+                let value = codec::encode(record)
+                    .map_err(|source| StoreError::Encode { channel_id, source })?;
                 self.channels.insert(key, value)?;
-                shard.insert(channel_id, version);
+                WriteTicket(0)
             }
-            None => {
+            (None, None) => {
                 self.channels.remove(key)?;
-                shard.remove(&channel_id);
+                WriteTicket(0)
             }
+        };
+        match new {
+            Some(record) => shard.insert(channel_id, record.version),
+            None => shard.remove(&channel_id),
+        };
+        Ok(ticket)
+    }
+
+    /// Group mode: reads must see every write queued before them.
+    async fn settle_queue(&self) -> Result<(), StoreError> {
+        match &self.group {
+            Some(group) => group.wait(group.last_issued()).await,
+            None => Ok(()),
         }
-        drop(shard);
-        Ok(self.after_write())
     }
 }
 
@@ -220,8 +249,7 @@ impl Store for SledStore {
         expected: Option<u64>,
         record: &ChannelRecord,
     ) -> Result<WriteTicket, StoreError> {
-        let value = codec::encode(record)?;
-        self.cas(record.channel_id, expected, Some((record.version, value)))
+        self.cas(record.channel_id, expected, Some(record))
     }
 
     async fn remove(
@@ -246,6 +274,7 @@ impl Store for SledStore {
     }
 
     async fn load(&self, channel_id: ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
+        self.settle_queue().await?;
         let key = channel_id.0;
         self.channels
             .get(key)?
@@ -254,6 +283,7 @@ impl Store for SledStore {
     }
 
     async fn load_all(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        self.settle_queue().await?;
         let mut out = Vec::with_capacity(self.channels.len());
         for item in self.channels.iter() {
             let (key, value) = item?;
