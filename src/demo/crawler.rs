@@ -1,131 +1,153 @@
-//! The crawler scenario: one concurrent task per payer, each sending paid requests one after
-//! another (a payer's requests on one channel are sequential by protocol: each voucher builds
-//! on the previous cumulative). Each request is priced "up to" `price` and costs a random
-//! actual amount; the server side verifies, reserves, commits and waits for durability.
+//! The crawler scenario over HTTP: one task per payer, each a [`PayingClient`] fetching pages
+//! one after another (a payer's requests on one channel are sequential by protocol: each
+//! voucher builds on the previous cumulative). Every page is priced "up to" the route's price
+//! and charged by its size. The first request of each payer opens its channel with a gasless
+//! deposit; the client tops up by itself when a voucher would exceed the deposit.
+//!
+//! Every 4th page the task also fetches the same page from the free route of the same server,
+//! so the summary can show what paying adds to a request's latency, measured in one run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
-use rand::Rng;
+use indicatif::ProgressBar;
 
-use super::DemoArgs;
-use crate::ledger::Ledger;
-use crate::store::{SledStore, persist};
-use crate::typed_data::{ChannelConfig, sign_voucher};
-use crate::verify::SignedVoucher;
+use super::{Latencies, bar};
+use crate::client::PayingClient;
 
 /// What the crawler measured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CrawlStats {
-    /// Paid requests served (committed durably).
+    /// Paid requests served (each one's voucher durable before its response).
     pub requests: usize,
     /// Wall time of the scenario.
     pub elapsed: Duration,
-    /// Server-side payment overhead per request (verify → durable), sorted ascending.
-    pub overhead_us: Vec<u32>,
-    /// Sum of actual charges.
+    /// Client-observed latency of paid requests that carried a voucher only (402 round trip,
+    /// signing, paid round trip; deposits excluded).
+    pub paid: Latencies,
+    /// Latency of the same pages from the free route, sampled in the same run.
+    pub free: Latencies,
+    /// Requests that carried a deposit (an on-chain transaction submitted by the server).
+    pub deposits: Vec<alloy_primitives::B256>,
+    /// Sum of actual charges (from the verified `PAYMENT-RESPONSE`s).
     pub charged: u128,
     /// Sum of the signed maxima (what a fixed-price scheme would have charged).
     pub signed: u128,
+    /// Per payer: what its client says it was charged in total.
+    pub charged_by_payer: Vec<u128>,
 }
 
 impl CrawlStats {
-    /// Overhead percentile `p` (0..=100) in microseconds.
-    pub fn percentile(&self, p: usize) -> u32 {
-        if self.overhead_us.is_empty() {
-            return 0;
-        }
-        let i = (self.overhead_us.len() - 1) * p.min(100) / 100;
-        self.overhead_us[i]
-    }
-
     /// Paid requests per second over the whole scenario.
     pub fn per_second(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
-/// Runs the crawler; fails on the first refused voucher (none is expected).
+/// Runs the crawler; fails on the first refused or unverifiable payment (none is expected).
 pub async fn run(
-    ledger: &Ledger,
-    store: Arc<SledStore>,
-    payers: &[PrivateKeySigner],
-    configs: &[ChannelConfig],
-    args: &DemoArgs,
+    origin: &str,
+    clients: &[Arc<PayingClient>],
+    requests: usize,
+    price: u128,
+    quiet: bool,
 ) -> Result<CrawlStats, String> {
-    let total = payers.len() * args.requests;
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("crawler  {bar:40} {pos}/{len} paid requests  {per_sec}")
-            .map_err(|e| e.to_string())?,
-    );
+    let progress = bar(
+        quiet,
+        (clients.len() * requests) as u64,
+        "crawler  {bar:40} {pos}/{len} paid pages  {per_sec}",
+    )?;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (payer, config) in payers.iter().zip(configs) {
-        let ledger = ledger.clone();
-        let store = Arc::clone(&store);
-        let bar = bar.clone();
-        let payer = payer.clone();
-        let id = ledger.domain().channel_id(config);
-        let (requests, price) = (args.requests, args.price);
-        tasks.push(tokio::spawn(async move {
-            let mut overhead = Vec::with_capacity(requests);
-            let (mut charged, mut signed) = (0u128, 0u128);
-            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
-            for _ in 0..requests {
-                let base = ledger.snapshot(&id).ok_or("channel vanished")?.charged;
-                let max = base + price;
-                // Client side: sign the next cumulative voucher.
-                let sig =
-                    sign_voucher(&payer, ledger.domain(), id, max).map_err(|e| e.to_string())?;
-                let voucher = SignedVoucher {
-                    channel_id: id,
-                    max_claimable: max,
-                    signature: Bytes::from(sig.as_bytes()),
-                };
-                // Server side: verify + reserve, "run the handler", commit the actual cost, make it durable.
-                let t0 = Instant::now();
-                let reservation = ledger
-                    .verify_and_reserve(voucher, price)
-                    .map_err(|r| r.to_string())?;
-                let actual = rng.random_range(0..=price);
-                let staged = reservation
-                    .commit(actual, super::now())
-                    .map_err(|r| r.reject.to_string())?;
-                persist(store.as_ref(), staged)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                overhead.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
-                charged += actual;
-                signed += price;
-                bar.inc(1);
-            }
-            Ok::<_, String>((overhead, charged, signed))
-        }));
+    for client in clients {
+        let client = Arc::clone(client);
+        let origin = origin.to_string();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(crawl_one(
+            client, origin, requests, price, progress,
+        )));
     }
     let results = futures_util::future::join_all(tasks).await;
-    bar.finish_and_clear();
+    progress.finish_and_clear();
     let mut stats = CrawlStats {
-        requests: 0,
         elapsed: started.elapsed(),
-        overhead_us: Vec::with_capacity(total),
-        charged: 0,
-        signed: 0,
+        ..CrawlStats::default()
     };
     for r in results {
-        let (overhead, charged, signed) = r.map_err(|e| format!("crawler task failed: {e}"))??;
-        stats.requests += overhead.len();
-        stats.overhead_us.extend(overhead);
-        stats.charged += charged;
-        stats.signed += signed;
+        let one = r.map_err(|e| format!("crawler task failed: {e}"))??;
+        stats.requests += one.requests;
+        stats.paid.extend(one.paid);
+        stats.free.extend(one.free);
+        stats.deposits.extend(one.deposits);
+        stats.charged += one.charged;
+        stats.signed += one.signed;
+        stats.charged_by_payer.push(one.charged);
     }
-    stats.overhead_us.sort_unstable();
+    stats.paid.sort();
+    stats.free.sort();
     Ok(stats)
+}
+
+async fn crawl_one(
+    client: Arc<PayingClient>,
+    origin: String,
+    requests: usize,
+    price: u128,
+    progress: ProgressBar,
+) -> Result<CrawlStats, String> {
+    let plain = reqwest::Client::new();
+    let mut s = CrawlStats::default();
+    for n in 0..requests {
+        let t0 = Instant::now();
+        let answer = client
+            .get(&format!("{origin}/crawl?n={n}"))
+            .await
+            .map_err(|e| format!("page {n}: {e}"))?;
+        let took = t0.elapsed();
+        if answer.status != reqwest::StatusCode::OK {
+            return Err(format!("page {n}: HTTP {}", answer.status));
+        }
+        let settle = answer
+            .settle
+            .as_ref()
+            .ok_or_else(|| format!("page {n}: served without a PAYMENT-RESPONSE"))?;
+        let charged = answer
+            .charged()
+            .ok_or_else(|| format!("page {n}: PAYMENT-RESPONSE without chargedAmount"))?;
+        if settle.transaction.is_empty() {
+            s.paid.push(took);
+        } else {
+            let hash = settle
+                .transaction
+                .parse()
+                .map_err(|e| format!("page {n}: deposit tx hash: {e}"))?;
+            s.deposits.push(hash);
+        }
+        s.requests += 1;
+        s.charged += charged;
+        s.signed += price;
+        progress.inc(1);
+        if n % 4 == 3 {
+            let t0 = Instant::now();
+            let free = plain
+                .get(format!("{origin}/free?n={n}"))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| format!("free page {n}: {e}"))?;
+            free.bytes()
+                .await
+                .map_err(|e| format!("free page {n}: {e}"))?;
+            s.free.push(t0.elapsed());
+        }
+    }
+    // The client's own view must agree with the sum of the responses it verified.
+    let client_total: u128 = client.channels().iter().map(|c| c.charged).sum();
+    if client_total != s.charged {
+        return Err(format!(
+            "client state says {client_total} charged, responses say {}",
+            s.charged
+        ));
+    }
+    Ok(s)
 }

@@ -1,30 +1,35 @@
-//! `x402-upto demo`: the whole money path on a local chain, with no configuration.
+//! `x402-upto demo`: the whole money path on a local chain, over HTTP, with no configuration.
 //!
-//! Starts anvil with the contracts, funds payers, opens one channel per payer with a gasless
-//! ERC-3009 deposit, then runs the **crawler** scenario: many concurrent payers sending paid
-//! requests priced "up to" a maximum, each charged a random actual amount, every voucher
-//! verified in memory and made durable (sled, `group` mode) before it counts as served. Then it
-//! claims every channel in batched `claimWithSignature` transactions, sweeps with `settle`,
-//! and prints a summary whose balances must reconcile exactly.
+//! Starts anvil with the contracts, funds payers, starts our server (axum + [`PaymentLayer`],
+//! durable sled store in `group` mode) and runs the **crawler** scenario: many concurrent
+//! [`PayingClient`]s fetching pages priced "up to" a maximum and charged by size; each opens
+//! its channel with a gasless ERC-3009 deposit on its first 402. Then the server claims every
+//! channel in batched `claimWithSignature` transactions, sweeps with `settle`, and returns
+//! the unspent deposits: half of the payers ask for a refund over HTTP, the server refunds
+//! the other, idle half by itself. The summary's balances must reconcile exactly.
 //!
-//! The request path here drives the engine's core (verification, ledger, durable store)
-//! directly; the HTTP layer puts the same calls behind `PAYMENT-SIGNATURE`.
+//! [`PaymentLayer`]: crate::server::PaymentLayer
+//! [`PayingClient`]: crate::client::PayingClient
 
 mod crawler;
 mod report;
+mod server;
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::B256;
+use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::chain::bindings::{IUptoEscrow, UptoEscrow};
+use crate::client::{ClientConfig, PayingClient};
 use crate::devnet::{Devnet, DevnetOptions};
-use crate::ledger::{Ledger, OnchainState};
-use crate::store::{Durability, SledOptions, SledStore};
-use crate::typed_data::sign_claim_batch;
+use crate::settlement::{RefundPolicy, refund_idle};
 
-pub use report::Summary;
+pub use crawler::CrawlStats;
+pub use report::{Balances, Summary};
+pub use server::DemoServer;
 
 /// Options of `x402-upto demo`.
 #[derive(Clone, Debug, clap::Args)]
@@ -73,15 +78,69 @@ fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> DemoError
     }
 }
 
-/// Key roles on the devnet (anvil accounts): 0 deploys and relays, 1 receives, 2 authorizes
-/// claims, 3.. pay.
+/// Key roles on the devnet (anvil accounts): 0 deploys and mints, 1 receives, 2 authorizes
+/// claims and refunds, 3 relays (pays gas for deposits, claims, sweeps, refunds), 4.. pay.
 const RECEIVER: usize = 1;
 const RECEIVER_AUTHORIZER: usize = 2;
-const FIRST_PAYER: usize = 3;
+const RELAYER: usize = 3;
+const FIRST_PAYER: usize = 4;
+
+/// Latency samples; sorted before percentiles are read.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+    fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+    fn sort(&mut self) {
+        self.0.sort_unstable();
+    }
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Percentile `p` (0..=100, nearest rank) of the sorted samples; zero when empty.
+    pub fn percentile(&self, p: usize) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = (self.0.len() * p.min(100)).div_ceil(100).max(1);
+        self.0[rank - 1]
+    }
+}
+
+/// A progress bar, hidden when `quiet`.
+fn bar(quiet: bool, len: u64, template: &str) -> Result<ProgressBar, String> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
+    bar.set_style(ProgressStyle::with_template(template).map_err(|e| e.to_string())?);
+    Ok(bar)
+}
 
 /// Runs the demo and returns its summary (already printed unless `quiet`).
 pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     let started = Instant::now();
+    if args.channels == 0 || args.requests == 0 || args.price == 0 {
+        return Err(step("arguments")(
+            "channels, requests and price must be positive",
+        ));
+    }
+    if args.deposit < args.price {
+        return Err(step("arguments")(
+            "the deposit must cover at least one request",
+        ));
+    }
     let accounts = u32::try_from(FIRST_PAYER + args.channels).map_err(step("accounts"))?;
     let net = Devnet::start_with(DevnetOptions {
         accounts,
@@ -89,100 +148,144 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     })
     .await
     .map_err(step("start anvil and deploy"))?;
-    let receiver = net
-        .key(RECEIVER)
-        .ok_or_else(|| step("keys")("no receiver key"))?;
-    let authorizer = net
-        .key(RECEIVER_AUTHORIZER)
-        .ok_or_else(|| step("keys")("no authorizer key"))?;
+    let key = |i: usize, what: &'static str| net.key(i).ok_or_else(|| step("keys")(what));
+    let receiver = key(RECEIVER, "no receiver key")?;
+    let authorizer = key(RECEIVER_AUTHORIZER, "no authorizer key")?;
+    let relayer = key(RELAYER, "no relayer key")?;
     let payers: Vec<PrivateKeySigner> = (0..args.channels)
         .filter_map(|i| net.key(FIRST_PAYER + i))
         .collect();
-
-    // Fund payers and open one channel each (gasless for them: the relay pays gas).
-    let mut configs = Vec::with_capacity(payers.len());
-    for (i, payer) in payers.iter().enumerate() {
+    for payer in &payers {
         net.mint(payer.address(), args.deposit * 2)
             .await
             .map_err(step("fund payers"))?;
-        let salt = B256::from(alloy_primitives::U256::from(i));
-        let config = net.channel_config(
-            payer.address(),
-            payer.address(),
-            receiver.address(),
-            authorizer.address(),
-            salt,
-        );
-        net.deposit(payer, &config, args.deposit, salt)
-            .await
-            .map_err(step("open channels"))?;
-        configs.push(config);
     }
-    let before = report::Balances::read(&net, &payers, receiver.address())
+    let before = Balances::read(&net, &payers, receiver.address())
         .await
         .map_err(step("read balances"))?;
-
-    // The engine's core: ledger + durable store in a temporary directory.
-    let dir = tempfile::tempdir().map_err(step("temp dir"))?;
-    let store = SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group))
-        .map_err(step("open store"))?;
-    let store = std::sync::Arc::new(store);
-    let ledger = Ledger::new(net.domain());
-    let escrow = UptoEscrow::new(net.escrow, net.provider.clone());
-    for config in &configs {
-        let id = net.domain().channel_id(config);
-        let state = escrow
-            .channels(id.0)
-            .call()
-            .await
-            .map_err(step("read channel"))?;
-        let onchain = OnchainState {
-            balance: state.balance,
-            total_claimed: state.totalClaimed,
-            ..Default::default()
-        };
-        ledger.upsert_from_chain(config.clone(), onchain, now());
-    }
-
-    let crawl = crawler::run(&ledger, store.clone(), &payers, &configs, args)
+    let start_block = net
+        .provider
+        .get_block_number()
         .await
-        .map_err(step("crawler"))?;
+        .map_err(step("block number"))?;
 
-    // Claim everything charged, in batches, then sweep once.
-    let claim_started = Instant::now();
-    let (claim_txs, claim_gas) = claim_all(&net, &ledger, &authorizer, args.batch).await?;
-    let settle = escrow
+    let server = DemoServer::start(
+        &net,
+        relayer,
+        authorizer,
+        receiver.address(),
+        args.price,
+        args.batch,
+    )
+    .await?;
+    let overhead = report::OverheadProbe::install();
+
+    let clients: Vec<Arc<PayingClient>> = payers
+        .iter()
+        .map(|payer| {
+            Arc::new(PayingClient::new(ClientConfig {
+                // Open with the whole budget; a client still tops up by itself if it runs out.
+                deposit_multiplier: (args.deposit / args.price).max(1),
+                spend_limit: args.deposit.saturating_mul(2),
+                ..ClientConfig::new(payer.clone()).with_contracts(net.escrow, net.collector)
+            }))
+        })
+        .collect();
+    let crawl = crawler::run(
+        &server.origin,
+        &clients,
+        args.requests,
+        args.price,
+        args.quiet,
+    )
+    .await
+    .map_err(step("crawler"))?;
+    let server_overhead = overhead.read();
+    let charged_by_channel = server_charged(&server, &payers);
+
+    // Settlement: one claim round over every channel, in batches, then one sweep.
+    let settle_started = Instant::now();
+    let round = server.settlement.claim_round(true).await;
+    if round.failed_rows > 0 || round.rows != payers.len() {
+        return Err(step("claim")(format!(
+            "{} of {} channels claimed, {} failed",
+            round.rows,
+            payers.len(),
+            round.failed_rows
+        )));
+    }
+    let sweep = server
+        .escrow
         .settle(receiver.address(), net.token)
-        .send()
         .await
         .map_err(step("settle"))?;
-    let settle_receipt = settle.get_receipt().await.map_err(step("settle receipt"))?;
-    let claim_elapsed = claim_started.elapsed();
-    let after = report::Balances::read(&net, &payers, receiver.address())
+
+    // Refunds: the first half of the payers ask over HTTP (x402 `refund` payload); the
+    // server refunds the rest as idle channels on its own.
+    let mut refund_txs = Vec::new();
+    let asking = payers.len() / 2;
+    for client in clients.iter().take(asking) {
+        let answer = client
+            .refund(&format!("{}/crawl", server.origin), None)
+            .await
+            .map_err(step("client refund"))?;
+        refund_txs.push(
+            answer
+                .transaction
+                .parse::<B256>()
+                .map_err(step("client refund tx hash"))?,
+        );
+    }
+    let idle = RefundPolicy {
+        idle_after: Duration::ZERO,
+        only_when_claimed: true,
+    };
+    let ledger = server.engine.ledger().clone();
+    for refunded in refund_idle(&ledger, &server.store, &server.escrow, &idle).await {
+        refund_txs.push(
+            refunded
+                .map_err(|(id, e)| step("idle refund")(format!("{id}: {e}")))?
+                .tx_hash,
+        );
+    }
+    let settle_elapsed = settle_started.elapsed();
+
+    let after = Balances::read(&net, &payers, receiver.address())
         .await
         .map_err(step("read balances"))?;
-
+    let deposit_gas = report::gas_of(&net, &crawl.deposits)
+        .await
+        .map_err(step("deposit receipts"))?;
+    let refund_gas = report::gas_of(&net, &refund_txs)
+        .await
+        .map_err(step("refund receipts"))?;
     let exact_gas = report::exact_transfer_gas(&net, &payers[0])
         .await
         .map_err(step("measure exact"))?;
+    let end_block = net
+        .provider
+        .get_block_number()
+        .await
+        .map_err(step("block number"))?;
+    server.shutdown().await;
+
     let summary = Summary {
-        channels: configs.len(),
+        channels: payers.len(),
         crawl,
-        claim_txs,
-        claim_gas,
-        settle_gas: settle_receipt.gas_used,
-        claim_elapsed,
+        server_overhead,
+        claim_txs: round.batches,
+        claim_gas: round.gas_used,
+        settle_gas: sweep.gas_used,
+        deposit_gas,
+        refund_txs: refund_txs.len(),
+        refunds_over_http: asking,
+        refund_gas,
+        blocks: end_block.saturating_sub(start_block),
+        settle_elapsed,
         exact_gas_per_request: exact_gas,
         before,
         after,
-        charged_by_channel: configs
-            .iter()
-            .map(|c| {
-                ledger
-                    .snapshot(&net.domain().channel_id(c))
-                    .map_or(0, |s| s.charged)
-            })
-            .collect(),
+        charged_by_channel,
         total_elapsed: started.elapsed(),
     };
     if !args.quiet {
@@ -192,45 +295,18 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     Ok(summary)
 }
 
-/// Claims every claimable channel with `claimWithSignature`, `batch` channels per transaction.
-async fn claim_all(
-    net: &Devnet,
-    ledger: &Ledger,
-    authorizer: &PrivateKeySigner,
-    batch: usize,
-) -> Result<(usize, u64), DemoError> {
-    let escrow = UptoEscrow::new(net.escrow, net.provider.clone());
-    let claimable = ledger.claimable();
-    let (mut txs, mut gas) = (0, 0);
-    for rows in claimable.chunks(batch.max(1)) {
-        let entries: Vec<_> = rows.iter().map(|c| c.entry()).collect();
-        let signature = sign_claim_batch(authorizer, ledger.domain(), &entries)
-            .map_err(step("sign claim batch"))?;
-        let claims: Vec<IUptoEscrow::VoucherClaim> = rows.iter().map(Into::into).collect();
-        let pending = escrow
-            .claimWithSignature(claims, signature.as_bytes().into())
-            .send()
-            .await
-            .map_err(step("claimWithSignature"))?;
-        let receipt = pending.get_receipt().await.map_err(step("claim receipt"))?;
-        if !receipt.status() {
-            return Err(step("claimWithSignature")("reverted"));
-        }
-        txs += 1;
-        gas += receipt.gas_used;
-        for row in rows {
-            ledger
-                .apply_claim(&row.channel_id, row.claim_total, now())
-                .map_err(step("apply claim"))?;
-        }
-    }
-    Ok((txs, gas))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// What the server's ledger charged each payer's channel (before refunds remove them).
+fn server_charged(server: &DemoServer, payers: &[PrivateKeySigner]) -> Vec<u128> {
+    let ledger = server.engine.ledger();
+    let by_payer: std::collections::HashMap<_, _> = ledger
+        .records()
+        .into_iter()
+        .map(|r| (r.config.payer, r.charged))
+        .collect();
+    payers
+        .iter()
+        .map(|p| by_payer.get(&p.address()).copied().unwrap_or(0))
+        .collect()
 }
 
 /// Rough budget so the demo never hangs: anvil answers in milliseconds.

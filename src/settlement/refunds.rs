@@ -41,6 +41,8 @@ pub struct Refunded {
     pub amount: u128,
     /// Claimed in the same transaction.
     pub claimed: u128,
+    /// The mined refund transaction.
+    pub tx_hash: alloy_primitives::B256,
 }
 
 /// Refunds every idle channel per `policy`. A channel is first fenced in the ledger (its
@@ -113,6 +115,7 @@ pub async fn refund_idle(
                     channel_id: id,
                     amount: done.refunded,
                     claimed,
+                    tx_hash: done.tx_hash,
                 }));
             }
             Err(e) => {
