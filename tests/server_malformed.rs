@@ -60,8 +60,10 @@ async fn malformed_and_hostile_payments_are_refused_without_any_state_change() {
     f.fund(&d, 1000);
     let r = f.send("/paid", &f.voucher_payload(&d, 1000)).await;
     assert_eq!(r.status, StatusCode::OK);
-    // Channel E: a smart-wallet payer (payerAuthorizer zero).
+    // Channel E: a smart-wallet payer (payerAuthorizer zero) that approves nothing; the
+    // voucher below is an ECDSA signature by someone else, so ERC-1271 decides (false).
     let mut e = f.config(5);
+    e.payer = Address::repeat_byte(0x99);
     e.payerAuthorizer = Address::ZERO;
     ledger.upsert_from_chain(
         e.clone(),
@@ -198,7 +200,7 @@ async fn malformed_and_hostile_payments_are_refused_without_any_state_change() {
         ("unknown channel", encode_header(&f.voucher_payload(&unknown, 1000)), p402, "invalid_batch_settlement_evm_channel_not_found"),
         ("insufficient balance", encode_header(&f.voucher_payload(&b, 1000)), p402, "invalid_batch_settlement_evm_cumulative_exceeds_balance"),
         ("withdrawal pending", encode_header(&f.voucher_payload(&c, 1000)), p402, "invalid_batch_settlement_evm_cumulative_exceeds_balance"),
-        ("smart-wallet channel", encode_header(&f.payload(1000, json!({"type": "voucher", "channelConfig": config_json(&e), "voucher": f.voucher_json(&e, 1000)}))), p402, "invalid_batch_settlement_evm_voucher_signature"),
+        ("smart-wallet channel, wallet does not approve", encode_header(&f.payload(1000, json!({"type": "voucher", "channelConfig": config_json(&e), "voucher": f.voucher_json(&e, 1000)}))), p402, "invalid_batch_settlement_evm_voucher_signature"),
         ("channel busy", encode_header(&f.voucher_payload(&h, 1000)), p402, "invalid_batch_settlement_evm_channel_busy"),
         ("deposit without an ERC-3009 authorization", encode_header(&deposit_a), p402, "invalid_batch_settlement_evm_erc3009_authorization_required"),
         ("ERC-3009 authorization expired", with(&deposit_ok, set("payload/deposit/authorization/erc3009Authorization/validBefore", json!("1"))), p402, "invalid_batch_settlement_evm_payload_authorization_valid_before"),

@@ -8,11 +8,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 
 use crate::ledger::{Claimable, OnchainState};
 use crate::reason::Reason;
 use crate::typed_data::{ChannelConfig, ChannelId};
+use crate::verify::{Erc1271Checker, Erc1271Error};
 use crate::wire::Erc3009Authorization;
 
 /// A boxed, sendable future (keeps [`ChainAccess`] object-safe).
@@ -59,6 +60,50 @@ pub trait ChainAccess: Send + Sync + fmt::Debug + 'static {
         amount: u128,
         claim: Option<&'a Claimable>,
     ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>>;
+
+    /// ERC-1271 `isValidSignature(digest, signature)` on a smart-wallet payer: `Ok(true)`
+    /// only for the magic value, `Ok(false)` for "not signed" (a revert, a wallet without
+    /// code), `Err` when the wallet could not be asked. Only channels whose
+    /// `payerAuthorizer` is zero get here; ECDSA channels never call it.
+    ///
+    /// The default cannot ask anyone, so an implementation without it refuses smart-wallet
+    /// vouchers with `rpc_read_failed` rather than accepting them unchecked.
+    fn is_valid_signature<'a>(
+        &'a self,
+        wallet: Address,
+        digest: B256,
+        signature: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
+        let _ = (digest, signature);
+        Box::pin(async move {
+            Err(ChainFailure {
+                reason: Reason::RpcReadFailed,
+                message: format!("no ERC-1271 check available for wallet {wallet}"),
+            })
+        })
+    }
+}
+
+/// [`ChainAccess`] as the verifier's [`Erc1271Checker`], so the engine runs the same
+/// [`crate::verify::SignedVoucher::verify`] as the facilitator (including its ECDSA attempt
+/// with the wallet address itself, which costs no RPC).
+pub(crate) struct ChainErc1271<'a>(pub(crate) &'a dyn ChainAccess);
+
+impl Erc1271Checker for ChainErc1271<'_> {
+    async fn is_valid_signature(
+        &self,
+        wallet: Address,
+        digest: B256,
+        signature: &[u8],
+    ) -> Result<bool, Erc1271Error> {
+        self.0
+            .is_valid_signature(wallet, digest, signature)
+            .await
+            .map_err(|f| Erc1271Error {
+                wallet,
+                source: f.message.into(),
+            })
+    }
 }
 
 /// The settlement engineer's escrow client, as the engine's chain access.
@@ -111,6 +156,22 @@ impl ChainAccess for crate::chain::escrow::EscrowClient {
                 amount: out.refunded,
                 state: out.state,
             })
+        })
+    }
+
+    fn is_valid_signature<'a>(
+        &'a self,
+        wallet: Address,
+        digest: B256,
+        signature: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
+        Box::pin(async move {
+            Erc1271Checker::is_valid_signature(self, wallet, digest, signature)
+                .await
+                .map_err(|e| ChainFailure {
+                    reason: Reason::RpcReadFailed,
+                    message: format!("{e}: {}", e.source).chars().take(500).collect(),
+                })
         })
     }
 }

@@ -29,7 +29,7 @@ use crate::ledger::{ChannelRecord, Detail, Ledger, Reject, Reservation};
 use crate::reason::Reason;
 use crate::store::{PersistError, Store, StoreError, persist};
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
-use crate::verify::{SignedVoucher, VerifiedVoucher, VoucherSigner};
+use crate::verify::{SignedVoucher, VerifiedVoucher, VoucherError, VoucherSigner};
 use crate::wire::{
     BatchPayload, Eip155Network, PaymentRequired, PaymentRequirements, ResourceInfo,
     SettleResponse, VoucherFields,
@@ -39,6 +39,7 @@ pub use chain::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome};
 pub use offer::{channel_state_wire, failed_response};
 pub use refusal::Refusal;
 
+use chain::ChainErc1271;
 use decode::{Checked, decode};
 
 /// The HTTP layer's stateless decoder, for the facilitator endpoints: payload, channel config
@@ -303,12 +304,25 @@ impl<S: Store + 'static> Engine<S> {
         resource: &ResourceInfo,
     ) -> Result<Authorized, Refusal> {
         self.ensure_known(&checked, price, resource).await?;
-        let voucher = signed(checked.payload.voucher(), checked.channel_id);
-        let reservation = self
-            .inner
-            .ledger
-            .verify_and_reserve(voucher, price)
-            .map_err(|r| self.reject(resource, price, &r))?;
+        let id = checked.channel_id;
+        let voucher = signed(checked.payload.voucher(), id);
+        // ECDSA channels: one recovery under the ledger, no RPC. Smart-wallet channels are
+        // refused there with `Erc1271Required`; they are verified through the chain, then
+        // reserved (the reservation re-checks the hold and the cumulative rules).
+        let reservation = match self.inner.ledger.verify_and_reserve(voucher, price) {
+            Ok(reservation) => reservation,
+            Err(r) if r.detail == Detail::Erc1271Required => {
+                let voucher = signed(checked.payload.voucher(), id);
+                let verified = self
+                    .verify_erc1271(VoucherSigner::of(&checked.config), voucher, price, resource)
+                    .await?;
+                self.inner
+                    .ledger
+                    .reserve(verified, price)
+                    .map_err(|r| self.reject(resource, price, &r))?
+            }
+            Err(r) => return Err(self.reject(resource, price, &r)),
+        };
         if self.refunding(&reservation.channel_id()) {
             let reject = Reject::new(Reason::ChannelBusy, Some(reservation.channel_id()));
             return Err(self.reject(resource, price, &reject));
@@ -381,8 +395,9 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::PayloadAuthorizationValidBefore, Some(id));
             return Err(self.reject(resource, price, &reject));
         }
-        self.verify_signature(&checked.config, voucher, id)
-            .map_err(|r| self.reject(resource, price, &r))?;
+        let verified = self
+            .verify_signature(&checked.config, voucher, id, price, resource)
+            .await?;
         let mut projected = match self.inner.ledger.record(&id) {
             Some(record) => {
                 if self.inner.ledger.is_held(&id) {
@@ -416,10 +431,11 @@ impl<S: Store + 'static> Engine<S> {
         self.inner
             .ledger
             .upsert_from_chain(checked.config.clone(), outcome.state, now());
+        // Verified above (no second recovery, no second ERC-1271 call).
         let reservation = self
             .inner
             .ledger
-            .verify_and_reserve(signed(voucher, id), price)
+            .reserve(verified, price)
             .map_err(|r| self.reject(resource, price, &r))?;
         if self.refunding(&reservation.channel_id()) {
             let reject = Reject::new(Reason::ChannelBusy, Some(reservation.channel_id()));
@@ -463,8 +479,8 @@ impl<S: Store + 'static> Engine<S> {
             return Err(self.reject(resource, price, &Reject::new(Reason::ChannelBusy, Some(id))));
         }
         let verified = self
-            .verify_signature(&checked.config, voucher, id)
-            .map_err(|r| self.reject(resource, price, &r))?;
+            .verify_signature(&checked.config, voucher, id, price, resource)
+            .await?;
         let snapshot = ledger
             .check_refund_voucher(&verified)
             .map_err(|r| self.reject(resource, price, &r))?;
@@ -522,22 +538,65 @@ impl<S: Store + 'static> Engine<S> {
         }
     }
 
-    fn verify_signature(
+    /// The voucher's signature under the channel's rule: ECDSA in memory, or ERC-1271
+    /// through the chain for a smart-wallet payer (`payerAuthorizer == 0`).
+    async fn verify_signature(
         &self,
         config: &ChannelConfig,
         voucher: &VoucherFields,
         id: ChannelId,
-    ) -> Result<VerifiedVoucher, Reject> {
-        let VoucherSigner::Ecdsa(authorizer) = VoucherSigner::of(config) else {
-            return Err(Reject::with(
-                Reason::VoucherSignature,
-                Some(id),
-                Detail::Erc1271Required,
-            ));
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<VerifiedVoucher, Refusal> {
+        match VoucherSigner::of(config) {
+            VoucherSigner::Ecdsa(authorizer) => signed(voucher, id)
+                .verify_ecdsa(self.domain(), authorizer)
+                .map_err(|fault| self.reject(resource, price, &Reject::signature(Some(id), fault))),
+            signer @ VoucherSigner::Erc1271(_) => {
+                self.verify_erc1271(signer, signed(voucher, id), price, resource)
+                    .await
+            }
+        }
+    }
+
+    /// ERC-1271 verification (`SignedVoucher::verify`: the wallet's own ECDSA signature
+    /// first, then `isValidSignature` through [`ChainAccess`]). A bad signature is
+    /// `voucher_signature`; a wallet that could not be asked is `rpc_read_failed` (not the
+    /// client's fault, retry later). Without chain access only the ECDSA form can pass.
+    async fn verify_erc1271(
+        &self,
+        signer: VoucherSigner,
+        voucher: SignedVoucher,
+        price: u128,
+        resource: &ResourceInfo,
+    ) -> Result<VerifiedVoucher, Refusal> {
+        let id = voucher.channel_id;
+        let Some(chain) = &self.inner.chain else {
+            return voucher
+                .verify(self.domain(), signer, &NoErc1271)
+                .await
+                .map_err(|_| {
+                    let reject =
+                        Reject::with(Reason::VoucherSignature, Some(id), Detail::Erc1271Required);
+                    self.reject(resource, price, &reject)
+                });
         };
-        signed(voucher, id)
-            .verify_ecdsa(self.domain(), authorizer)
-            .map_err(|fault| Reject::signature(Some(id), fault))
+        match voucher
+            .verify(self.domain(), signer, &ChainErc1271(chain.as_ref()))
+            .await
+        {
+            Ok(verified) => Ok(verified),
+            Err(VoucherError::Invalid(fault)) => {
+                Err(self.reject(resource, price, &Reject::signature(Some(id), fault)))
+            }
+            Err(VoucherError::Checker(e)) => {
+                let failure = ChainFailure {
+                    reason: Reason::RpcReadFailed,
+                    message: format!("{e}: {}", e.source),
+                };
+                Err(self.chain_refusal(resource, price, id, failure))
+            }
+        }
     }
 
     fn refuse(
@@ -593,6 +652,21 @@ impl<S: Store + 'static> Engine<S> {
             required: None,
             response: Some(failed_response(&self.inner.config, reject)),
         }
+    }
+}
+
+/// No wallet can be asked (engine without chain access): every ERC-1271 call says "not
+/// signed", so only a wallet's own ECDSA signature passes.
+struct NoErc1271;
+
+impl crate::verify::Erc1271Checker for NoErc1271 {
+    async fn is_valid_signature(
+        &self,
+        _wallet: Address,
+        _digest: B256,
+        _signature: &[u8],
+    ) -> Result<bool, crate::verify::Erc1271Error> {
+        Ok(false)
     }
 }
 

@@ -110,6 +110,16 @@ impl ChainAccess for MockChain {
             })
         })
     }
+
+    /// Like a payer address without wallet code on a real chain: never signed anything.
+    fn is_valid_signature<'a>(
+        &'a self,
+        _wallet: Address,
+        _digest: B256,
+        _signature: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 pub struct Fixture {

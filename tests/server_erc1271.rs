@@ -1,0 +1,270 @@
+//! Smart-wallet payers (`payerAuthorizer == 0`) through the payment layer: vouchers are
+//! checked with ERC-1271 through `ChainAccess::is_valid_signature` (here an allow-list
+//! double), then reserved like any other; a wrong signature is `voucher_signature`, a wallet
+//! that cannot be asked is `rpc_read_failed` (402, nothing changes), and ECDSA channels
+//! never ask.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "server_support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use alloy::signers::local::PrivateKeySigner;
+use alloy_primitives::{Address, B256};
+use axum::http::StatusCode;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use support::{Fixture, MockChain, PRICE, config_json, engine_config};
+use x402_upto::Store;
+use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome};
+use x402_upto::ledger::{Claimable, OnchainState};
+use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
+use x402_upto::verify::{AllowListErc1271, Erc1271Checker};
+use x402_upto::wire::Erc3009Authorization;
+
+/// The mock chain plus an ERC-1271 allow-list, counting the wallet calls.
+#[derive(Debug)]
+struct WalletChain {
+    inner: Arc<MockChain>,
+    wallets: Mutex<AllowListErc1271>,
+    calls: AtomicUsize,
+}
+
+impl ChainAccess for WalletChain {
+    fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
+        self.inner.channel_state(id)
+    }
+
+    fn deposit<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        auth: &'a Erc3009Authorization,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        self.inner.deposit(config, amount, auth)
+    }
+
+    fn refund<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        claim: Option<&'a Claimable>,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        self.inner.refund(config, amount, claim)
+    }
+
+    fn is_valid_signature<'a>(
+        &'a self,
+        wallet: Address,
+        digest: B256,
+        signature: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let checker = self.wallets.lock().clone();
+        Box::pin(async move {
+            checker
+                .is_valid_signature(wallet, digest, signature)
+                .await
+                .map_err(|e| ChainFailure {
+                    reason: x402_upto::Reason::RpcReadFailed,
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+const WALLET: Address = Address::repeat_byte(0x77);
+
+struct Setup {
+    f: Fixture,
+    chain: Arc<WalletChain>,
+    config: ChannelConfig,
+    id: ChannelId,
+}
+
+fn setup() -> Setup {
+    let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
+    let mock = Arc::new(MockChain::default());
+    *mock.domain.lock() = Some(domain.clone());
+    let chain = Arc::new(WalletChain {
+        inner: mock.clone(),
+        wallets: Mutex::new(AllowListErc1271::new()),
+        calls: AtomicUsize::new(0),
+    });
+    let access: Arc<dyn ChainAccess> = chain.clone();
+    let f = Fixture::with(
+        engine_config(),
+        domain,
+        access,
+        mock,
+        PrivateKeySigner::random(),
+    );
+    // A smart-wallet channel: the payer is a contract, no delegated ECDSA key.
+    let config = ChannelConfig {
+        payer: WALLET,
+        payerAuthorizer: Address::ZERO,
+        ..f.config(1)
+    };
+    let id = f.fund(&config, 10_000);
+    Setup {
+        f,
+        chain,
+        config,
+        id,
+    }
+}
+
+impl Setup {
+    /// The wallet approves the voucher `(id, max)`.
+    fn approve(&self, max: u128) {
+        let digest = self.f.domain().voucher_digest(self.id, max);
+        let mut w = self.wallets();
+        *w = w.clone().allow(WALLET, digest);
+    }
+
+    fn wallets(&self) -> parking_lot::MutexGuard<'_, AllowListErc1271> {
+        self.chain.wallets.lock()
+    }
+
+    /// A voucher payload whose signature is an opaque wallet blob (not 65 bytes: a
+    /// multisig-style signature the server cannot parse itself).
+    fn payload(&self, kind: &str, max: u128) -> Value {
+        let voucher = json!({"channelId": self.id.0, "maxClaimableAmount": max.to_string(),
+                             "signature": format!("0x{}", "ab".repeat(97))});
+        self.f.payload(
+            PRICE,
+            json!({"type": kind, "channelConfig": config_json(&self.config), "voucher": voucher}),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_smart_wallet_voucher_is_checked_with_erc1271_and_served() {
+    let s = setup();
+    s.approve(1000);
+    let a =
+        s.f.send("/paid?charge=600", &s.payload("voucher", 1000))
+            .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let r = a.response();
+    assert_eq!(r["payer"], WALLET.to_checksum(None));
+    assert_eq!(r["extra"]["chargedAmount"], "600");
+    assert_eq!(r["extra"]["channelState"]["chargedCumulativeAmount"], "600");
+    assert_eq!(s.chain.calls.load(Ordering::SeqCst), 1);
+
+    // The next voucher (600 + 1000) needs its own approval; the stored one is the blob as sent.
+    s.approve(1600);
+    let a = s.f.send("/paid", &s.payload("voucher", 1600)).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.response()["extra"]["chargedAmount"], "1000");
+    assert_eq!(s.chain.calls.load(Ordering::SeqCst), 2);
+    let last = s.f.engine.ledger().last_voucher(&s.id).unwrap();
+    assert_eq!(last.signed_max_claimable, 1600);
+    assert_eq!(last.signature.len(), 97);
+    let stored = s.f.engine.store().load(s.id).await.unwrap().unwrap();
+    assert_eq!(stored.charged, 1600);
+}
+
+#[tokio::test]
+async fn a_signature_the_wallet_rejects_is_voucher_signature_and_changes_nothing() {
+    let s = setup();
+    s.approve(1000);
+    assert_eq!(
+        s.f.send("/paid", &s.payload("voucher", 1000)).await.status,
+        StatusCode::OK
+    );
+    let before = s.f.state().await;
+    // Correct ceiling (2000), but the wallet approved nothing for it.
+    let a = s.f.send("/paid", &s.payload("voucher", 2000)).await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(a.reason(), "invalid_batch_settlement_evm_voucher_signature");
+    assert_eq!(s.f.state().await, before);
+    assert_eq!(s.f.handler_runs.load(Ordering::SeqCst), 1);
+    // An approval for another wallet does not help either.
+    let digest = s.f.domain().voucher_digest(s.id, 2000);
+    {
+        let mut w = s.wallets();
+        *w = w.clone().allow(Address::repeat_byte(0x78), digest);
+    }
+    let a = s.f.send("/paid", &s.payload("voucher", 2000)).await;
+    assert_eq!(a.reason(), "invalid_batch_settlement_evm_voucher_signature");
+    assert_eq!(s.f.state().await, before);
+}
+
+#[tokio::test]
+async fn a_wallet_that_cannot_be_asked_is_rpc_read_failed_not_a_500() {
+    let s = setup();
+    s.approve(1000);
+    {
+        let mut w = s.wallets();
+        *w = w.clone().unreachable();
+    }
+    let a = s.f.send("/paid", &s.payload("voucher", 1000)).await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(a.reason(), "invalid_batch_settlement_evm_rpc_read_failed");
+    // The channel's chain mirror was loaded (as for any first voucher), nothing was charged,
+    // stored or held.
+    let (_, stored) = s.f.state().await;
+    assert!(stored.is_empty());
+    assert_eq!(s.f.engine.ledger().snapshot(&s.id).unwrap().charged, 0);
+    assert!(!s.f.engine.ledger().is_held(&s.id));
+    assert_eq!(s.f.handler_runs.load(Ordering::SeqCst), 0);
+    // The channel is not left held: once the wallet answers, the same voucher is served.
+    {
+        let mut w = s.wallets();
+        let digest = s.f.domain().voucher_digest(s.id, 1000);
+        *w = AllowListErc1271::new().allow(WALLET, digest);
+    }
+    let a = s.f.send("/paid", &s.payload("voucher", 1000)).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+}
+
+#[tokio::test]
+async fn ecdsa_channels_never_ask_a_wallet() {
+    let s = setup();
+    {
+        let mut w = s.wallets();
+        *w = w.clone().unreachable();
+    }
+    // The fixture's own ECDSA channel (payerAuthorizer = payer key).
+    let config = s.f.config(2);
+    s.f.fund(&config, 10_000);
+    for max in [1000, 2000] {
+        let a = s.f.send("/paid", &s.f.voucher_payload(&config, max)).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    }
+    // A wallet whose voucher is a plain ECDSA signature by the wallet address itself (an EOA
+    // payer with a zero authorizer) passes without a call too, as `SignatureChecker` does.
+    let eoa = ChannelConfig {
+        payerAuthorizer: Address::ZERO,
+        ..s.f.config(3)
+    };
+    s.f.fund(&eoa, 10_000);
+    let a = s.f.send("/paid", &s.f.voucher_payload(&eoa, 1000)).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(s.chain.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_smart_wallet_refund_is_checked_with_erc1271() {
+    let s = setup();
+    s.approve(1000);
+    let a =
+        s.f.send("/paid?charge=250", &s.payload("voucher", 1000))
+            .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    // The refund voucher is zero-charge: ceiling = charged = 250.
+    let a = s.f.send("/paid", &s.payload("refund", 250)).await;
+    assert_eq!(a.reason(), "invalid_batch_settlement_evm_voucher_signature");
+    assert_eq!(s.chain.inner.refunds.load(Ordering::SeqCst), 0);
+    s.approve(250);
+    let a = s.f.send("/paid", &s.payload("refund", 250)).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let r = a.response();
+    assert_eq!(r["amount"], "9750");
+    assert_eq!(r["payer"], WALLET.to_checksum(None));
+    assert_eq!(s.chain.inner.refunds.load(Ordering::SeqCst), 1);
+    assert!(s.f.engine.ledger().snapshot(&s.id).is_none());
+}
