@@ -5,15 +5,21 @@
 //! on-chain state (a facilitator does not know the server's cumulative charge, so the
 //! `charged + amount` rule stays with the resource server) and answers with the on-chain
 //! snapshot. `/settle` executes `deposit` (ERC-3009 through the collector), `claim` (one
-//! `claimWithSignature`, the batch signed with this facilitator's receiver-authorizer key) and
-//! `settle` (sweep to the receiver). Cooperative `refund` through `/settle` is not offered: it
-//! answers `…_unknown_settle_action` (resource servers built on [`crate::engine`] refund
-//! themselves).
+//! `claimWithSignature`, the batch signed with this facilitator's receiver-authorizer key),
+//! `settle` (sweep to the receiver) and `refund` (the server-enriched cooperative refund:
+//! the outstanding claim and `refundWithSignature` in one transaction).
+//!
+//! A refund signed with this facilitator's receiver-authorizer key gives money back to the
+//! payer, and only the resource server knows what the payer still owes; so `refund` is only
+//! offered with [`Facilitator::with_refund_token`], and each refund request must carry that
+//! bearer token (the resource server's credential). Without it the action answers
+//! `…_unknown_settle_action`, as it did before refunds existed.
 
 use std::sync::Arc;
 
-use alloy_primitives::{Address, B256, Bytes};
+use alloy_primitives::{Address, B256, Bytes, U256};
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -23,7 +29,7 @@ use crate::chain::escrow::EscrowClient;
 use crate::engine::{ChainAccess, EngineConfig, channel_state_wire};
 use crate::ledger::{ChannelSnapshot, Claimable, OnchainState};
 use crate::reason::Reason;
-use crate::typed_data::{ChannelConfig, EscrowDomain};
+use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use crate::verify::{SignedVoucher, VoucherSigner};
 use crate::wire::{
     BATCH_SETTLEMENT, BatchPayload, ChannelConfigWire, PaymentPayload, PaymentRequirements,
@@ -37,6 +43,8 @@ pub struct Facilitator {
     escrow: Arc<EscrowClient>,
     domain: EscrowDomain,
     relayer: Address,
+    /// Bearer token a `refund` request must carry; `None`: refunds are not offered.
+    refund_token: Option<Arc<str>>,
 }
 
 impl Facilitator {
@@ -46,7 +54,16 @@ impl Facilitator {
             escrow,
             domain,
             relayer,
+            refund_token: None,
         }
+    }
+
+    /// Offers the `refund` settle action to callers presenting `Authorization: Bearer
+    /// <token>` (the resource server). An empty token offers nothing.
+    pub fn with_refund_token(mut self, token: impl Into<String>) -> Self {
+        let token: String = token.into();
+        self.refund_token = (!token.is_empty()).then(|| Arc::from(token));
+        self
     }
 
     /// The axum router with the three endpoints.
@@ -213,7 +230,9 @@ async fn check(f: &Facilitator, req: Value) -> Result<Verified, Fault> {
         BatchPayload::Deposit { deposit, .. } => deposit.amount,
         _ => 0,
     };
-    if state.withdraw_requested_at != 0 {
+    // A pending withdrawal stops new vouchers; a cooperative refund is still welcome (it
+    // returns what the withdrawal would).
+    if state.withdraw_requested_at != 0 && !matches!(payload, BatchPayload::Refund { .. }) {
         return Err((
             Reason::CumulativeExceedsBalance,
             "a timed withdrawal is pending".into(),
@@ -294,7 +313,11 @@ struct SettleAction {
     token: Address,
 }
 
-async fn settle(State(f): State<Facilitator>, Json(req): Json<Value>) -> Json<SettleResponse> {
+async fn settle(
+    State(f): State<Facilitator>,
+    headers: HeaderMap,
+    Json(req): Json<Value>,
+) -> (StatusCode, Json<SettleResponse>) {
     let kind = req
         .pointer("/paymentPayload/payload/type")
         .and_then(Value::as_str)
@@ -304,6 +327,16 @@ async fn settle(State(f): State<Facilitator>, Json(req): Json<Value>) -> Json<Se
         "deposit" => settle_deposit(&f, req).await,
         "claim" => settle_claim(&f, req).await,
         "settle" => settle_sweep(&f, req).await,
+        "refund" if f.refund_token.is_some() => {
+            if !refund_authorized(&f, &headers) {
+                let fault = (
+                    Reason::UnknownSettleAction,
+                    "refund is only offered to the resource server (bearer token)".into(),
+                );
+                return (StatusCode::UNAUTHORIZED, failed(&f, fault));
+            }
+            settle_refund(&f, req).await
+        }
         other => Err((
             Reason::UnknownSettleAction,
             format!(
@@ -313,9 +346,25 @@ async fn settle(State(f): State<Facilitator>, Json(req): Json<Value>) -> Json<Se
         )),
     };
     match result {
-        Ok(r) => Json(r),
-        Err(fault) => failed(&f, fault),
+        Ok(r) => (StatusCode::OK, Json(r)),
+        Err(fault) => (StatusCode::OK, failed(&f, fault)),
     }
+}
+
+/// `Authorization: Bearer <refund token>`, compared in constant time.
+fn refund_authorized(f: &Facilitator, headers: &HeaderMap) -> bool {
+    let Some(token) = &f.refund_token else {
+        return false;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn settle_deposit(f: &Facilitator, req: Value) -> Result<SettleResponse, Fault> {
@@ -363,40 +412,7 @@ async fn settle_claim(f: &Facilitator, req: Value) -> Result<SettleResponse, Fau
     }
     let mut claimables = Vec::with_capacity(rows.len());
     for row in rows {
-        let w = row.voucher.channel;
-        let config = ChannelConfig {
-            payer: w.payer,
-            payerAuthorizer: w.payer_authorizer,
-            receiver: w.receiver,
-            receiverAuthorizer: w.receiver_authorizer,
-            token: w.token,
-            withdrawDelay: alloy::primitives::aliases::U40::saturating_from(w.withdraw_delay),
-            salt: w.salt,
-        };
-        let id = f.domain.channel_id(&config);
-        if row.total_claimed > row.voucher.max_claimable_amount {
-            return Err((
-                Reason::ChargeExceedsSignedCumulative,
-                format!("claim on {id} above its voucher"),
-            ));
-        }
-        SignedVoucher {
-            channel_id: id,
-            max_claimable: row.voucher.max_claimable_amount,
-            signature: row.signature.clone(),
-        }
-        .verify(&f.domain, VoucherSigner::of(&config), f.escrow.as_ref())
-        .await
-        .map_err(|e| (e.reason(), format!("{id}: {e}")))?;
-        claimables.push(Claimable {
-            channel_id: id,
-            config,
-            max_claimable: row.voucher.max_claimable_amount,
-            signature: row.signature,
-            claim_total: row.total_claimed,
-            onchain_total_claimed: 0,
-            withdraw_requested_at: 0,
-        });
+        claimables.push(claimable(f, row).await?);
     }
     let out = f
         .escrow
@@ -412,6 +428,170 @@ async fn settle_claim(f: &Facilitator, req: Value) -> Result<SettleResponse, Fau
         network: f.network(),
         amount: Some(String::new()),
         extra: None,
+        extensions: None,
+    })
+}
+
+/// A claim row whose voucher signature checks out (ECDSA, or ERC-1271 for smart wallets)
+/// and whose total stays within its voucher.
+async fn claimable(f: &Facilitator, row: ClaimRow) -> Result<Claimable, Fault> {
+    let w = row.voucher.channel;
+    let config = ChannelConfig {
+        payer: w.payer,
+        payerAuthorizer: w.payer_authorizer,
+        receiver: w.receiver,
+        receiverAuthorizer: w.receiver_authorizer,
+        token: w.token,
+        withdrawDelay: alloy::primitives::aliases::U40::saturating_from(w.withdraw_delay),
+        salt: w.salt,
+    };
+    let id = f.domain.channel_id(&config);
+    if row.total_claimed > row.voucher.max_claimable_amount {
+        return Err((
+            Reason::ChargeExceedsSignedCumulative,
+            format!("claim on {id} above its voucher"),
+        ));
+    }
+    SignedVoucher {
+        channel_id: id,
+        max_claimable: row.voucher.max_claimable_amount,
+        signature: row.signature.clone(),
+    }
+    .verify(&f.domain, VoucherSigner::of(&config), f.escrow.as_ref())
+    .await
+    .map_err(|e| (e.reason(), format!("{id}: {e}")))?;
+    Ok(Claimable {
+        channel_id: id,
+        config,
+        max_claimable: row.voucher.max_claimable_amount,
+        signature: row.signature,
+        claim_total: row.total_claimed,
+        onchain_total_claimed: 0,
+        withdraw_requested_at: 0,
+    })
+}
+
+/// The fields the resource server adds to the client's refund payload (the stock SDK's
+/// shape: `amount`, `refundNonce`, `claims`, and optional authorizer signatures, which this
+/// facilitator does not use: it signs with its own receiver-authorizer key).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RefundEnrichment {
+    #[serde(default)]
+    refund_nonce: Option<Value>,
+    #[serde(default)]
+    claims: Vec<ClaimRow>,
+}
+
+/// `refundNonce` as a decimal string (the SDK's form) or a JSON number.
+fn parse_nonce(v: &Value) -> Option<U256> {
+    match v {
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            U256::from_str_radix(s, 10).ok()
+        }
+        Value::Number(n) => n.as_u64().map(U256::from),
+        _ => None,
+    }
+}
+
+/// Cooperative refund: the payer's zero-charge voucher is checked as `/verify` does, the
+/// server's `refundNonce` must be the on-chain one (a stale one would revert), the optional
+/// claim row (this channel's only) is verified, then `EscrowClient::refund` claims and
+/// refunds in one transaction. The amount is capped at what the claim leaves unspent, as the
+/// contract would cap it.
+async fn settle_refund(f: &Facilitator, req: Value) -> Result<SettleResponse, Fault> {
+    let enrichment: RefundEnrichment = serde_json::from_value(
+        req.pointer("/paymentPayload/payload")
+            .cloned()
+            .unwrap_or(Value::Null),
+    )
+    .map_err(|e| (Reason::RefundPayload, format!("refund payload: {e}")))?;
+    let v = check(f, req).await?;
+    let BatchPayload::Refund { amount, .. } = &v.payload else {
+        return Err((Reason::PayloadType, "not a refund".into()));
+    };
+    let amount = *amount;
+    let id = ChannelId(v.payload.voucher().channel_id);
+    let nonce = enrichment
+        .refund_nonce
+        .as_ref()
+        .and_then(parse_nonce)
+        .ok_or((
+            Reason::RefundPayload,
+            "refundNonce missing or not a decimal".into(),
+        ))?;
+    if nonce != v.state.refund_nonce {
+        return Err((
+            Reason::RefundSimulationFailed,
+            format!(
+                "refundNonce {nonce} is not the channel's {}",
+                v.state.refund_nonce
+            ),
+        ));
+    }
+    if f.escrow.receiver_authorizer() != Some(v.config.receiverAuthorizer) {
+        return Err((
+            Reason::AuthorizerAddressMismatch,
+            "the channel's receiverAuthorizer is not this facilitator's key".into(),
+        ));
+    }
+    let mut rows = enrichment.claims;
+    if rows.len() > 1 {
+        return Err((
+            Reason::RefundPayload,
+            "at most one claim (the refunded channel's)".into(),
+        ));
+    }
+    let claim = match rows.pop() {
+        Some(row) => {
+            let mut c = claimable(f, row).await?;
+            if c.channel_id != id {
+                return Err((
+                    Reason::RefundPayload,
+                    "the claim is for another channel".into(),
+                ));
+            }
+            c.onchain_total_claimed = v.state.total_claimed;
+            c.withdraw_requested_at = v.state.withdraw_requested_at;
+            // At or below the on-chain total the claim is a no-op: leave it out.
+            (c.claim_total > v.state.total_claimed).then_some(c)
+        }
+        None => None,
+    };
+    let claimed_to = claim
+        .as_ref()
+        .map_or(v.state.total_claimed, |c| c.claim_total);
+    let Some(available) = v.state.balance.checked_sub(claimed_to) else {
+        return Err((
+            Reason::RefundSimulationFailed,
+            "the claim exceeds the channel balance".into(),
+        ));
+    };
+    if available == 0 {
+        return Err((
+            Reason::RefundNoBalance,
+            "nothing unclaimed to refund".into(),
+        ));
+    }
+    let amount = amount.unwrap_or(available).min(available);
+    let out = f
+        .escrow
+        .refund(&v.config, amount, claim.as_ref())
+        .await
+        .map_err(|e| (e.reason(), e.to_string()))?;
+    let after = Verified {
+        state: out.state,
+        ..v
+    };
+    Ok(SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(after.config.payer.to_checksum(None)),
+        transaction: out.tx_hash.to_string(),
+        network: f.network(),
+        amount: Some(out.refunded.to_string()),
+        extra: serde_json::from_value(json!({ "channelState": snapshot_json(&after) })).ok(),
         extensions: None,
     })
 }
