@@ -19,6 +19,9 @@
 //! `voucherState` carries our own signature over a ceiling covering the claimed charge.
 
 mod state;
+mod stream;
+
+pub use stream::{PaidStream, StreamEvent};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -152,6 +155,14 @@ pub enum ClientError {
     /// Channel state file.
     #[error("channel state i/o")]
     Io(#[from] std::io::Error),
+    /// A stream's `max_total` is below the route's price (checked before paying).
+    #[error("the route's price {price} is above the stream's max_total {max_total}")]
+    StreamLimit {
+        /// The route's price (one budget increment).
+        price: u128,
+        /// The caller's limit for the stream.
+        max_total: u128,
+    },
     /// A payer transaction (timed withdrawal) failed.
     #[error("{what} transaction failed")]
     Chain {
@@ -200,6 +211,18 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What [`PayingClient::send_paid`] got back.
+enum Sent {
+    /// No 402: the resource is free (or refused without an offer).
+    Free(reqwest::Response),
+    /// The answer to our paid request (any status but 402), body unread.
+    Paid {
+        res: reqwest::Response,
+        target: Box<Target>,
+        deposit: Option<u128>,
+    },
 }
 
 /// One chosen offer and the channel it maps to.
@@ -255,23 +278,66 @@ impl PayingClient {
 
     /// GETs `url`, paying on a 402.
     pub async fn get(&self, url: &str) -> Result<Answer, ClientError> {
+        let (res, target, deposit) = match self.send_paid(url, None, None).await? {
+            Sent::Free(res) => return answer(res, None).await,
+            Sent::Paid {
+                res,
+                target,
+                deposit,
+            } => (res, target, deposit),
+        };
+        if !res.status().is_success() {
+            // Nothing was charged (the server releases the channel on a failure).
+            return answer(res, None).await;
+        }
+        if res.headers().get(PAYMENT_RESPONSE).is_none() && is_sse(&res) {
+            // A metered stream: the payment result is its final event.
+            let mut streamed = answer(res, None).await?;
+            let settle = sse_payment(&streamed.body)
+                .ok_or_else(|| self.cheated(&target, "stream ended without payment-response"))?;
+            streamed.settle = Some(self.check_settle(&target, settle, deposit)?);
+            return Ok(streamed);
+        }
+        let settle = read_response(&res)
+            .map_err(|_| self.cheated(&target, "paid response without a valid PAYMENT-RESPONSE"))?;
+        let settle = self.check_settle(&target, settle, deposit)?;
+        answer(res, Some(settle)).await
+    }
+
+    /// GETs `url`; on a 402 pays with the next voucher (retrying `channel_busy` and adopting
+    /// a proven corrective 402) and returns the paid response with its body unread.
+    /// `cover`: the stream budget the channel balance should cover beyond the charged
+    /// amount (a deposit tops it up); `timeout` overrides the client's request timeout.
+    async fn send_paid(
+        &self,
+        url: &str,
+        cover: Option<u128>,
+        timeout: Option<Duration>,
+    ) -> Result<Sent, ClientError> {
         let first = self.http.get(url).send().await?;
         if first.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
-            return answer(first, None).await;
+            return Ok(Sent::Free(first));
         }
         let required = read_required(&first)?;
         let target = self.target(&required)?;
+        if let Some(max_total) = cover
+            && max_total < target.price
+        {
+            return Err(ClientError::StreamLimit {
+                price: target.price,
+                max_total,
+            });
+        }
         let mut busy_waits = 0;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (header, deposit) = self.build_payment(&target)?;
-            let res = self
-                .http
-                .get(url)
-                .header(PAYMENT_SIGNATURE, header)
-                .send()
-                .await?;
+            let (header, deposit) = self.build_payment(&target, cover)?;
+            let mut req = self.http.get(url).header(PAYMENT_SIGNATURE, header);
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            let res = req.send().await?;
             if res.status() == reqwest::StatusCode::PAYMENT_REQUIRED {
                 let again = read_required(&res)?;
                 let reason = again.error.clone().unwrap_or_default();
@@ -295,24 +361,11 @@ impl PayingClient {
                     message,
                 });
             }
-            if !res.status().is_success() {
-                // Nothing was charged (the server releases the channel on a failure).
-                return answer(res, None).await;
-            }
-            if res.headers().get(PAYMENT_RESPONSE).is_none() && is_sse(&res) {
-                // A metered stream: the payment result is its final event.
-                let mut streamed = answer(res, None).await?;
-                let settle = sse_payment(&streamed.body).ok_or_else(|| {
-                    self.cheated(&target, "stream ended without payment-response")
-                })?;
-                streamed.settle = Some(self.check_settle(&target, settle, deposit)?);
-                return Ok(streamed);
-            }
-            let settle = read_response(&res).map_err(|_| {
-                self.cheated(&target, "paid response without a valid PAYMENT-RESPONSE")
-            })?;
-            let settle = self.check_settle(&target, settle, deposit)?;
-            return answer(res, Some(settle)).await;
+            return Ok(Sent::Paid {
+                res,
+                target: Box::new(target),
+                deposit,
+            });
         }
     }
 
@@ -554,14 +607,23 @@ impl PayingClient {
     }
 
     /// The `PAYMENT-SIGNATURE` for the next request, and the deposit amount if one is made.
-    fn build_payment(&self, t: &Target) -> Result<(String, Option<u128>), ClientError> {
+    /// With `cover`, a deposit is made unless the balance covers `charged + cover` (a
+    /// stream's whole budget), so that its renewals never run into the balance.
+    fn build_payment(
+        &self,
+        t: &Target,
+        cover: Option<u128>,
+    ) -> Result<(String, Option<u128>), ClientError> {
         let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
         let max = state.charged.saturating_add(t.price);
         let voucher = self.voucher_json(t, max)?;
         let mut payload =
             json!({"type": "voucher", "channelConfig": state.config, "voucher": voucher});
         let mut deposit = None;
-        if max > state.balance {
+        let need = state
+            .charged
+            .saturating_add(cover.unwrap_or(t.price).max(t.price));
+        if need > state.balance {
             let min_deposit = t
                 .extra
                 .other
@@ -573,7 +635,7 @@ impl PayingClient {
                 .price
                 .saturating_mul(self.config.deposit_multiplier)
                 .max(min_deposit)
-                .max(max - state.balance);
+                .max(need - state.balance);
             if state.deposited.saturating_add(amount) > self.config.spend_limit {
                 return Err(ClientError::SpendLimit {
                     needed: amount,

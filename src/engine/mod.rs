@@ -17,6 +17,7 @@ mod chain;
 mod decode;
 mod offer;
 mod refusal;
+mod stream;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

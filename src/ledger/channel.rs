@@ -157,6 +157,45 @@ impl ChannelRecord {
         Ok(())
     }
 
+    /// The rules for renewing a held stream in place: the held voucher's ceiling `held` is
+    /// extended by exactly `increment` to `max_claimable`, within the balance, above
+    /// `totalClaimed`, with no withdrawal pending. A mismatch (a replayed or stale voucher)
+    /// carries this record as the corrective state.
+    pub fn check_extension(
+        &self,
+        held: u128,
+        max_claimable: u128,
+        increment: u128,
+    ) -> Result<(), Reject> {
+        if self.onchain.withdraw_requested_at != 0 {
+            let requested_at = self.onchain.withdraw_requested_at;
+            return Err(Reject::with(
+                Reason::CumulativeExceedsBalance,
+                Some(self.channel_id),
+                Detail::WithdrawalPending { requested_at },
+            ));
+        }
+        let expected = held.checked_add(increment);
+        if increment == 0 || expected != Some(max_claimable) {
+            return Err(self.mismatch(expected.unwrap_or(u128::MAX), max_claimable));
+        }
+        if max_claimable > self.onchain.balance {
+            let balance = self.onchain.balance;
+            return Err(Reject::with(
+                Reason::CumulativeExceedsBalance,
+                Some(self.channel_id),
+                Detail::ExceedsBalance {
+                    max_claimable,
+                    balance,
+                },
+            ));
+        }
+        if max_claimable <= self.onchain.total_claimed {
+            return Err(self.below_claimed(max_claimable));
+        }
+        Ok(())
+    }
+
     /// The zero-charge refund-voucher rule: `max == charged` and `max >= totalClaimed`.
     pub fn check_refund_voucher(&self, max_claimable: u128) -> Result<(), Reject> {
         if max_claimable != self.charged {

@@ -17,7 +17,9 @@ mod shards;
 pub use book::{DEFAULT_SHARDS, Ledger};
 pub use channel::{ChannelRecord, ChannelSnapshot, OnchainState};
 pub use reject::{Detail, LastVoucher, Mismatch, Reject};
-pub use reservation::{Claimable, CommitRefused, Receipt, Reservation, StagedCommit};
+pub use reservation::{
+    Claimable, CommitRefused, Receipt, Reservation, StagedCommit, StagedRenewal,
+};
 
 // The guards live across the handler's `.await`s in the server: they must be `Send`.
 const _: () = {

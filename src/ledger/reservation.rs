@@ -2,6 +2,11 @@
 //!
 //! Both guards release the channel when dropped, so an early return, a panic in the handler
 //! or a failed store write can never leave a channel held, and never changes its state.
+//!
+//! A metered stream may *renew* its reservation in place ([`Reservation::stage_renewal`] →
+//! persist → [`Reservation::apply_renewal`]): the hold is kept, the budget grows by one
+//! increment, and the charge delivered so far is checkpointed with the new voucher, so a
+//! crash mid-stream loses at most one increment of the server's revenue.
 
 use std::fmt;
 
@@ -12,7 +17,7 @@ use crate::ledger::channel::{ChannelRecord, ChannelSnapshot};
 use crate::ledger::reject::{Detail, Reject};
 use crate::reason::Reason;
 use crate::typed_data::{ChannelConfig, ChannelId, ClaimEntry};
-use crate::verify::VerifiedVoucher;
+use crate::verify::{SignatureFault, VerifiedVoucher};
 
 /// A held channel with a checked voucher for a request of maximum price `price`.
 pub struct Reservation {
@@ -24,6 +29,43 @@ pub struct Reservation {
     price: u128,
     snapshot: ChannelSnapshot,
     payer: Address,
+    /// Part of this reservation's charge already made durable by renewal checkpoints (the
+    /// record's `charged` includes it); `commit` adds only what exceeds it.
+    checkpointed: u128,
+}
+
+/// A renewal checked against the held channel, waiting for its record to be durable. It
+/// holds nothing itself: the [`Reservation`] it came from keeps the hold.
+pub struct StagedRenewal {
+    id: ChannelId,
+    token: u64,
+    record: ChannelRecord,
+    expected_version: Option<u64>,
+    voucher: VerifiedVoucher,
+    increment: u128,
+    stream_charged: u128,
+}
+
+impl fmt::Debug for StagedRenewal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StagedRenewal")
+            .field("channel_id", &self.id)
+            .field("version", &self.record.version)
+            .field("max_claimable", &self.voucher.max_claimable())
+            .field("stream_charged", &self.stream_charged)
+            .finish()
+    }
+}
+
+impl StagedRenewal {
+    /// The checkpoint record to persist (version already bumped).
+    pub fn record(&self) -> &ChannelRecord {
+        &self.record
+    }
+    /// Version the store must hold for the compare-and-set (`None`: not stored yet).
+    pub fn expected_version(&self) -> Option<u64> {
+        self.expected_version
+    }
 }
 
 impl fmt::Debug for Reservation {
@@ -62,6 +104,7 @@ impl Reservation {
             price,
             snapshot,
             payer,
+            checkpointed: 0,
         }
     }
 
@@ -69,9 +112,14 @@ impl Reservation {
     pub fn channel_id(&self) -> ChannelId {
         self.voucher.channel_id()
     }
-    /// Maximum price of this request (what the voucher pays for).
+    /// Maximum price of this request (what the voucher pays for); for a renewed stream, the
+    /// sum of its increments.
     pub fn price(&self) -> u128 {
         self.price
+    }
+    /// The part of the charge already durable through renewal checkpoints.
+    pub fn checkpointed(&self) -> u128 {
+        self.checkpointed
     }
     /// The accepted voucher.
     pub fn voucher(&self) -> &VerifiedVoucher {
@@ -86,8 +134,113 @@ impl Reservation {
         self.payer
     }
 
+    /// Checks a renewal voucher against the held channel and stages a checkpoint: the
+    /// record with `charged` = baseline + `stream_charged` (this reservation's charge so
+    /// far) and the new voucher as `signedMaxClaimable`. The voucher must extend the held
+    /// one by exactly `increment` (strictly increasing, so a replayed voucher is a
+    /// mismatch), stay within the balance, and no withdrawal may be pending. Nothing changes
+    /// until [`Reservation::apply_renewal`], which the caller runs once the record is
+    /// durable; dropping the staged renewal changes nothing.
+    pub fn stage_renewal(
+        &self,
+        voucher: VerifiedVoucher,
+        increment: u128,
+        stream_charged: u128,
+        now: u64,
+    ) -> Result<StagedRenewal, Reject> {
+        let id = self.channel_id();
+        if voucher.channel_id() != id {
+            return Err(Reject::new(Reason::ChannelIdMismatch, Some(id)));
+        }
+        if stream_charged > self.price {
+            let detail = Detail::ChargeExceedsPrice {
+                actual: stream_charged,
+                price: self.price,
+            };
+            return Err(Reject::with(
+                Reason::ChargeExceedsSignedCumulative,
+                Some(id),
+                detail,
+            ));
+        }
+        // Charges only move up: a handler lowering its charge cannot undo a checkpoint.
+        let stream_charged = stream_charged.max(self.checkpointed);
+        let held = self.voucher.max_claimable();
+        let held_signature = self.voucher.signature().clone();
+        let checkpointed = self.checkpointed;
+        let staged = self.ledger.with_held(&id, self.token, |slot| {
+            let old = &slot.record;
+            if voucher.signer() != old.signer() {
+                return Err(Reject::signature(Some(id), SignatureFault::WrongSigner));
+            }
+            let mut corrective = old.clone();
+            // The corrective 402 proves the ceiling with the voucher this stream holds.
+            corrective.signed_max_claimable = held;
+            corrective.signature = held_signature;
+            corrective.check_extension(held, voucher.max_claimable(), increment)?;
+            let mut record = old.clone();
+            record.charged = old
+                .charged
+                .saturating_add(stream_charged - checkpointed)
+                .min(voucher.max_claimable());
+            record.signed_max_claimable = voucher.max_claimable();
+            record.signature = voucher.signature().clone();
+            record.last_request_at = now;
+            record.version = old.version.saturating_add(1);
+            let expected_version = (old.version != 0).then_some(old.version);
+            Ok((record, expected_version))
+        })??;
+        let (record, expected_version) = staged;
+        Ok(StagedRenewal {
+            id,
+            token: self.token,
+            record,
+            expected_version,
+            voucher,
+            increment,
+            stream_charged,
+        })
+    }
+
+    /// Makes a durable checkpoint the channel's state while keeping the hold, and extends
+    /// this reservation: the renewal voucher becomes the held one and the budget grows by
+    /// the increment. Call only once [`StagedRenewal::record`] is durable. Returns what the
+    /// renewal's `PAYMENT-RESPONSE` reports (`chargedAmount`: the stream's charge so far).
+    pub fn apply_renewal(&mut self, staged: StagedRenewal) -> Result<Receipt, Reject> {
+        let id = self.channel_id();
+        if staged.id != id || staged.token != self.token {
+            return Err(Reject::missing(staged.id));
+        }
+        let StagedRenewal {
+            record,
+            voucher,
+            increment,
+            stream_charged,
+            ..
+        } = staged;
+        let receipt = self.ledger.with_held(&id, self.token, |slot| {
+            let onchain = slot.record.onchain;
+            let synced = slot.record.onchain_synced_at;
+            slot.record = record;
+            slot.record.onchain = onchain;
+            slot.record.onchain_synced_at = synced;
+            Receipt {
+                charged_amount: stream_charged,
+                snapshot: slot.record.snapshot(),
+                payer: slot.record.payer(),
+                version: slot.record.version,
+            }
+        })?;
+        self.voucher = voucher;
+        self.price = self.price.saturating_add(increment);
+        self.checkpointed = stream_charged;
+        Ok(receipt)
+    }
+
     /// Stages the actual charge `actual <= price`. The channel stays held until the staged
-    /// record is applied (after it is durable) or dropped.
+    /// record is applied (after it is durable) or dropped. After renewals, `actual` is the
+    /// whole reservation's charge (checkpoints included) and is never taken below the
+    /// checkpointed amount.
     pub fn commit(mut self, actual: u128, now: u64) -> Result<StagedCommit, CommitRefused> {
         if actual > self.price {
             let detail = Detail::ChargeExceedsPrice {
@@ -104,13 +257,15 @@ impl Reservation {
                 reservation: Box::new(self),
             });
         }
+        let actual = actual.max(self.checkpointed);
+        let delta = actual - self.checkpointed;
         let id = self.voucher.channel_id();
         let max = self.voucher.max_claimable();
         let signature = self.voucher.signature().clone();
         let staged = self.ledger.with_held(&id, self.token, |slot| {
             let old = &slot.record;
             let mut record = old.clone();
-            record.charged = old.charged.saturating_add(actual).min(max);
+            record.charged = old.charged.saturating_add(delta).min(max);
             record.signed_max_claimable = max;
             record.signature = signature;
             record.last_request_at = now;

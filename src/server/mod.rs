@@ -35,6 +35,9 @@ use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 
 pub mod proxy;
+mod stream;
+
+pub use stream::{RENEWAL_EVENT, STREAM_ID_HEADER, STREAM_NOT_FOUND};
 
 use crate::engine::{Authorized, BoxFuture, Engine, Refusal};
 use crate::store::Store;
@@ -44,45 +47,98 @@ use crate::wire::{
 };
 
 /// The handle a handler uses to report what the request actually cost.
+///
+/// On a metered stream ([`PaymentLayer::streaming`]) the budget [`Charge::max`] grows each
+/// time the client renews its voucher mid-stream; [`Charge::add_wait`] lets a handler pause
+/// for that renewal instead of stopping at once.
 #[derive(Clone, Debug)]
 pub struct Charge {
+    inner: Arc<ChargeInner>,
+}
+
+#[derive(Debug)]
+struct ChargeInner {
+    state: Mutex<ChargeState>,
+    /// Woken when the budget grows (renewal), for [`Charge::add_wait`].
+    extended: tokio::sync::Notify,
+    /// The metered body's task, woken when the charge moves so that a renewal event can be
+    /// sent even while the handler produces no output.
+    waker: futures_util::task::AtomicWaker,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ChargeState {
     max: u128,
-    actual: Arc<Mutex<Option<u128>>>,
+    actual: Option<u128>,
 }
 
 impl Charge {
     fn new(max: u128) -> Self {
         Self {
-            max,
-            actual: Arc::new(Mutex::new(None)),
+            inner: Arc::new(ChargeInner {
+                state: Mutex::new(ChargeState { max, actual: None }),
+                extended: tokio::sync::Notify::new(),
+                waker: futures_util::task::AtomicWaker::new(),
+            }),
         }
     }
-    /// The most this request may cost (the route's price for it).
+    /// The most this request may cost (the route's price for it; on a renewed stream, the
+    /// sum of the renewed increments).
     pub fn max(&self) -> u128 {
-        self.max
+        self.inner.state.lock().max
     }
     /// Sets the actual charge; the last call wins. Above [`Charge::max`] the payment fails.
     pub fn set(&self, amount: u128) {
-        *self.actual.lock() = Some(amount);
+        self.inner.state.lock().actual = Some(amount);
+        self.inner.waker.wake();
     }
     /// The charge reported so far.
     pub fn get(&self) -> Option<u128> {
-        *self.actual.lock()
+        self.inner.state.lock().actual
     }
     /// Adds `amount` to the charge if the total stays within [`Charge::max`]; `false` (and no
     /// change) when it would not. A metered stream stops when this returns `false`.
     pub fn add(&self, amount: u128) -> bool {
-        let mut actual = self.actual.lock();
-        let next = actual.unwrap_or(0).saturating_add(amount);
-        if next > self.max {
+        let mut state = self.inner.state.lock();
+        let next = state.actual.unwrap_or(0).saturating_add(amount);
+        if next > state.max {
             return false;
         }
-        *actual = Some(next);
+        state.actual = Some(next);
+        drop(state);
+        self.inner.waker.wake();
         true
+    }
+    /// Like [`Charge::add`], but if the budget is used up, waits up to `grace` for the client
+    /// to renew its voucher (a metered stream's renewal extends [`Charge::max`]). `false`
+    /// when no renewal came in time: the handler then ends the stream.
+    pub async fn add_wait(&self, amount: u128, grace: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let extended = self.inner.extended.notified();
+            tokio::pin!(extended);
+            // Registered before the check, so a renewal landing in between is not missed.
+            extended.as_mut().enable();
+            if self.add(amount) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, extended).await.is_err() {
+                return false;
+            }
+        }
     }
     /// What is left of the maximum.
     pub fn remaining(&self) -> u128 {
-        self.max.saturating_sub(self.get().unwrap_or(0))
+        let state = self.inner.state.lock();
+        state.max.saturating_sub(state.actual.unwrap_or(0))
+    }
+    /// Grows the budget after an accepted renewal and wakes whoever waits for it.
+    fn extend(&self, by: u128) {
+        let mut state = self.inner.state.lock();
+        state.max = state.max.saturating_add(by);
+        drop(state);
+        self.inner.extended.notify_waiters();
+        self.inner.waker.wake();
     }
 }
 
@@ -129,6 +185,10 @@ pub struct PaymentLayer<S> {
     mime_type: Option<String>,
     base_url: Option<String>,
     streaming: bool,
+    /// Share of a stream's latest increment used before `payment-renewal` is sent.
+    renew_at_percent: u8,
+    /// Live metered streams of this layer, by stream id (shared by every clone).
+    streams: Arc<stream::Streams>,
 }
 
 impl<S> Clone for PaymentLayer<S> {
@@ -140,6 +200,8 @@ impl<S> Clone for PaymentLayer<S> {
             mime_type: self.mime_type.clone(),
             base_url: self.base_url.clone(),
             streaming: self.streaming,
+            renew_at_percent: self.renew_at_percent,
+            streams: Arc::clone(&self.streams),
         }
     }
 }
@@ -159,16 +221,28 @@ impl<S: Store + 'static> PaymentLayer<S> {
             mime_type: None,
             base_url: None,
             streaming: false,
+            renew_at_percent: stream::DEFAULT_RENEW_AT_PERCENT,
+            streams: Arc::default(),
         }
     }
 
     /// Metered Server-Sent Events: the handler streams and charges as it goes with
-    /// [`Charge::add`] (stopping when it returns `false`); the payment is settled when the
-    /// stream ends, and its `PAYMENT-RESPONSE` is sent as a final
-    /// `event: payment-response` whose data is the base64 header value. See
-    /// `docs/protocol.md`, "Streaming".
+    /// [`Charge::add`] (stopping when it returns `false`) or [`Charge::add_wait`]. The
+    /// response carries an `X-402-Stream-Id` header; once most of the authorized budget is
+    /// used the layer sends `event: payment-renewal`, and a request to the same route with
+    /// that header and the next voucher in `PAYMENT-SIGNATURE` extends the budget mid-stream
+    /// (checkpointed durably). The payment is settled when the stream ends, and its
+    /// `PAYMENT-RESPONSE` is sent as a final `event: payment-response` whose data is the
+    /// base64 header value. See `docs/protocol.md`, "Streaming".
     pub fn streaming(mut self) -> Self {
         self.streaming = true;
+        self
+    }
+
+    /// Sends `payment-renewal` once `percent` of the stream's latest increment is charged
+    /// (default 75; clamped to 1..=100).
+    pub fn renew_at_percent(mut self, percent: u8) -> Self {
+        self.renew_at_percent = percent.clamp(1, 100);
         self
     }
 
@@ -203,6 +277,8 @@ impl<S, I> Layer<I> for PaymentLayer<S> {
                 mime_type: self.mime_type.clone(),
                 base_url: self.base_url.clone(),
                 streaming: self.streaming,
+                renew_at_percent: self.renew_at_percent,
+                streams: Arc::clone(&self.streams),
             }),
             inner,
         }
@@ -264,6 +340,12 @@ where
         .headers()
         .get(PAYMENT_SIGNATURE)
         .map(|v| v.as_bytes().to_vec());
+    if layer.streaming
+        && let Some(id) = req.headers().get(STREAM_ID_HEADER)
+    {
+        // A renewal of a live stream of this route: no handler runs.
+        return stream::renew(layer, id.as_bytes(), header.as_deref(), &resource).await;
+    }
     let paid = match layer
         .engine
         .authorize(header.as_deref(), price, &resource)
@@ -282,7 +364,7 @@ where
         return response;
     }
     if layer.streaming {
-        return metered_stream(layer.engine.clone(), paid, charge, response);
+        return stream::metered(layer, paid, charge, response);
     }
     let actual = charge
         .get()
@@ -313,7 +395,7 @@ fn resource_url<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> String {
     }
 }
 
-fn insert(response: &mut Response, name: &'static str, value: &str) {
+pub(crate) fn insert(response: &mut Response, name: &'static str, value: &str) {
     // Base64 and our own ASCII strings are always valid header values.
     if let Ok(v) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, v);
@@ -343,7 +425,7 @@ pub fn refusal_response(refusal: &Refusal) -> Response {
     response
 }
 
-fn refund_answer(settled: &SettleResponse) -> Response {
+pub(crate) fn refund_answer(settled: &SettleResponse) -> Response {
     let body = serde_json::to_value(settled).unwrap_or(Value::Null);
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = StatusCode::OK;
@@ -351,76 +433,4 @@ fn refund_answer(settled: &SettleResponse) -> Response {
     insert(&mut response, CACHE_CONTROL.as_str(), "no-store");
     insert(&mut response, PAYMENT_RESPONSE, &encode_header(settled));
     response
-}
-
-/// Settles a streamed payment exactly once: at the end of the stream, or (client gone) when
-/// the stream is dropped, charging what was delivered.
-struct StreamSettlement<S: Store + 'static> {
-    engine: Engine<S>,
-    paid: Option<crate::engine::Paid>,
-    charge: Charge,
-}
-
-impl<S: Store + 'static> StreamSettlement<S> {
-    fn actual(&self) -> u128 {
-        self.charge.get().unwrap_or(self.charge.max)
-    }
-
-    /// The final SSE event carrying the payment result.
-    async fn finish(mut self) -> bytes::Bytes {
-        let actual = self.actual();
-        let Some(paid) = self.paid.take() else {
-            return bytes::Bytes::new();
-        };
-        let event = match self.engine.settle(paid, actual).await {
-            Ok(settled) => format!(
-                "event: payment-response\ndata: {}\n\n",
-                encode_header(&settled)
-            ),
-            Err(refusal) => {
-                let failed = refusal
-                    .response
-                    .as_ref()
-                    .map(encode_header)
-                    .unwrap_or_default();
-                format!("event: payment-error\ndata: {failed}\n\n")
-            }
-        };
-        bytes::Bytes::from(event)
-    }
-}
-
-impl<S: Store + 'static> Drop for StreamSettlement<S> {
-    fn drop(&mut self) {
-        if let Some(paid) = self.paid.take() {
-            let engine = self.engine.clone();
-            let actual = self.actual();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = engine.settle(paid, actual).await {
-                        tracing::warn!(error = %e, "settling an interrupted stream failed");
-                    }
-                });
-            }
-        }
-    }
-}
-
-fn metered_stream<S: Store + 'static>(
-    engine: Engine<S>,
-    paid: crate::engine::Paid,
-    charge: Charge,
-    response: Response,
-) -> Response {
-    use futures_util::StreamExt as _;
-    let (parts, body) = response.into_parts();
-    let settlement = StreamSettlement {
-        engine,
-        paid: Some(paid),
-        charge,
-    };
-    let tail =
-        futures_util::stream::once(async move { Ok::<_, axum::Error>(settlement.finish().await) });
-    let body = Body::from_stream(body.into_data_stream().chain(tail));
-    Response::from_parts(parts, body)
 }

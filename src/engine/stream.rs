@@ -1,0 +1,106 @@
+//! Mid-stream renewal of a held payment (metered streams, `docs/protocol.md` §10).
+//!
+//! A streamed response keeps its channel held. The client extends the stream's budget with
+//! a side request carrying the next cumulative voucher; [`Engine::renew`] checks it with the
+//! same rules as a paid request (decoding, signature, ceiling = held ceiling + increment,
+//! within balance, no pending withdrawal), then *checkpoints*: the charge delivered so far
+//! is made durable together with the new voucher before the renewal is acknowledged. The
+//! stream keeps the hold throughout, so no other request can interleave.
+
+use http::StatusCode;
+
+use super::{Engine, Paid, Refusal, decode::decode, now, offer, signed};
+use crate::ledger::{Detail, Reject};
+use crate::reason::Reason;
+use crate::store::Store;
+use crate::verify::VoucherSigner;
+use crate::wire::{BatchPayload, ResourceInfo, SettleResponse};
+
+impl<S: Store + 'static> Engine<S> {
+    /// Renews the streamed payment `paid` with the raw `PAYMENT-SIGNATURE` value `header`:
+    /// a voucher whose ceiling is the held one plus `increment` (the route's price for the
+    /// stream). `stream_charged` is what the stream has charged so far; it is checkpointed
+    /// with the new voucher and the renewal is answered only once that is durable.
+    ///
+    /// A refused renewal is a 402 with the spec's reason code (a cumulative mismatch carries
+    /// the corrective `channelState`/`voucherState`) and changes nothing: `paid` keeps its
+    /// voucher and budget. A store failure is a 500 (`unexpected_settle_error`), also with
+    /// `paid` unchanged.
+    pub async fn renew(
+        &self,
+        paid: &mut Paid,
+        header: &[u8],
+        increment: u128,
+        stream_charged: u128,
+        resource: &ResourceInfo,
+    ) -> Result<SettleResponse, Refusal> {
+        let offer = self.offer(increment);
+        let checked = decode(header, &offer, &self.inner.config, self.domain())
+            .map_err(|(reason, msg)| self.refuse(resource, increment, Some(reason), msg))?;
+        let id = paid.channel_id();
+        let BatchPayload::Voucher { voucher, .. } = &checked.payload else {
+            // Deposits and refunds are separate requests; a renewal only extends the budget.
+            return Err(self.refuse(
+                resource,
+                increment,
+                Some(Reason::PayloadType),
+                "a stream renewal carries a voucher payload".into(),
+            ));
+        };
+        if checked.channel_id != id {
+            let reject = Reject::new(Reason::ChannelIdMismatch, Some(checked.channel_id));
+            return Err(self.reject(resource, increment, &reject));
+        }
+        // The stream's channel is held, so the ledger's own verify-and-reserve path (which
+        // refuses held channels) cannot be used; the signature is checked here the same way.
+        let verified = match VoucherSigner::of(&checked.config) {
+            VoucherSigner::Ecdsa(authorizer) => signed(voucher, id)
+                .verify_ecdsa(self.domain(), authorizer)
+                .map_err(|fault| Reject::signature(Some(id), fault)),
+            VoucherSigner::Erc1271(_) => Err(Reject::with(
+                Reason::VoucherSignature,
+                Some(id),
+                Detail::Erc1271Required,
+            )),
+        }
+        .map_err(|r| self.reject(resource, increment, &r))?;
+        let staged = paid
+            .reservation
+            .stage_renewal(verified, increment, stream_charged, now())
+            .map_err(|r| match r.reason {
+                // The server's own metering went past the budget: not the client's fault.
+                Reason::ChargeExceedsSignedCumulative => {
+                    self.failure(StatusCode::INTERNAL_SERVER_ERROR, &r)
+                }
+                _ => self.reject(resource, increment, &r),
+            })?;
+        let store = &*self.inner.store;
+        let written = match store
+            .compare_and_set(staged.expected_version(), staged.record())
+            .await
+        {
+            Ok(ticket) => store.wait_durable(ticket).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            // Nothing was applied in memory. If the write landed but its durability wait
+            // failed, the stream's final commit meets a version conflict and reloads the
+            // stored record (see `Engine::settle`): the checkpoint is never double-counted.
+            tracing::error!(channel = %id, error = %e, "persisting a stream checkpoint failed");
+            let reject = Reject::new(Reason::UnexpectedSettleError, Some(id));
+            return Err(self.failure(StatusCode::INTERNAL_SERVER_ERROR, &reject));
+        }
+        let receipt = paid.reservation.apply_renewal(staged).map_err(|r| {
+            tracing::error!(channel = %id, "a held stream lost its hold: {r}");
+            self.failure(StatusCode::INTERNAL_SERVER_ERROR, &r)
+        })?;
+        Ok(offer::paid_response(&self.inner.config, &receipt, None))
+    }
+}
+
+impl Paid {
+    /// The ceiling of the voucher this payment holds (grows with each renewal).
+    pub fn max_claimable(&self) -> u128 {
+        self.reservation.voucher().max_claimable()
+    }
+}
