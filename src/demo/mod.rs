@@ -141,6 +141,7 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
             "the deposit must cover at least one request",
         ));
     }
+    ensure_anvil(args.quiet).await?;
     let accounts = u32::try_from(FIRST_PAYER + args.channels).map_err(step("accounts"))?;
     let net = Devnet::start_with(DevnetOptions {
         accounts,
@@ -293,6 +294,37 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     }
     summary.reconcile().map_err(step("reconcile"))?;
     Ok(summary)
+}
+
+/// Installs the project's pinned toolchain (`scripts/tools.sh`, into `.tools/`) when no anvil
+/// can be found, so `x402-upto demo` works from a fresh checkout with only cargo, node and npm.
+async fn ensure_anvil(quiet: bool) -> Result<(), DemoError> {
+    if Devnet::anvil_path().is_ok() {
+        return Ok(());
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tools.sh");
+    if !script.is_file() {
+        return Devnet::anvil_path().map(|_| ()).map_err(step("find anvil"));
+    }
+    if !quiet {
+        eprintln!(
+            "anvil not found: installing the pinned toolchain with {}",
+            script.display()
+        );
+    }
+    let status = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(step("install toolchain"))?;
+    if !status.success() {
+        return Err(step("install toolchain")(format!(
+            "{} exited with {status}",
+            script.display()
+        )));
+    }
+    Devnet::anvil_path().map(|_| ()).map_err(step("find anvil"))
 }
 
 /// What the server's ledger charged each payer's channel (before refunds remove them).
