@@ -1,6 +1,8 @@
 //! Metered streaming (the GPU-per-minute case) on anvil: an SSE route charges per token
 //! against the request's maximum, stops cleanly when it is used up, and settles with a final
-//! `payment-response` event; the client renews with its next voucher.
+//! `payment-response` event; a second request continues the channel; then
+//! `PayingClient::stream` renews its voucher mid-stream and the checkpointed voucher is
+//! claimed on chain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "interop_support/mod.rs"]
@@ -14,7 +16,7 @@ use axum::extract::Query;
 use axum::routing::get;
 use axum::{Extension, Router};
 use support::Chain;
-use x402_upto::client::{ClientConfig, PayingClient};
+use x402_upto::client::{ClientConfig, PayingClient, StreamEvent};
 use x402_upto::engine::{ChainAccess, Engine};
 use x402_upto::server::{Charge, PaymentLayer};
 use x402_upto::wire::Eip155Network;
@@ -25,6 +27,8 @@ const PER_TOKEN: u128 = 100;
 #[derive(serde::Deserialize)]
 struct Q {
     tokens: u32,
+    /// When set, wait this long for a mid-stream renewal once the budget is used up.
+    grace_ms: Option<u64>,
 }
 
 async fn gpu(
@@ -36,7 +40,14 @@ async fn gpu(
     let stream = futures_util::stream::unfold(0u32, move |i| {
         let charge = charge.clone();
         async move {
-            if i >= q.tokens || !charge.add(PER_TOKEN) {
+            let paid = match q.grace_ms {
+                Some(ms) => {
+                    let grace = std::time::Duration::from_millis(ms);
+                    i < q.tokens && charge.add_wait(PER_TOKEN, grace).await
+                }
+                None => i < q.tokens && charge.add(PER_TOKEN),
+            };
+            if !paid {
                 return None;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -112,4 +123,30 @@ async fn a_metered_stream_stops_at_its_maximum_and_settles_in_a_final_event() {
         .unwrap();
     assert_eq!(stored.charged, 1300);
     assert!(!engine.ledger().is_held(&ch.channel_id));
+
+    // Mid-stream renewal: 25 tokens on a budget of 1000 (10 tokens), renewed twice.
+    let mut s = client
+        .stream(&format!("{url}?tokens=25&grace_ms=5000"), 3000)
+        .await
+        .unwrap();
+    let (mut tokens, mut renewals, mut settled) = (0, 0, None);
+    while let Some(ev) = s.next().await {
+        match ev.unwrap() {
+            StreamEvent::Data { .. } => tokens += 1,
+            StreamEvent::Renewed(_) => renewals += 1,
+            StreamEvent::RenewalSkipped { reason } => panic!("renewal skipped: {reason}"),
+            StreamEvent::Settled(r) => settled = r.extra.and_then(|e| e.charged_amount),
+        }
+    }
+    assert_eq!((tokens, renewals, settled), (25, 2, Some(2500)));
+    let ch = &client.channels()[0];
+    assert_eq!((ch.charged, ch.signed_max), (3800, 4300));
+    // The escrow accepts the stream's last voucher: 3800 claimed under the 4300 ceiling.
+    let rows = engine.ledger().claimable();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].claim_total, rows[0].max_claimable), (3800, 4300));
+    let escrow = chain.escrow_client();
+    escrow.claim(&rows).await.unwrap();
+    let onchain = escrow.channel_state(ch.channel_id).await.unwrap();
+    assert_eq!(onchain.total_claimed, 3800);
 }

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::Address;
-use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::Query;
 use axum::routing::get;
+use axum::{Extension, Router};
 use base64::Engine as _;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
@@ -680,4 +680,107 @@ async fn paying_client_stops_renewing_at_max_total() {
         "{err}"
     );
     assert_eq!(client.channels()[0].signed_max, 2000);
+}
+
+#[derive(serde::Deserialize)]
+struct Mode {
+    lie: String,
+}
+
+/// A server that takes the payment, then lies in a checkpoint or the final event.
+fn cheating_app(f: &Fixture) -> Router {
+    let required = encode_header(&f.engine.payment_required(
+        &x402_upto::wire::ResourceInfo {
+            url: "http://localhost/s".into(),
+            description: None,
+            mime_type: None,
+        },
+        PRICE,
+        None,
+    ));
+    let handler = move |headers: http::HeaderMap, Query(mode): Query<Mode>| {
+        let required = required.clone();
+        async move {
+            let Some(sig) = headers.get("payment-signature") else {
+                return axum::response::Response::builder()
+                    .status(402)
+                    .header("PAYMENT-REQUIRED", required)
+                    .body(Body::empty())
+                    .unwrap();
+            };
+            let channel = b64(sig.to_str().unwrap())["payload"]["voucher"]["channelId"].clone();
+            let settle = |charged: u128, amount: &str| {
+                encode_header(
+                    &json!({"success": true, "transaction": "", "network": "eip155:31337",
+                    "amount": amount, "extra": {"chargedAmount": charged.to_string(),
+                    "channelState": {"channelId": channel, "balance": "10000", "totalClaimed": "0",
+                        "withdrawRequestedAt": 0, "refundNonce": "0",
+                        "chargedCumulativeAmount": charged.to_string()}}}),
+                )
+            };
+            if headers.get(STREAM_ID_HEADER).is_some() {
+                // The renewal signed 2000: claim 2500 were delivered.
+                return axum::response::Response::builder()
+                    .header("PAYMENT-RESPONSE", settle(2500, ""))
+                    .body(Body::empty())
+                    .unwrap();
+            }
+            let body = match mode.lie.as_str() {
+                "final" => format!(
+                    "event: token\ndata: 0\n\nevent: payment-response\ndata: {}\n\n",
+                    settle(1500, "10000")
+                ),
+                _ => "event: token\ndata: 0\n\nevent: payment-renewal\ndata: {}\n\n".to_owned(),
+            };
+            axum::response::Response::builder()
+                .header("content-type", "text/event-stream")
+                .header(STREAM_ID_HEADER, "00ff")
+                .body(Body::from(body))
+                .unwrap()
+        }
+    };
+    Router::new().route("/s", get(handler))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paying_client_stops_paying_a_server_that_overcharges_a_stream() {
+    let f = rig().await;
+    for (lie, what) in [
+        (
+            "final",
+            "charged more than the vouchers signed for this stream",
+        ),
+        (
+            "checkpoint",
+            "charged more than the vouchers signed for this stream",
+        ),
+    ] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/s?lie={lie}", l.local_addr().unwrap());
+        let app = cheating_app(&f);
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        let client = PayingClient::new(
+            ClientConfig::new(f.payer.clone())
+                .with_contracts(Address::repeat_byte(0xee), Address::repeat_byte(0xcc)),
+        );
+        let mut s = client.stream(&url, 5000).await.unwrap();
+        assert!(matches!(s.next().await, Some(Ok(StreamEvent::Data { .. }))));
+        match s.next().await {
+            Some(Err(x402_upto::client::ClientError::ServerCheated { what: w, .. })) => {
+                assert_eq!(w, what, "{lie}");
+            }
+            other => panic!("{lie}: expected a cheating server, got {other:?}"),
+        }
+        assert!(s.next().await.is_none(), "the stream is abandoned");
+        // The client's state keeps only what it can prove: nothing confirmed.
+        assert_eq!(client.channels()[0].charged, 0);
+        // And it never pays that server again.
+        let again = client.stream(&url, 5000).await.unwrap_err();
+        assert!(
+            matches!(again, x402_upto::client::ClientError::ServerCheated { .. }),
+            "{again}"
+        );
+    }
 }
