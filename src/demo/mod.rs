@@ -12,6 +12,7 @@
 //! [`PayingClient`]: crate::client::PayingClient
 
 mod crawler;
+mod gpu;
 mod report;
 mod server;
 
@@ -28,6 +29,7 @@ use crate::devnet::{Devnet, DevnetOptions};
 use crate::settlement::{RefundPolicy, refund_idle};
 
 pub use crawler::CrawlStats;
+pub use gpu::GpuStats;
 pub use report::{Balances, Summary};
 pub use server::DemoServer;
 
@@ -46,6 +48,12 @@ pub struct DemoArgs {
     /// Deposit per channel, atomic units.
     #[arg(long, default_value_t = 1_000_000)]
     pub deposit: u128,
+    /// Streamed GPU jobs (one payer each), billed per second, renewed per minute.
+    #[arg(long, default_value_t = 4)]
+    pub gpu_jobs: usize,
+    /// GPU-seconds per job (the demo's clock runs one GPU-second per 5 ms).
+    #[arg(long, default_value_t = 300)]
+    pub gpu_seconds: u32,
     /// Channels per claim transaction.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -142,7 +150,8 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
         ));
     }
     ensure_anvil(args.quiet).await?;
-    let accounts = u32::try_from(FIRST_PAYER + args.channels).map_err(step("accounts"))?;
+    let accounts =
+        u32::try_from(FIRST_PAYER + args.channels + args.gpu_jobs).map_err(step("accounts"))?;
     let net = Devnet::start_with(DevnetOptions {
         accounts,
         block_time: None,
@@ -153,11 +162,17 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     let receiver = key(RECEIVER, "no receiver key")?;
     let authorizer = key(RECEIVER_AUTHORIZER, "no authorizer key")?;
     let relayer = key(RELAYER, "no relayer key")?;
-    let payers: Vec<PrivateKeySigner> = (0..args.channels)
+    let payers: Vec<PrivateKeySigner> = (0..args.channels + args.gpu_jobs)
         .filter_map(|i| net.key(FIRST_PAYER + i))
         .collect();
-    for payer in &payers {
-        net.mint(payer.address(), args.deposit * 2)
+    let gpu_budget = gpu::MINUTE * u128::from(args.gpu_seconds.div_ceil(60));
+    for (i, payer) in payers.iter().enumerate() {
+        let funds = if i < args.channels {
+            args.deposit * 2
+        } else {
+            gpu_budget * 2
+        };
+        net.mint(payer.address(), funds)
             .await
             .map_err(step("fund payers"))?;
     }
@@ -183,24 +198,39 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
 
     let clients: Vec<Arc<PayingClient>> = payers
         .iter()
-        .map(|payer| {
-            Arc::new(PayingClient::new(ClientConfig {
-                // Open with the whole budget; a client still tops up by itself if it runs out.
-                deposit_multiplier: (args.deposit / args.price).max(1),
-                spend_limit: args.deposit.saturating_mul(2),
-                ..ClientConfig::new(payer.clone()).with_contracts(net.escrow, net.collector)
+        .enumerate()
+        .map(|(i, payer)| {
+            let base = ClientConfig::new(payer.clone()).with_contracts(net.escrow, net.collector);
+            Arc::new(PayingClient::new(if i < args.channels {
+                ClientConfig {
+                    // Open with the whole budget; a client still tops up if it runs out.
+                    deposit_multiplier: (args.deposit / args.price).max(1),
+                    spend_limit: args.deposit.saturating_mul(2),
+                    ..base
+                }
+            } else {
+                // A GPU client deposits its job's budget when the stream starts.
+                ClientConfig {
+                    deposit_multiplier: 1,
+                    spend_limit: gpu_budget.saturating_mul(2),
+                    ..base
+                }
             }))
         })
         .collect();
+    let (crawlers, gpu_clients) = clients.split_at(args.channels.min(clients.len()));
     let crawl = crawler::run(
         &server.origin,
-        &clients,
+        crawlers,
         args.requests,
         args.price,
         args.quiet,
     )
     .await
     .map_err(step("crawler"))?;
+    let gpu = gpu::run(&server.origin, gpu_clients, args.gpu_seconds, args.quiet)
+        .await
+        .map_err(step("gpu jobs"))?;
     let server_overhead = overhead.read();
     let charged_by_channel = server_charged(&server, &payers);
 
@@ -254,7 +284,13 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     let after = Balances::read(&net, &payers, receiver.address())
         .await
         .map_err(step("read balances"))?;
-    let deposit_gas = report::gas_of(&net, &crawl.deposits)
+    let deposits: Vec<B256> = crawl
+        .deposits
+        .iter()
+        .chain(&gpu.deposits)
+        .copied()
+        .collect();
+    let deposit_gas = report::gas_of(&net, &deposits)
         .await
         .map_err(step("deposit receipts"))?;
     let refund_gas = report::gas_of(&net, &refund_txs)
@@ -272,7 +308,14 @@ pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
 
     let summary = Summary {
         channels: payers.len(),
+        charged_by_payer: crawl
+            .charged_by_payer
+            .iter()
+            .chain(&gpu.charged_by_payer)
+            .copied()
+            .collect(),
         crawl,
+        gpu,
         server_overhead,
         claim_txs: round.batches,
         claim_gas: round.gas_used,

@@ -11,6 +11,7 @@ use alloy_sol_types::SolStruct;
 use alloy::providers::Provider;
 
 use super::crawler::CrawlStats;
+use super::gpu::{GpuStats, PER_SECOND};
 use crate::chain::bindings::MockUSDC;
 use crate::devnet::{Devnet, DevnetError};
 use crate::typed_data::sign_digest;
@@ -168,6 +169,10 @@ pub struct Summary {
     pub channels: usize,
     /// Crawler measurements.
     pub crawl: CrawlStats,
+    /// GPU-job measurements.
+    pub gpu: GpuStats,
+    /// Per payer (crawlers, then GPU jobs): the charges its client verified.
+    pub charged_by_payer: Vec<u128>,
     /// Server-side payment overhead, when the demo could install its metrics recorder.
     pub server_overhead: Option<ServerOverhead>,
     /// Claim transactions.
@@ -201,15 +206,25 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Paid requests: crawled pages plus streamed jobs (renewals are not counted).
+    pub fn paid_requests(&self) -> usize {
+        self.crawl.requests + self.gpu.jobs
+    }
+
+    /// Everything charged, per the verified responses.
+    pub fn charged(&self) -> u128 {
+        self.crawl.charged + self.gpu.charged
+    }
+
     /// Gas spent on settlement per paid request (claims + sweep).
     pub fn gas_per_request(&self) -> f64 {
-        (self.claim_gas + self.settle_gas) as f64 / self.crawl.requests.max(1) as f64
+        (self.claim_gas + self.settle_gas) as f64 / self.paid_requests().max(1) as f64
     }
 
     /// Gas per paid request counting every transaction: deposits, claims, sweep, refunds.
     pub fn all_in_gas_per_request(&self) -> f64 {
         (self.deposit_gas + self.claim_gas + self.settle_gas + self.refund_gas) as f64
-            / self.crawl.requests.max(1) as f64
+            / self.paid_requests().max(1) as f64
     }
 
     /// Checks that money is conserved and every charge reached the receiver exactly: each
@@ -217,17 +232,13 @@ impl Summary {
     /// gained the sum, and the escrow holds nothing more than before.
     pub fn reconcile(&self) -> Result<(), String> {
         let charged: u128 = self.charged_by_channel.iter().sum();
-        if charged != self.crawl.charged {
+        if charged != self.charged() {
             return Err(format!(
                 "server ledger charged {charged} != sum of verified PAYMENT-RESPONSEs {}",
-                self.crawl.charged
+                self.charged()
             ));
         }
-        let mut by_client = self.crawl.charged_by_payer.clone();
-        let mut by_server = self.charged_by_channel.clone();
-        by_client.sort_unstable();
-        by_server.sort_unstable();
-        if by_client != by_server {
+        if self.charged_by_payer != self.charged_by_channel {
             return Err("per-payer charges differ between clients and server".into());
         }
         for (i, ((b, a), c)) in self
@@ -318,10 +329,29 @@ impl fmt::Display for Summary {
             usdc(c.signed),
             100.0 * c.charged as f64 / c.signed.max(1) as f64
         )?;
+        let g = &self.gpu;
+        if g.jobs > 0 {
+            writeln!(
+                f,
+                "  gpu jobs               {} streamed jobs, {} GPU-seconds in {:.1} s, {} mid-stream renewals",
+                g.jobs,
+                g.seconds,
+                g.elapsed.as_secs_f64(),
+                g.renewals
+            )?;
+            writeln!(
+                f,
+                "                         charged {} USDC = {} GPU-s × {} exactly; {} job(s) stopped at the client's budget",
+                usdc(g.charged),
+                g.seconds,
+                usdc(PER_SECOND),
+                g.capped
+            )?;
+        }
         writeln!(
             f,
             "  on-chain transactions  {} deposits, {} claims, 1 sweep, {} refunds ({} asked over HTTP, {} idle)",
-            c.deposits.len(),
+            c.deposits.len() + self.gpu.deposits.len(),
             self.claim_txs,
             self.refund_txs,
             self.refunds_over_http,
@@ -360,8 +390,8 @@ impl fmt::Display for Summary {
             Ok(()) => write!(
                 f,
                 "  reconciled: payers −{} = Σ charges = receiver +{}; every unspent deposit refunded",
-                usdc(c.charged),
-                usdc(c.charged)
+                usdc(self.charged()),
+                usdc(self.charged())
             ),
             Err(e) => write!(f, "  RECONCILIATION FAILED: {e}"),
         }

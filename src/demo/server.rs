@@ -61,7 +61,7 @@ fn page(max: u128) -> (u128, String) {
 
 impl DemoServer {
     /// Starts the server: `/crawl` costs up to `price` per page, `/free` serves the same
-    /// pages unpaid (the latency baseline).
+    /// pages unpaid (the latency baseline), `/gpu` streams metered jobs.
     pub async fn start(
         net: &Devnet,
         relayer: PrivateKeySigner,
@@ -127,7 +127,8 @@ impl DemoServer {
                         .with_mime_type("text/plain"),
                 ),
             )
-            .route("/free", get(free));
+            .route("/free", get(free))
+            .route("/gpu", super::gpu::route(engine.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(step("bind"))?;
