@@ -187,6 +187,13 @@ async fn a_dynamic_price_is_the_maximum_of_that_request() {
 #[tokio::test]
 async fn an_unknown_channel_is_loaded_from_chain_or_refused_when_empty() {
     let f = Fixture::new().await;
+    // No negative caching here, so the funding below is seen at once (the cache itself is
+    // tested in tests/server_cold_reads.rs).
+    f.engine
+        .set_cold_read_limits(x402_upto::engine::ColdReadLimits {
+            negative_ttl: std::time::Duration::ZERO,
+            ..Default::default()
+        });
     let config = f.config(6);
     let a = f.send("/paid", &f.voucher_payload(&config, 1000)).await;
     assert_eq!(a.reason(), "invalid_batch_settlement_evm_channel_not_found");

@@ -4,9 +4,12 @@
 //! engineer's `EscrowClient` in through a thin adapter. Failures carry the spec's reason
 //! (`…_deposit_simulation_failed`, `…_rpc_read_failed`, …) so the 402 says what went wrong.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256};
 
@@ -188,5 +191,241 @@ fn failure(e: crate::chain::escrow::ChainError) -> ChainFailure {
     ChainFailure {
         reason: e.reason(),
         message: message.chars().take(500).collect(),
+    }
+}
+
+/// Limits on chain reads made for channels the ledger does not know.
+///
+/// Such a read is triggered by a payload anyone can forge (the channel id is the hash of a
+/// config the sender chooses), so without a limit a sender could spray random ids and turn
+/// every request into an `eth_call`. Three cheap defences, all on the cold path only (a known
+/// channel never reads): a token bucket on the reads actually sent, a bounded negative cache
+/// of ids found empty on chain (answered `channel_not_found` without a read), and coalescing
+/// of concurrent reads of one id into a single call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ColdReadLimits {
+    /// Sustained cold reads per second (the bucket's refill rate; 0: no refill).
+    pub per_second: u32,
+    /// Reads allowed at once after a quiet period (the bucket's size).
+    pub burst: u32,
+    /// How long an id found without balance is refused without asking the chain again. A
+    /// deposit made elsewhere is therefore seen at most this late; deposits submitted
+    /// through this server are seen at once.
+    pub negative_ttl: Duration,
+    /// Most ids remembered as empty (oldest forgotten first); bounds the cache's memory.
+    pub negative_capacity: usize,
+}
+
+impl Default for ColdReadLimits {
+    fn default() -> Self {
+        Self {
+            // Generous enough for an onboarding surge (every first deposit reads once),
+            // small enough that a spray costs the RPC at most ~50 calls a second.
+            per_second: 50,
+            burst: 500,
+            negative_ttl: Duration::from_secs(10),
+            negative_capacity: 10_000,
+        }
+    }
+}
+
+/// The refusal when the bucket is empty: not the client's fault, retry later.
+fn limited() -> ChainFailure {
+    ChainFailure {
+        reason: Reason::RpcReadFailed,
+        message: "too many chain reads for unknown channels right now; retry shortly".into(),
+    }
+}
+
+type Inflight = Arc<tokio::sync::OnceCell<OnchainState>>;
+
+/// Cold-read guard of one engine: see [`ColdReadLimits`].
+#[derive(Debug)]
+pub(crate) struct ColdReads {
+    state: parking_lot::Mutex<ColdState>,
+    inflight: parking_lot::Mutex<HashMap<ChannelId, Inflight>>,
+}
+
+#[derive(Debug)]
+struct ColdState {
+    limits: ColdReadLimits,
+    tokens: f64,
+    refilled: Instant,
+    empty: HashMap<ChannelId, Instant>,
+    /// Insertion order of `empty`, for eviction (may hold ids already removed).
+    order: VecDeque<ChannelId>,
+}
+
+impl ColdReads {
+    pub(crate) fn new(limits: ColdReadLimits) -> Self {
+        Self {
+            state: parking_lot::Mutex::new(ColdState {
+                limits,
+                tokens: f64::from(limits.burst),
+                refilled: Instant::now(),
+                empty: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            inflight: Default::default(),
+        }
+    }
+
+    /// Replaces the limits (the bucket is refilled to the new burst).
+    pub(crate) fn set_limits(&self, limits: ColdReadLimits) {
+        let mut s = self.state.lock();
+        s.limits = limits;
+        s.tokens = f64::from(limits.burst);
+        s.refilled = Instant::now();
+        while s.empty.len() > limits.negative_capacity {
+            match s.order.pop_front() {
+                Some(old) => {
+                    s.empty.remove(&old);
+                }
+                None => s.empty.clear(),
+            }
+        }
+    }
+
+    /// Reads `id` from chain, within the limits. With `negative`, an id recently found empty
+    /// is answered as empty (balance 0) without a read; the deposit path passes `false`
+    /// (an empty channel is what a first deposit expects).
+    pub(crate) async fn read(
+        &self,
+        chain: &dyn ChainAccess,
+        id: ChannelId,
+        negative: bool,
+    ) -> Result<OnchainState, ChainFailure> {
+        if negative && self.known_empty(&id) {
+            return Ok(OnchainState::default());
+        }
+        let cell = self.inflight.lock().entry(id).or_default().clone();
+        // Every waiter runs the same initializer; the first one reads, the others wait for
+        // its answer. A failed (or limited) read initializes nothing, so each waiter then
+        // tries for itself (and, when limited, fails fast without a read).
+        let result = cell
+            .get_or_try_init(|| async {
+                if !self.take_token() {
+                    metrics::counter!("x402_cold_reads_limited_total").increment(1);
+                    return Err(limited());
+                }
+                chain.channel_state(id).await
+            })
+            .await
+            .copied();
+        {
+            let mut inflight = self.inflight.lock();
+            if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(&id);
+            }
+        }
+        if let Ok(state) = &result {
+            if state.balance == 0 {
+                self.remember_empty(id);
+            } else {
+                self.forget_empty(&id);
+            }
+        }
+        result
+    }
+
+    /// The channel got a balance through this server (a deposit): stop answering it empty.
+    pub(crate) fn forget_empty(&self, id: &ChannelId) {
+        self.state.lock().empty.remove(id);
+    }
+
+    fn known_empty(&self, id: &ChannelId) -> bool {
+        let mut s = self.state.lock();
+        let ttl = s.limits.negative_ttl;
+        match s.empty.get(id) {
+            Some(at) if at.elapsed() < ttl => true,
+            Some(_) => {
+                s.empty.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_empty(&self, id: ChannelId) {
+        let mut s = self.state.lock();
+        if s.limits.negative_capacity == 0 {
+            return;
+        }
+        while s.empty.len() >= s.limits.negative_capacity {
+            match s.order.pop_front() {
+                Some(old) => {
+                    s.empty.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if s.empty.insert(id, Instant::now()).is_none() {
+            s.order.push_back(id);
+        }
+        // `order` keeps ids already removed by expiry or a deposit; once it is twice the
+        // capacity, rebuild it from the live entries (amortized O(log n) per insert).
+        if s.order.len() > s.limits.negative_capacity.saturating_mul(2) {
+            let mut live: Vec<(Instant, ChannelId)> =
+                s.empty.iter().map(|(id, at)| (*at, *id)).collect();
+            live.sort_unstable();
+            s.order = live.into_iter().map(|(_, id)| id).collect();
+        }
+    }
+
+    fn take_token(&self) -> bool {
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        let elapsed = now.duration_since(s.refilled).as_secs_f64();
+        s.refilled = now;
+        let cap = f64::from(s.limits.burst);
+        s.tokens = (s.tokens + elapsed * f64::from(s.limits.per_second)).min(cap);
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::B256;
+
+    fn id(n: u8) -> ChannelId {
+        ChannelId(B256::repeat_byte(n))
+    }
+
+    #[test]
+    fn the_negative_cache_is_bounded_and_forgets_the_oldest_first() {
+        let cold = ColdReads::new(ColdReadLimits {
+            negative_capacity: 2,
+            ..ColdReadLimits::default()
+        });
+        for n in 1..=3 {
+            cold.remember_empty(id(n));
+        }
+        assert!(!cold.known_empty(&id(1)));
+        assert!(cold.known_empty(&id(2)) && cold.known_empty(&id(3)));
+        // Churn through removals: the order queue stays bounded too.
+        for round in 0..100u8 {
+            cold.remember_empty(id(round));
+            cold.forget_empty(&id(round));
+        }
+        let s = cold.state.lock();
+        assert!(s.empty.len() <= 2);
+        assert!(s.order.len() <= 4, "{}", s.order.len());
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_refuses_without_refill() {
+        let cold = ColdReads::new(ColdReadLimits {
+            per_second: 0,
+            burst: 3,
+            ..ColdReadLimits::default()
+        });
+        let taken: Vec<bool> = (0..5).map(|_| cold.take_token()).collect();
+        assert_eq!(taken, [true, true, true, false, false]);
     }
 }

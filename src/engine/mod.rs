@@ -36,11 +36,11 @@ use crate::wire::{
     SettleResponse, VoucherFields,
 };
 
-pub use chain::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome};
+pub use chain::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, ColdReadLimits};
 pub use offer::{channel_state_wire, failed_response};
 pub use refusal::Refusal;
 
-use chain::ChainErc1271;
+use chain::{ChainErc1271, ColdReads};
 use decode::{Checked, decode};
 
 /// The HTTP layer's stateless decoder, for the facilitator endpoints: payload, channel config
@@ -125,6 +125,8 @@ struct Inner<S> {
     ledger: Ledger,
     store: Arc<S>,
     chain: Option<Arc<dyn ChainAccess>>,
+    /// Rate limit, negative cache and coalescing of chain reads for unknown channels.
+    cold: ColdReads,
     /// Channels with a refund in flight: no request may be served on them meanwhile, or its
     /// charge would land after the refund's claim and be unclaimable.
     refunding: parking_lot::Mutex<std::collections::HashSet<ChannelId>>,
@@ -198,6 +200,7 @@ impl<S: Store + 'static> Engine<S> {
                 ledger,
                 store,
                 chain,
+                cold: ColdReads::new(ColdReadLimits::default()),
                 refunding: Default::default(),
             }),
         })
@@ -207,6 +210,12 @@ impl<S: Store + 'static> Engine<S> {
     pub async fn restore(&self) -> Result<usize, StoreError> {
         let records = self.inner.store.load_all().await?;
         Ok(self.inner.ledger.restore(records))
+    }
+
+    /// Replaces the limits on chain reads for unknown channels (default:
+    /// [`ColdReadLimits::default`]). Takes effect at once, also on clones of this engine.
+    pub fn set_cold_read_limits(&self, limits: ColdReadLimits) {
+        self.inner.cold.set_limits(limits);
     }
 
     /// The configuration.
@@ -349,8 +358,12 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::MissingChannel, Some(id));
             return Err(self.reject(resource, price, &reject));
         };
-        let state = chain
-            .channel_state(id)
+        // Anyone can name a channel we do not know: the read is rate-limited, coalesced and
+        // negatively cached (`ColdReadLimits`).
+        let state = self
+            .inner
+            .cold
+            .read(chain.as_ref(), id, true)
             .await
             .map_err(|f| self.chain_refusal(resource, price, id, f))?;
         if state.balance == 0 {
@@ -408,8 +421,12 @@ impl<S: Store + 'static> Engine<S> {
                 record
             }
             None => {
-                let state = chain
-                    .channel_state(id)
+                // Same limit as any cold read; an empty channel is expected here (first
+                // deposit), so the negative cache is not consulted.
+                let state = self
+                    .inner
+                    .cold
+                    .read(chain.as_ref(), id, false)
                     .await
                     .map_err(|f| self.chain_refusal(resource, price, id, f))?;
                 ChannelRecord::from_chain(id, checked.config.clone(), state, now())
@@ -429,6 +446,7 @@ impl<S: Store + 'static> Engine<S> {
             .deposit(&checked.config, deposit.amount, auth)
             .await
             .map_err(|f| self.chain_refusal(resource, price, id, f))?;
+        self.inner.cold.forget_empty(&id);
         self.inner
             .ledger
             .upsert_from_chain(checked.config.clone(), outcome.state, now());
