@@ -87,7 +87,8 @@ pub struct GpuStats {
     pub seconds: u64,
     /// Mid-stream renewals (each a durable checkpoint).
     pub renewals: usize,
-    /// Jobs whose client declined to renew past its budget (stopped early, cleanly).
+    /// Jobs that ended before their length because the client declined to renew past its
+    /// own budget (stopped cleanly, charged for what was delivered).
     pub capped: usize,
     /// Sum of the final `chargedAmount`s.
     pub charged: u128,
@@ -124,7 +125,7 @@ pub async fn run(
         let (client, progress) = (Arc::clone(client), progress.clone());
         let url = format!("{origin}/gpu?seconds={seconds}");
         tasks.push(tokio::spawn(async move {
-            stream_one(&client, &url, budget, progress).await
+            stream_one(&client, &url, seconds, budget, progress).await
         }));
     }
     let results = futures_util::future::join_all(tasks).await;
@@ -149,6 +150,7 @@ pub async fn run(
 async fn stream_one(
     client: &PayingClient,
     url: &str,
+    seconds: u32,
     budget: u128,
     progress: ProgressBar,
 ) -> Result<GpuStats, String> {
@@ -169,11 +171,13 @@ async fn stream_one(
                 s.renewals += 1;
                 progress.set_message(format!("renewed at {} GPU-s", s.seconds));
             }
-            StreamEvent::RenewalSkipped { .. } => s.capped += 1,
+            // Declined (our budget is reached) or refused: the stream ends at what it has.
+            StreamEvent::RenewalSkipped { .. } => {}
             StreamEvent::Settled(response) => settled = Some(response),
         }
     }
     let response = settled.ok_or("gpu job: stream ended without its payment-response")?;
+    s.capped = usize::from(s.seconds < u64::from(seconds));
     if !response.transaction.is_empty() {
         s.deposits.push(
             response

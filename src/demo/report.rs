@@ -299,7 +299,7 @@ impl fmt::Display for Summary {
             f,
             "  crawler                {} paid pages over {} channels in {:.1} s",
             c.requests,
-            self.channels,
+            c.charged_by_payer.len(),
             c.elapsed.as_secs_f64()
         )?;
         writeln!(
@@ -350,9 +350,10 @@ impl fmt::Display for Summary {
         }
         writeln!(
             f,
-            "  on-chain transactions  {} deposits, {} claims, 1 sweep, {} refunds ({} asked over HTTP, {} idle)",
+            "  on-chain transactions  {} deposits, {} claim batch(es) for {} channels, 1 sweep, {} refunds ({} asked over HTTP, {} idle)",
             c.deposits.len() + self.gpu.deposits.len(),
             self.claim_txs,
+            self.channels,
             self.refund_txs,
             self.refunds_over_http,
             self.refund_txs.saturating_sub(self.refunds_over_http)
