@@ -835,3 +835,127 @@ async fn renewals_racing_the_end_of_the_budget_keep_the_books_exact() {
     }
     println!("renewed in time: {renewed}, too late: {late}");
 }
+
+/// The chain double plus an ERC-1271 allow-list: a smart-wallet payer's vouchers.
+#[derive(Debug)]
+struct WalletChain {
+    inner: std::sync::Arc<support::MockChain>,
+    wallets: parking_lot::Mutex<x402_upto::verify::AllowListErc1271>,
+}
+
+impl x402_upto::engine::ChainAccess for WalletChain {
+    fn channel_state(
+        &self,
+        id: x402_upto::typed_data::ChannelId,
+    ) -> x402_upto::engine::BoxFuture<
+        '_,
+        Result<x402_upto::ledger::OnchainState, x402_upto::engine::ChainFailure>,
+    > {
+        self.inner.channel_state(id)
+    }
+
+    fn deposit<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        auth: &'a x402_upto::wire::Erc3009Authorization,
+    ) -> x402_upto::engine::BoxFuture<
+        'a,
+        Result<x402_upto::engine::ChainOutcome, x402_upto::engine::ChainFailure>,
+    > {
+        self.inner.deposit(config, amount, auth)
+    }
+
+    fn refund<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        claim: Option<&'a x402_upto::ledger::Claimable>,
+    ) -> x402_upto::engine::BoxFuture<
+        'a,
+        Result<x402_upto::engine::ChainOutcome, x402_upto::engine::ChainFailure>,
+    > {
+        self.inner.refund(config, amount, claim)
+    }
+
+    fn is_valid_signature<'a>(
+        &'a self,
+        wallet: Address,
+        digest: alloy_primitives::B256,
+        signature: &'a [u8],
+    ) -> x402_upto::engine::BoxFuture<'a, Result<bool, x402_upto::engine::ChainFailure>> {
+        use x402_upto::verify::Erc1271Checker as _;
+        let checker = self.wallets.lock().clone();
+        Box::pin(async move {
+            checker
+                .is_valid_signature(wallet, digest, signature)
+                .await
+                .map_err(|e| x402_upto::engine::ChainFailure {
+                    reason: x402_upto::Reason::RpcReadFailed,
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_smart_wallet_stream_renews_through_erc1271() {
+    const WALLET: Address = Address::repeat_byte(0x77);
+    let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
+    let mock = std::sync::Arc::new(support::MockChain::default());
+    *mock.domain.lock() = Some(domain.clone());
+    let chain = std::sync::Arc::new(WalletChain {
+        inner: mock.clone(),
+        wallets: parking_lot::Mutex::new(x402_upto::verify::AllowListErc1271::new()),
+    });
+    let mut f = Fixture::with(
+        support::engine_config(),
+        domain,
+        chain.clone(),
+        mock,
+        PrivateKeySigner::random(),
+    );
+    let layer = PaymentLayer::fixed(f.engine.clone(), PRICE).streaming();
+    f.app = f.app.clone().route("/gpu", get(gpu).layer(layer));
+    let config = ChannelConfig {
+        payer: WALLET,
+        payerAuthorizer: Address::ZERO,
+        ..f.config(1)
+    };
+    let id = f.fund(&config, 10_000);
+    let approve = |max: u128| {
+        let digest = f.domain().voucher_digest(id, max);
+        let mut w = chain.wallets.lock();
+        *w = w.clone().allow(WALLET, digest);
+    };
+    // An opaque wallet signature (not 65 bytes), approved per voucher by the wallet.
+    let payload = |max: u128| {
+        let voucher = json!({"channelId": id.0, "maxClaimableAmount": max.to_string(),
+                             "signature": format!("0x{}", "ab".repeat(97))});
+        f.payload(
+            PRICE,
+            json!({"type": "voucher", "channelConfig": support::config_json(&config),
+                   "voucher": voucher}),
+        )
+    };
+    approve(1000);
+    let mut sse = Sse::open(&f, "/gpu?tokens=15&grace_ms=50", &payload(1000)).await;
+    sse.until_renewal().await;
+    // Not approved by the wallet: refused, nothing changes.
+    refused(
+        &f,
+        &sse.stream_id,
+        Some(&payload(2000)),
+        "invalid_batch_settlement_evm_voucher_signature",
+    )
+    .await;
+    approve(2000);
+    let a = renew(&f, &sse.stream_id, Some(&payload(2000))).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(amount(&a.response()["extra"]["chargedAmount"]), 800);
+    let (_, _, last) = sse.finish().await;
+    assert_eq!(amount(&last["extra"]["chargedAmount"]), 1500);
+    let record = f.engine.ledger().record(&id).unwrap();
+    assert_eq!((record.charged, record.signed_max_claimable), (1500, 2000));
+    assert_eq!(record.signature.len(), 97, "the wallet's blob, as sent");
+}

@@ -9,11 +9,10 @@
 
 use http::StatusCode;
 
-use super::{Engine, Paid, Refusal, decode::decode, now, offer, signed};
-use crate::ledger::{Detail, Reject};
+use super::{Engine, Paid, Refusal, decode::decode, now, offer};
+use crate::ledger::Reject;
 use crate::reason::Reason;
 use crate::store::Store;
-use crate::verify::VoucherSigner;
 use crate::wire::{BatchPayload, ResourceInfo, SettleResponse};
 
 impl<S: Store + 'static> Engine<S> {
@@ -51,19 +50,13 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::ChannelIdMismatch, Some(checked.channel_id));
             return Err(self.reject(resource, increment, &reject));
         }
-        // The stream's channel is held, so the ledger's own verify-and-reserve path (which
-        // refuses held channels) cannot be used; the signature is checked here the same way.
-        let verified = match VoucherSigner::of(&checked.config) {
-            VoucherSigner::Ecdsa(authorizer) => signed(voucher, id)
-                .verify_ecdsa(self.domain(), authorizer)
-                .map_err(|fault| Reject::signature(Some(id), fault)),
-            VoucherSigner::Erc1271(_) => Err(Reject::with(
-                Reason::VoucherSignature,
-                Some(id),
-                Detail::Erc1271Required,
-            )),
-        }
-        .map_err(|r| self.reject(resource, increment, &r))?;
+        // The stream's channel is held, so the ledger's verify-and-reserve path (which
+        // refuses held channels) cannot be used: the signature is checked under the channel's
+        // rule here (ECDSA in memory, ERC-1271 through the chain for smart wallets), and the
+        // reservation re-checks that the signer is the channel's.
+        let verified = self
+            .verify_signature(&checked.config, voucher, id, increment, resource)
+            .await?;
         let staged = paid
             .reservation
             .stage_renewal(verified, increment, stream_charged, now())
