@@ -4,11 +4,21 @@ use clap::Parser;
 use x402_upto::cli::{Cli, run};
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `RUST_LOG` wins. Otherwise a server logs at `info` (deposits, claims, refunds are worth
+    // a line each); one-shot commands stay quiet below `warn` so their output stays readable.
+    let default = if std::env::args().nth(1).as_deref() == Some("serve") {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = e.to_string();
