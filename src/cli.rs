@@ -140,7 +140,7 @@ fn command_error(e: impl std::fmt::Display) -> crate::Error {
 fn serve(args: &ServeArgs) -> crate::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| command_error(format!("{}: {e}", args.config.display())))?;
-    let cfg: crate::server::proxy::ServeConfig = toml::from_str(&text)
+    let cfg = crate::server::proxy::ServeConfig::from_toml(&text)
         .map_err(|e| command_error(format!("{}: {e}", args.config.display())))?;
     let relayer = parse_key(&args.relayer_key, "relayer")?;
     let authorizer = parse_key(&args.authorizer_key, "receiver authorizer")?;

@@ -4,8 +4,10 @@
 //! The upstream may report the actual cost of a request in the `X-Upto-Charge` response
 //! header (decimal atomic units, ≤ the route's price); without it the full price is charged.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::Address;
@@ -17,9 +19,11 @@ use http::{HeaderName, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::engine::{Engine, EngineConfig};
+use crate::chain::tx::TxPolicy;
+use crate::engine::{ColdReadLimits, Engine, EngineConfig};
 use crate::server::{ActualCharge, PaymentLayer};
-use crate::store::{Durability, Store};
+use crate::settlement::{RefundPolicy, SettlementConfig, WatcherConfig};
+use crate::store::{DEFAULT_GROUP_LINGER, Durability, SledOptions, Store};
 use crate::wire::Eip155Network;
 
 /// Response header through which the upstream reports the actual charge.
@@ -63,6 +67,12 @@ pub struct ServeConfig {
     /// `none`, `group` (default) or `every`.
     #[serde(default)]
     pub durability: Durability,
+    /// `fdatasync` the store after each flush (power-loss durability); default `true`.
+    #[serde(default = "default_true")]
+    pub fdatasync: bool,
+    /// Group durability: how long writes gather before a flush, microseconds (default 200).
+    #[serde(default = "default_linger_us")]
+    pub group_linger_us: u64,
     /// Advertised `extra.minDeposit`, if any.
     #[serde(default)]
     pub min_deposit: Option<String>,
@@ -72,6 +82,21 @@ pub struct ServeConfig {
     /// Prometheus scrape address (`GET /metrics`), e.g. `127.0.0.1:9464`; none by default.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[settlement]`: claim threshold, intervals, batch size, confirmations.
+    #[serde(default)]
+    pub settlement: SettlementKnobs,
+    /// `[refunds]`: idle-channel refunds.
+    #[serde(default)]
+    pub refunds: RefundKnobs,
+    /// `[watcher]`: the chain watcher.
+    #[serde(default)]
+    pub watcher: WatcherKnobs,
+    /// `[tx]`: fee caps and timeouts of the transactions sent.
+    #[serde(default)]
+    pub tx: TxKnobs,
+    /// `[cold_reads]`: limits on chain reads for unknown channels.
+    #[serde(default)]
+    pub cold_reads: ColdReadKnobs,
 }
 
 /// One priced path prefix.
@@ -93,8 +118,92 @@ fn default_withdraw_delay() -> u64 {
 fn default_timeout() -> u64 {
     300
 }
+fn default_true() -> bool {
+    true
+}
+fn default_linger_us() -> u64 {
+    u64::try_from(DEFAULT_GROUP_LINGER.as_micros()).unwrap_or(u64::MAX)
+}
 
 impl ServeConfig {
+    /// Parses and checks a `serve` TOML file's text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let cfg: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Values that would make a task spin, stall or never serve: refused at start-up
+    /// rather than discovered at run time.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.settlement;
+        let checks: [(bool, &str); 13] = [
+            (
+                s.batch_size >= 1,
+                "settlement.batch_size must be at least 1",
+            ),
+            (
+                s.claim_interval_secs >= 1,
+                "settlement.claim_interval_secs must be at least 1",
+            ),
+            (
+                s.settle_interval_secs >= 1,
+                "settlement.settle_interval_secs must be at least 1",
+            ),
+            (s.tick_ms >= 1, "settlement.tick_ms must be at least 1"),
+            (
+                !self.refunds.enabled
+                    || (self.refunds.every_secs >= 1 && self.refunds.idle_after_secs >= 1),
+                "refunds.every_secs and refunds.idle_after_secs must be at least 1",
+            ),
+            (
+                self.watcher.poll_ms >= 1,
+                "watcher.poll_ms must be at least 1",
+            ),
+            (
+                self.watcher.max_range >= 1,
+                "watcher.max_range must be at least 1",
+            ),
+            (
+                self.watcher.history >= 1,
+                "watcher.history must be at least 1",
+            ),
+            (
+                self.tx.bump_percent >= 10,
+                "tx.bump_percent must be at least 10 (nodes refuse less)",
+            ),
+            (
+                self.tx.attempt_timeout_secs >= 1,
+                "tx.attempt_timeout_secs must be at least 1",
+            ),
+            (
+                self.tx.total_timeout_secs >= self.tx.attempt_timeout_secs,
+                "tx.total_timeout_secs must be at least tx.attempt_timeout_secs",
+            ),
+            (
+                self.tx.poll_interval_ms >= 1,
+                "tx.poll_interval_ms must be at least 1",
+            ),
+            (
+                self.cold_reads.burst >= 1,
+                "cold_reads.burst must be at least 1",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err((*why).to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    /// The store options (`durability`, `fdatasync`, `group_linger_us`).
+    pub fn store_options(&self) -> SledOptions {
+        SledOptions {
+            durability: self.durability,
+            fdatasync: self.fdatasync,
+            group_linger: Duration::from_micros(self.group_linger_us),
+        }
+    }
+
     /// The engine configuration; `receiver_authorizer` is the address of the key we hold.
     pub fn engine_config(&self, receiver_authorizer: Address) -> EngineConfig {
         let mut extra = Map::new();
@@ -146,14 +255,34 @@ pub fn proxy_router<S: Store + 'static>(
     router.fallback(forward).with_state(up)
 }
 
-/// Starts the proxy: opens the store, restores channels, serves until the process ends.
+/// Starts the proxy: opens the store, restores channels, serves until Ctrl-C.
 pub async fn serve(
     cfg: ServeConfig,
     relayer: PrivateKeySigner,
     authorizer: PrivateKeySigner,
 ) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+    serve_with(cfg, relayer, authorizer, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// [`serve`] on an already bound `listener` (its address wins over `cfg.listen`), until
+/// `shutdown` completes; then the watcher stops and the scheduler finishes its round.
+pub async fn serve_with(
+    cfg: ServeConfig,
+    relayer: PrivateKeySigner,
+    authorizer: PrivateKeySigner,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     use alloy::network::EthereumWallet;
     use alloy::providers::{Provider, ProviderBuilder};
+
+    cfg.validate()?;
 
     let url: reqwest::Url = cfg.rpc.parse().map_err(|e| format!("rpc url: {e}"))?;
     let provider = ProviderBuilder::new()
@@ -161,12 +290,8 @@ pub async fn serve(
         .connect_http(url)
         .erased();
     let domain = crate::typed_data::EscrowDomain::new(cfg.chain_id, cfg.escrow);
-    let sender = crate::chain::tx::TxSender::new(
-        provider.clone(),
-        relayer,
-        cfg.chain_id,
-        crate::chain::tx::TxPolicy::default(),
-    );
+    let sender =
+        crate::chain::tx::TxSender::new(provider.clone(), relayer, cfg.chain_id, cfg.tx.policy());
     let receiver_authorizer = authorizer.address();
     let escrow = Arc::new(crate::chain::escrow::EscrowClient::new(
         provider.clone(),
@@ -177,11 +302,8 @@ pub async fn serve(
         domain.clone(),
     ));
     let store = Arc::new(
-        crate::SledStore::open(
-            &cfg.store,
-            crate::SledOptions::with_durability(cfg.durability),
-        )
-        .map_err(|e| format!("store {}: {e}", cfg.store.display()))?,
+        crate::SledStore::open(&cfg.store, cfg.store_options())
+            .map_err(|e| format!("store {}: {e}", cfg.store.display()))?,
     );
     let ledger = crate::Ledger::new(domain);
     let engine = Engine::new(
@@ -190,6 +312,7 @@ pub async fn serve(
         Arc::clone(&store),
         Some(escrow.clone()),
     )?;
+    engine.set_cold_read_limits(cfg.cold_reads.limits());
     let restored = engine.restore().await.map_err(|e| e.to_string())?;
     if let Some(addr) = cfg.metrics_listen {
         crate::telemetry::install_prometheus(addr).map_err(|e| format!("metrics {addr}: {e}"))?;
@@ -200,18 +323,20 @@ pub async fn serve(
     // of every channel fresh and wakes the scheduler when a payer starts a withdrawal.
     let journal =
         crate::settlement::ClaimJournal::open(&store).map_err(|e| format!("claim journal: {e}"))?;
-    let settlement = crate::settlement::Settlement::new(
+    let mut settlement = crate::settlement::Settlement::new(
         ledger.clone(),
         escrow.clone(),
         journal,
-        crate::settlement::SettlementConfig::default(),
-    )
-    .with_refunds(
-        Arc::clone(&store),
-        crate::settlement::RefundPolicy::default(),
-        std::time::Duration::from_secs(60),
-    )
-    .spawn();
+        cfg.settlement.config(),
+    );
+    if cfg.refunds.enabled {
+        settlement = settlement.with_refunds(
+            Arc::clone(&store),
+            cfg.refunds.policy(),
+            Duration::from_secs(cfg.refunds.every_secs),
+        );
+    }
+    let settlement = settlement.spawn();
     let head = provider
         .get_block_number()
         .await
@@ -220,21 +345,19 @@ pub async fn serve(
     let watcher = crate::settlement::Watcher::new(
         escrow,
         ledger,
-        crate::settlement::WatcherConfig::default(),
+        cfg.watcher.config(),
         Some(settlement.waker()),
         head + 1,
     )
     .spawn(stop.clone());
 
     let app = proxy_router(engine, &cfg.routes, &cfg.upstream);
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, upstream = %cfg.upstream, restored, "serving");
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| cfg.listen.clone(), |a| a.to_string());
+    tracing::info!(listen = %local, upstream = %cfg.upstream, restored, "serving");
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| e.to_string());
     // Stop watching, then let the scheduler finish its round so a started claim is journalled.
@@ -313,4 +436,244 @@ fn status(code: StatusCode) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = code;
     r
+}
+
+/// An amount in atomic units from TOML: an integer, or a decimal string for values above
+/// `i64::MAX` (TOML integers are 64-bit signed).
+fn atomic<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(u128::from(n)),
+        Raw::Text(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} does not fit in 128 bits"))),
+        Raw::Text(s) => Err(serde::de::Error::custom(format!(
+            "{:?} is not a decimal amount",
+            s.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `[settlement]`: when claims and sweeps happen ([`SettlementConfig`]).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SettlementKnobs {
+    /// Claim a channel once this much is unclaimed (atomic units).
+    #[serde(deserialize_with = "atomic")]
+    pub claim_threshold: u128,
+    /// Claim every unclaimed charge at least this often (seconds).
+    pub claim_interval_secs: u64,
+    /// Rows per `claimWithSignature`.
+    pub batch_size: usize,
+    /// Sweep claimed funds to the receiver this often (seconds).
+    pub settle_interval_secs: u64,
+    /// Threshold checks when nobody wakes the scheduler (milliseconds).
+    pub tick_ms: u64,
+    /// Wait after a channel fails claim simulation alone (seconds).
+    pub retry_backoff_secs: u64,
+    /// Blocks a mined claim batch waits before it is read back and closed.
+    pub confirmations: u64,
+}
+
+impl Default for SettlementKnobs {
+    fn default() -> Self {
+        let d = SettlementConfig::default();
+        Self {
+            claim_threshold: d.claim_threshold,
+            claim_interval_secs: d.claim_interval.as_secs(),
+            batch_size: d.batch_size,
+            settle_interval_secs: d.settle_interval.as_secs(),
+            tick_ms: u64::try_from(d.tick.as_millis()).unwrap_or(u64::MAX),
+            retry_backoff_secs: d.retry_backoff.as_secs(),
+            confirmations: d.confirmations,
+        }
+    }
+}
+
+impl SettlementKnobs {
+    /// The scheduler's configuration.
+    pub fn config(&self) -> SettlementConfig {
+        SettlementConfig {
+            claim_threshold: self.claim_threshold,
+            claim_interval: secs(self.claim_interval_secs),
+            batch_size: self.batch_size,
+            settle_interval: secs(self.settle_interval_secs),
+            tick: Duration::from_millis(self.tick_ms),
+            retry_backoff: secs(self.retry_backoff_secs),
+            confirmations: self.confirmations,
+        }
+    }
+}
+
+/// `[refunds]`: cooperative refunds of idle channels, run by the scheduler task.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefundKnobs {
+    /// `false` turns idle refunds off (payers then exit by refund request or withdrawal).
+    pub enabled: bool,
+    /// Refund a channel whose last paid request is at least this old (seconds).
+    pub idle_after_secs: u64,
+    /// Only refund channels with nothing unclaimed (else the refund claims it too).
+    pub only_when_claimed: bool,
+    /// Look for idle channels this often (seconds).
+    pub every_secs: u64,
+}
+
+impl Default for RefundKnobs {
+    fn default() -> Self {
+        let d = RefundPolicy::default();
+        Self {
+            enabled: true,
+            idle_after_secs: d.idle_after.as_secs(),
+            only_when_claimed: d.only_when_claimed,
+            every_secs: 60,
+        }
+    }
+}
+
+impl RefundKnobs {
+    /// The refund policy.
+    pub fn policy(&self) -> RefundPolicy {
+        RefundPolicy {
+            idle_after: secs(self.idle_after_secs),
+            only_when_claimed: self.only_when_claimed,
+        }
+    }
+}
+
+/// `[watcher]`: the chain watcher that mirrors escrow events ([`WatcherConfig`]).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatcherKnobs {
+    /// Blocks on top before events are applied.
+    pub confirmations: u64,
+    /// Poll period (milliseconds).
+    pub poll_ms: u64,
+    /// Most blocks per `eth_getLogs`.
+    pub max_range: u64,
+    /// Processed-block hashes kept for reorg detection.
+    pub history: usize,
+}
+
+impl Default for WatcherKnobs {
+    fn default() -> Self {
+        let d = WatcherConfig::default();
+        Self {
+            confirmations: d.confirmations,
+            poll_ms: u64::try_from(d.poll.as_millis()).unwrap_or(u64::MAX),
+            max_range: d.max_range,
+            history: d.history,
+        }
+    }
+}
+
+impl WatcherKnobs {
+    /// The watcher's configuration.
+    pub fn config(&self) -> WatcherConfig {
+        WatcherConfig {
+            confirmations: self.confirmations,
+            poll: Duration::from_millis(self.poll_ms),
+            max_range: self.max_range,
+            history: self.history,
+        }
+    }
+}
+
+/// `[tx]`: fees and timeouts of the transactions `serve` sends ([`TxPolicy`]).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TxKnobs {
+    /// Never pay more than this `maxFeePerGas` (wei).
+    #[serde(deserialize_with = "atomic")]
+    pub max_fee_cap_wei: u128,
+    /// Never tip more than this `maxPriorityFeePerGas` (wei).
+    #[serde(deserialize_with = "atomic")]
+    pub priority_fee_cap_wei: u128,
+    /// Fee bump of a replacement, percent (nodes require at least 10).
+    pub bump_percent: u32,
+    /// Gas limit = estimate × (100 + this) / 100.
+    pub gas_margin_percent: u64,
+    /// Wait this long for a receipt before replacing (seconds).
+    pub attempt_timeout_secs: u64,
+    /// Give up after this long (seconds).
+    pub total_timeout_secs: u64,
+    /// Receipt polling interval (milliseconds).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for TxKnobs {
+    fn default() -> Self {
+        let d = TxPolicy::default();
+        Self {
+            max_fee_cap_wei: d.max_fee_cap,
+            priority_fee_cap_wei: d.priority_fee_cap,
+            bump_percent: d.bump_percent,
+            gas_margin_percent: d.gas_margin_percent,
+            attempt_timeout_secs: d.attempt_timeout.as_secs(),
+            total_timeout_secs: d.total_timeout.as_secs(),
+            poll_interval_ms: u64::try_from(d.poll_interval.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl TxKnobs {
+    /// The transaction policy.
+    pub fn policy(&self) -> TxPolicy {
+        TxPolicy {
+            max_fee_cap: self.max_fee_cap_wei,
+            priority_fee_cap: self.priority_fee_cap_wei,
+            bump_percent: self.bump_percent,
+            gas_margin_percent: self.gas_margin_percent,
+            attempt_timeout: secs(self.attempt_timeout_secs),
+            total_timeout: secs(self.total_timeout_secs),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+        }
+    }
+}
+
+/// `[cold_reads]`: limits on chain reads for unknown channels ([`ColdReadLimits`]).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColdReadKnobs {
+    /// Sustained reads per second.
+    pub per_second: u32,
+    /// Reads at once.
+    pub burst: u32,
+    /// An id found empty is refused from memory this long (seconds).
+    pub negative_ttl_secs: u64,
+    /// Most ids remembered as empty.
+    pub negative_capacity: usize,
+}
+
+impl Default for ColdReadKnobs {
+    fn default() -> Self {
+        let d = ColdReadLimits::default();
+        Self {
+            per_second: d.per_second,
+            burst: d.burst,
+            negative_ttl_secs: d.negative_ttl.as_secs(),
+            negative_capacity: d.negative_capacity,
+        }
+    }
+}
+
+impl ColdReadKnobs {
+    /// The engine's limits.
+    pub fn limits(&self) -> ColdReadLimits {
+        ColdReadLimits {
+            per_second: self.per_second,
+            burst: self.burst,
+            negative_ttl: secs(self.negative_ttl_secs),
+            negative_capacity: self.negative_capacity,
+        }
+    }
 }
