@@ -17,6 +17,10 @@
 //! checked (charge ≤ max, cumulative = previous + charge, our channel); a server that breaks
 //! a rule is never paid again by this client. A corrective 402 is adopted only when its
 //! `voucherState` carries our own signature over a ceiling covering the claimed charge.
+//!
+//! Metered streams: [`PayingClient::stream`] reads a Server-Sent-Events response and renews
+//! its voucher mid-stream when the server asks, within a caller's `max_total`, checking each
+//! checkpoint (`src/client/stream.rs`, `docs/protocol.md` §10).
 
 mod state;
 mod stream;
