@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds contracts/ and writes the artifacts the Rust side deploys and binds to
 # (alloy's `sol!` reads this Foundry artifact subset):
-#   contracts/artifacts/{UptoEscrow,Erc3009DepositCollector,MockUSDC}.json
+#   contracts/artifacts/{UptoEscrow,Erc3009DepositCollector,MockUSDC,MockERC1271Wallet}.json
 #   = {"abi": [...], "bytecode": {"object": "0x..."}, "deployedBytecode": {"object": "0x..."}}
 # pretty-printed with two spaces and a trailing newline, so the files are stable.
 #
@@ -16,7 +16,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 contracts="$root/contracts"
 committed="$contracts/artifacts"
-names=(UptoEscrow Erc3009DepositCollector MockUSDC)
+names=(UptoEscrow Erc3009DepositCollector MockUSDC MockERC1271Wallet)
 
 mode=write
 case "${1:-}" in

@@ -2,7 +2,7 @@
 pragma solidity 0.8.28;
 
 import {MockUSDC} from "../src/mocks/MockUSDC.sol";
-import {MockERC1271Wallet} from "./mocks/MockERC1271Wallet.sol";
+import {MockERC1271Wallet} from "../src/mocks/MockERC1271Wallet.sol";
 import {Test} from "./utils/Test.sol";
 import {vm} from "./utils/Vm.sol";
 

@@ -3,7 +3,7 @@ pragma solidity 0.8.28;
 
 import {IUptoEscrow} from "../src/interfaces/IUptoEscrow.sol";
 import {UptoEscrow} from "../src/UptoEscrow.sol";
-import {MockERC1271Wallet} from "./mocks/MockERC1271Wallet.sol";
+import {MockERC1271Wallet} from "../src/mocks/MockERC1271Wallet.sol";
 import {EscrowFixture} from "./utils/EscrowFixture.sol";
 import {vm} from "./utils/Vm.sol";
 
