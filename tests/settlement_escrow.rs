@@ -1,6 +1,7 @@
 //! `EscrowClient` on a real anvil: ERC-3009 deposits signed in Rust, channel state reads,
 //! relayed claims built from the ledger, sweeps, refunds with and without a claim, and the
-//! ERC-1271 checker's negative paths (the artifacts ship no smart wallet).
+//! ERC-1271 checker's negative paths (the positive path, with `MockERC1271Wallet`, is in
+//! `tests/server_erc1271_anvil.rs`).
 
 use std::sync::Arc;
 
