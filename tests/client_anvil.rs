@@ -140,3 +140,67 @@ async fn our_client_stops_paying_a_server_that_overcharges() {
     let err = c.get(&url).await.unwrap_err();
     assert!(matches!(err, ClientError::ServerCheated { .. }), "{err:?}");
 }
+
+/// After its first 402 on a resource, the client pays every later request there at once (one
+/// round trip, whatever the query string); when the server's offer changes, the server's 402
+/// carries the new one and the client pays again from it, once, without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pays_ahead_after_its_first_402_and_follows_a_changed_offer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use x402_upto::server::{Charge, PaymentLayer, Price};
+
+    let chain = Chain::plain(&[3]).await;
+    let server = OurServer::start(&chain, 1000).await;
+    let price = Arc::new(AtomicU64::new(1000));
+    let unpaid = Arc::new(AtomicU64::new(0));
+    let p = price.clone();
+    let layer = PaymentLayer::new(
+        server.engine.clone(),
+        Price::Dynamic(Arc::new(move |_| u128::from(p.load(Ordering::SeqCst)))),
+    );
+    let counter = unpaid.clone();
+    let app = Router::new()
+        .route(
+            "/metered",
+            get(
+                |axum::Extension(charge): axum::Extension<Charge>| async move {
+                    charge.set(10);
+                    "ok"
+                },
+            )
+            .layer(layer),
+        )
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let counter = counter.clone();
+                async move {
+                    if !req.headers().contains_key("payment-signature") {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/metered", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&chain, 3, dir.path());
+    for i in 0..10 {
+        let a = c.get(&format!("{base}?page={i}")).await.unwrap();
+        assert_eq!((a.status.as_u16(), a.charged()), (200, Some(10)));
+    }
+    // One unpaid request in all: the first.
+    assert_eq!(unpaid.load(Ordering::SeqCst), 1);
+
+    // The offer changes: the remembered one is refused, the new one is paid from the 402.
+    price.store(2000, Ordering::SeqCst);
+    let a = c.get(&format!("{base}?page=10")).await.unwrap();
+    assert_eq!((a.status.as_u16(), a.charged()), (200, Some(10)));
+    assert_eq!(unpaid.load(Ordering::SeqCst), 1);
+    assert_eq!(c.channels()[0].charged, 110);
+}

@@ -15,7 +15,9 @@
 //! ERC-3009 deposit (`multiplier × price`, at least the offer's `minDeposit`, capped by the
 //! spend limit), and signs one cumulative voucher per request. Every `PAYMENT-RESPONSE` is
 //! checked (charge ≤ max, cumulative = previous + charge, our channel); a server that breaks
-//! a rule is never paid again by this client. A corrective 402 is adopted only when its
+//! a rule is never paid again by this client. After its first 402 on a resource the client
+//! pays later requests there at once (one round trip), with the offer it remembered; a
+//! changed offer comes back in the server's 402 and is paid from there. A corrective 402 is adopted only when its
 //! `voucherState` carries our own signature over a ceiling covering the claimed charge.
 //!
 //! Metered streams: [`PayingClient::stream`] reads a Server-Sent-Events response and renews
@@ -209,6 +211,9 @@ pub struct PayingClient {
     dir: state::StateDir,
     channels: Mutex<HashMap<ChannelId, ChannelState>>,
     cheaters: Mutex<HashSet<Address>>,
+    /// The offer each resource (URL without query) made last time it was paid: the next
+    /// request there pays at once instead of asking first.
+    offers: Mutex<HashMap<String, Target>>,
 }
 
 fn now() -> u64 {
@@ -230,6 +235,7 @@ enum Sent {
 }
 
 /// One chosen offer and the channel it maps to.
+#[derive(Clone, Debug)]
 struct Target {
     offer: PaymentRequirements,
     extra: BatchSettlementExtra,
@@ -242,6 +248,11 @@ struct Target {
 }
 
 const MAX_ATTEMPTS: usize = 4;
+
+/// The resource part of a URL (no query, no fragment): what one remembered offer covers.
+fn offer_key(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
 
 impl PayingClient {
     /// A client with its own connection pool.
@@ -262,6 +273,7 @@ impl PayingClient {
             dir,
             channels: Mutex::new(HashMap::new()),
             cheaters: Mutex::new(HashSet::new()),
+            offers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -318,12 +330,28 @@ impl PayingClient {
         cover: Option<u128>,
         timeout: Option<Duration>,
     ) -> Result<Sent, ClientError> {
-        let first = self.http.get(url).send().await?;
-        if first.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
-            return Ok(Sent::Free(first));
-        }
-        let required = read_required(&first)?;
-        let target = self.target(&required)?;
+        // A resource paid before is paid at once with the offer it made then: one round trip
+        // instead of two. If the offer changed, the server's 402 carries the new one and the
+        // request is paid again from it (once).
+        let key = offer_key(url);
+        let cached = self.offers.lock().get(key).cloned();
+        let mut ahead = cached.is_some();
+        let mut target = match cached {
+            Some(mut t) => {
+                self.refuse_cheater(t.pay_to)?;
+                if let Some(resource) = t.resource.as_object_mut() {
+                    resource.insert("url".into(), Value::String(url.to_owned()));
+                }
+                t
+            }
+            None => {
+                let first = self.http.get(url).send().await?;
+                if first.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
+                    return Ok(Sent::Free(first));
+                }
+                self.target(&read_required(&first)?)?
+            }
+        };
         if let Some(max_total) = cover
             && max_total < target.price
         {
@@ -355,6 +383,22 @@ impl PayingClient {
                     self.resync(&target, &again)?;
                     continue;
                 }
+                if ahead {
+                    // The remembered offer no longer fits: start over from the server's.
+                    ahead = false;
+                    self.offers.lock().remove(key);
+                    target = self.target(&again)?;
+                    if let Some(max_total) = cover
+                        && max_total < target.price
+                    {
+                        return Err(ClientError::StreamLimit {
+                            price: target.price,
+                            max_total,
+                        });
+                    }
+                    attempt -= 1;
+                    continue;
+                }
                 let message = String::from_utf8_lossy(&res.bytes().await?)
                     .chars()
                     .take(300)
@@ -364,6 +408,9 @@ impl PayingClient {
                     reason,
                     message,
                 });
+            }
+            if res.status().is_success() {
+                self.offers.lock().insert(key.to_owned(), target.clone());
             }
             return Ok(Sent::Paid {
                 res,
@@ -519,6 +566,17 @@ impl PayingClient {
         Ok(sent.hash)
     }
 
+    /// Refuses to pay a receiver that broke the protocol with this client before.
+    fn refuse_cheater(&self, pay_to: Address) -> Result<(), ClientError> {
+        if self.cheaters.lock().contains(&pay_to) {
+            return Err(ClientError::ServerCheated {
+                pay_to: pay_to.to_string(),
+                what: "broke the protocol earlier; not paying it again".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn target(&self, required: &PaymentRequired) -> Result<Target, ClientError> {
         let offer = required
             .accepts
@@ -537,12 +595,7 @@ impl PayingClient {
             .ok_or_else(|| bad("network"))?;
         let pay_to: Address = offer.pay_to.parse().map_err(|_| bad("payTo"))?;
         let token: Address = offer.asset.parse().map_err(|_| bad("asset"))?;
-        if self.cheaters.lock().contains(&pay_to) {
-            return Err(ClientError::ServerCheated {
-                pay_to: pay_to.to_string(),
-                what: "broke the protocol earlier; not paying it again".into(),
-            });
-        }
+        self.refuse_cheater(pay_to)?;
         let config = ChannelConfig {
             payer: self.config.payer.address(),
             payerAuthorizer: self.config.voucher_key().address(),
@@ -766,6 +819,7 @@ impl PayingClient {
     fn cheated(&self, t: &Target, what: &str) -> ClientError {
         tracing::warn!(pay_to = %t.pay_to, "{what}");
         self.cheaters.lock().insert(t.pay_to);
+        self.offers.lock().retain(|_, o| o.pay_to != t.pay_to);
         ClientError::ServerCheated {
             pay_to: t.pay_to.to_string(),
             what: what.to_owned(),
