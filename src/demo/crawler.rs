@@ -22,8 +22,8 @@ pub struct CrawlStats {
     pub requests: usize,
     /// Wall time of the scenario.
     pub elapsed: Duration,
-    /// Client-observed latency of paid requests that carried a voucher only (402 round trip,
-    /// signing, paid round trip; deposits excluded).
+    /// Client-observed latency of paid requests that carried a voucher only (signing and one
+    /// round trip: the client pays ahead after its first 402; deposits excluded).
     pub paid: Latencies,
     /// Latency of the same pages from the free route, sampled in the same run.
     pub free: Latencies,

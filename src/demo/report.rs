@@ -316,7 +316,7 @@ impl fmt::Display for Summary {
         }
         writeln!(
             f,
-            "  paid request, client   p50 {}, p99 {} (402 + signed retry; free route p50 {}, p99 {})",
+            "  paid request, client   p50 {}, p99 {} (sign + one round trip; free route p50 {}, p99 {})",
             ms(c.paid.percentile(50)),
             ms(c.paid.percentile(99)),
             ms(c.free.percentile(50)),
