@@ -256,6 +256,26 @@ struct ColdState {
     order: VecDeque<ChannelId>,
 }
 
+/// One request's interest in an in-flight read; see [`ColdReads::read`].
+struct InflightEntry<'a> {
+    map: &'a parking_lot::Mutex<HashMap<ChannelId, Inflight>>,
+    id: ChannelId,
+    cell: Inflight,
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock();
+        // Only our own cell: a newer read of the same id may have replaced it.
+        if map
+            .get(&self.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            map.remove(&self.id);
+        }
+    }
+}
+
 impl ColdReads {
     pub(crate) fn new(limits: ColdReadLimits) -> Self {
         Self {
@@ -299,6 +319,13 @@ impl ColdReads {
             return Ok(OnchainState::default());
         }
         let cell = self.inflight.lock().entry(id).or_default().clone();
+        // Removes the entry when this request finishes or is dropped mid-read (a client
+        // that disconnects must not leave an entry behind for every id it named).
+        let _entry = InflightEntry {
+            map: &self.inflight,
+            id,
+            cell: Arc::clone(&cell),
+        };
         // Every waiter runs the same initializer; the first one reads, the others wait for
         // its answer. A failed (or limited) read initializes nothing, so each waiter then
         // tries for itself (and, when limited, fails fast without a read).
@@ -312,12 +339,6 @@ impl ColdReads {
             })
             .await
             .copied();
-        {
-            let mut inflight = self.inflight.lock();
-            if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                inflight.remove(&id);
-            }
-        }
         if let Ok(state) = &result {
             if state.balance == 0 {
                 self.remember_empty(id);
@@ -416,6 +437,43 @@ mod tests {
         let s = cold.state.lock();
         assert!(s.empty.len() <= 2);
         assert!(s.order.len() <= 4, "{}", s.order.len());
+    }
+
+    /// A node that never answers.
+    #[derive(Debug)]
+    struct Silent;
+
+    impl ChainAccess for Silent {
+        fn channel_state(&self, _: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
+            Box::pin(std::future::pending())
+        }
+        fn deposit<'a>(
+            &'a self,
+            _: &'a ChannelConfig,
+            _: u128,
+            _: &'a Erc3009Authorization,
+        ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+            Box::pin(std::future::pending())
+        }
+        fn refund<'a>(
+            &'a self,
+            _: &'a ChannelConfig,
+            _: u128,
+            _: Option<&'a Claimable>,
+        ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_abandoned_by_its_client_leaves_no_entry_behind() {
+        let cold = ColdReads::new(ColdReadLimits::default());
+        for n in 0..10 {
+            let read = cold.read(&Silent, id(n), true);
+            let out = tokio::time::timeout(Duration::from_millis(5), read).await;
+            assert!(out.is_err(), "the silent node cannot answer");
+        }
+        assert!(cold.inflight.lock().is_empty());
     }
 
     #[test]
