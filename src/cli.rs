@@ -34,6 +34,8 @@ enum Command {
     Channel(ChannelCommand),
     /// Runs the whole money path on a local anvil chain and prints a reconciled summary.
     Demo(crate::demo::DemoArgs),
+    /// Side-by-side load generator: paid req/s and latency of servers started by `scripts/bench.sh`.
+    Bench(crate::loadgen::BenchArgs),
     /// Test and maintenance tools; not a stable interface.
     #[command(hide = true, subcommand)]
     Internal(Internal),
@@ -211,6 +213,10 @@ enum Internal {
     StoreLoad(StoreLoadArgs),
     /// Ledger + store + claim scheduler against an RPC/escrow; prints one line per ack.
     SettleLoad(Box<crate::settlement::load::SettleLoadArgs>),
+    /// Our server for `bench`: PaymentLayer over a fixed-charge handler, durable sled store.
+    BenchServer(crate::loadgen::servers::BenchServerArgs),
+    /// The ceiling for `bench`: decode the payment header, one secp256k1 recovery.
+    BenchCeiling(crate::loadgen::servers::BenchCeilingArgs),
 }
 
 /// Runs the parsed command line.
@@ -228,6 +234,13 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Serve(args) => serve(&args),
         Command::Get(args) => get(&args),
         Command::Channel(cmd) => channel(&cmd),
+        Command::Bench(args) => crate::loadgen::run_blocking(&args),
+        Command::Internal(Internal::BenchServer(args)) => {
+            crate::loadgen::servers::run_server_blocking(&args)
+        }
+        Command::Internal(Internal::BenchCeiling(args)) => {
+            crate::loadgen::servers::run_ceiling_blocking(&args)
+        }
         Command::Internal(Internal::StoreLoad(args)) => crate::load::run_blocking(&args),
         Command::Internal(Internal::SettleLoad(args)) => {
             crate::settlement::load::run_blocking(&args)

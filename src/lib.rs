@@ -25,6 +25,7 @@
 //! | [`server`] | the axum/tower `PaymentLayer` over the engine, and the `Charge` handle |
 //! | [`client`] | the paying reqwest client: deposits, vouchers, response checks, corrective resync, refunds |
 //! | [`facilitator`] | `POST /verify`, `POST /settle`, `GET /supported` for this scheme (axum router) |
+//! | [`loadgen`] | `x402-upto bench`: side-by-side load generator, and the bench/ceiling servers it measures |
 //! | [`cli`] | the command line: `serve`, `get`/`pay`, `channel`, `demo`, hidden `internal` tools |
 //!
 //! Dependencies point one way: `wire, typed_data → verify → ledger → store → chain → settlement →
@@ -72,6 +73,7 @@ pub mod engine;
 pub mod error;
 pub mod facilitator;
 pub mod ledger;
+pub mod loadgen;
 pub mod reason;
 pub mod server;
 pub mod settlement;
