@@ -125,6 +125,7 @@ per_second = 5
 burst = 10
 negative_ttl_secs = 60
 negative_capacity = 99
+erc1271_backoff_ms = 2500
 "#,
     )
     .unwrap();
@@ -171,6 +172,7 @@ negative_capacity = 99
             burst: 10,
             negative_ttl: Duration::from_secs(60),
             negative_capacity: 99,
+            erc1271_backoff: Duration::from_millis(2500),
         }
     );
     let store = cfg.store_options();

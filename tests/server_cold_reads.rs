@@ -29,6 +29,7 @@ fn limits(burst: u32, per_second: u32, ttl: Duration) -> ColdReadLimits {
         burst,
         negative_ttl: ttl,
         negative_capacity: 1_000,
+        ..ColdReadLimits::default()
     }
 }
 

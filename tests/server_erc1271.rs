@@ -10,6 +10,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{Address, B256};
@@ -18,7 +19,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::{Fixture, MockChain, PRICE, config_json, engine_config};
 use x402_upto::Store;
-use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome};
+use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, ColdReadLimits};
 use x402_upto::ledger::{Claimable, OnchainState};
 use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use x402_upto::verify::{AllowListErc1271, Erc1271Checker};
@@ -117,6 +118,14 @@ fn setup() -> Setup {
 }
 
 impl Setup {
+    /// Sets the per-channel pause after a wallet refusal (default 1 s).
+    fn backoff(&self, backoff: Duration) {
+        self.f.engine.set_cold_read_limits(ColdReadLimits {
+            erc1271_backoff: backoff,
+            ..ColdReadLimits::default()
+        });
+    }
+
     /// The wallet approves the voucher `(id, max)`.
     fn approve(&self, max: u128) {
         let digest = self.f.domain().voucher_digest(self.id, max);
@@ -170,6 +179,7 @@ async fn a_smart_wallet_voucher_is_checked_with_erc1271_and_served() {
 #[tokio::test]
 async fn a_signature_the_wallet_rejects_is_voucher_signature_and_changes_nothing() {
     let s = setup();
+    s.backoff(Duration::ZERO);
     s.approve(1000);
     assert_eq!(
         s.f.send("/paid", &s.payload("voucher", 1000)).await.status,
@@ -250,6 +260,7 @@ async fn ecdsa_channels_never_ask_a_wallet() {
 #[tokio::test]
 async fn a_smart_wallet_refund_is_checked_with_erc1271() {
     let s = setup();
+    s.backoff(Duration::ZERO);
     s.approve(1000);
     let a =
         s.f.send("/paid?charge=250", &s.payload("voucher", 1000))
@@ -267,4 +278,51 @@ async fn a_smart_wallet_refund_is_checked_with_erc1271() {
     assert_eq!(r["payer"], WALLET.to_checksum(None));
     assert_eq!(s.chain.inner.refunds.load(Ordering::SeqCst), 1);
     assert!(s.f.engine.ledger().snapshot(&s.id).is_none());
+}
+
+#[tokio::test]
+async fn after_a_wallet_refusal_the_channel_waits_before_the_wallet_is_asked_again() {
+    let s = setup();
+    s.backoff(Duration::from_millis(300));
+    s.approve(1000);
+    assert_eq!(
+        s.f.send("/paid", &s.payload("voucher", 1000)).await.status,
+        StatusCode::OK
+    );
+    // Garbage for the next ceiling: the wallet is asked once and refuses.
+    let a = s.f.send("/paid", &s.payload("voucher", 2000)).await;
+    assert_eq!(a.reason(), "invalid_batch_settlement_evm_voucher_signature");
+    assert_eq!(s.chain.calls.load(Ordering::SeqCst), 2);
+    // Repeats within the pause cost no call.
+    for _ in 0..5 {
+        let a = s.f.send("/paid", &s.payload("voucher", 2000)).await;
+        assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(a.reason(), "invalid_batch_settlement_evm_rpc_read_failed");
+    }
+    assert_eq!(s.chain.calls.load(Ordering::SeqCst), 2);
+    // Other channels are not affected.
+    let other = ChannelConfig {
+        payer: WALLET,
+        payerAuthorizer: Address::ZERO,
+        ..s.f.config(9)
+    };
+    let other_id = s.f.fund(&other, 10_000);
+    let digest = s.f.domain().voucher_digest(other_id, 1000);
+    {
+        let mut w = s.wallets();
+        *w = w.clone().allow(WALLET, digest);
+    }
+    let voucher = json!({"channelId": other_id.0, "maxClaimableAmount": "1000",
+                         "signature": format!("0x{}", "ab".repeat(97))});
+    let p = s.f.payload(
+        PRICE,
+        json!({"type": "voucher", "channelConfig": config_json(&other), "voucher": voucher}),
+    );
+    assert_eq!(s.f.send("/paid", &p).await.status, StatusCode::OK);
+    // After the pause the wallet is asked again; an approved voucher is served.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    s.approve(2000);
+    let a = s.f.send("/paid", &s.payload("voucher", 2000)).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(s.chain.calls.load(Ordering::SeqCst), 4);
 }

@@ -214,6 +214,11 @@ pub struct ColdReadLimits {
     pub negative_ttl: Duration,
     /// Most ids remembered as empty (oldest forgotten first); bounds the cache's memory.
     pub negative_capacity: usize,
+    /// After a smart wallet refused a voucher (`isValidSignature` said no), further ERC-1271
+    /// calls for that channel wait this long (refused meanwhile with `rpc_read_failed`).
+    /// Anyone who knows a smart-wallet channel's config can send it garbage signatures, each
+    /// costing one `eth_call`; an honest payer almost never sends a refused one. 0: off.
+    pub erc1271_backoff: Duration,
 }
 
 impl Default for ColdReadLimits {
@@ -225,6 +230,7 @@ impl Default for ColdReadLimits {
             burst: 500,
             negative_ttl: Duration::from_secs(10),
             negative_capacity: 10_000,
+            erc1271_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -244,6 +250,8 @@ type Inflight = Arc<tokio::sync::OnceCell<OnchainState>>;
 pub(crate) struct ColdReads {
     state: parking_lot::Mutex<ColdState>,
     inflight: parking_lot::Mutex<HashMap<ChannelId, Inflight>>,
+    /// When a smart wallet last refused a voucher, per channel (bounded like `empty`).
+    wallet_refusals: parking_lot::Mutex<HashMap<ChannelId, Instant>>,
 }
 
 #[derive(Debug)]
@@ -287,7 +295,43 @@ impl ColdReads {
                 order: VecDeque::new(),
             }),
             inflight: Default::default(),
+            wallet_refusals: Default::default(),
         }
+    }
+
+    /// Whether `id`'s wallet refused a voucher less than `erc1271_backoff` ago.
+    pub(crate) fn wallet_backing_off(&self, id: &ChannelId) -> bool {
+        let backoff = self.state.lock().limits.erc1271_backoff;
+        let mut refusals = self.wallet_refusals.lock();
+        match refusals.get(id) {
+            Some(at) if at.elapsed() < backoff => true,
+            Some(_) => {
+                refusals.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `id`'s wallet just refused a voucher.
+    pub(crate) fn note_wallet_refusal(&self, id: ChannelId) {
+        let (backoff, cap) = {
+            let s = self.state.lock();
+            (s.limits.erc1271_backoff, s.limits.negative_capacity)
+        };
+        if backoff.is_zero() || cap == 0 {
+            return;
+        }
+        let mut refusals = self.wallet_refusals.lock();
+        if refusals.len() >= cap {
+            // Expired entries first; if every entry is live, start over (the backoff is a
+            // brake, not a record).
+            refusals.retain(|_, at| at.elapsed() < backoff);
+            if refusals.len() >= cap {
+                refusals.clear();
+            }
+        }
+        refusals.insert(id, Instant::now());
     }
 
     /// Replaces the limits (the bucket is refilled to the new burst).

@@ -30,7 +30,7 @@ use crate::ledger::{ChannelRecord, Detail, Ledger, Reject, Reservation};
 use crate::reason::Reason;
 use crate::store::{PersistError, Store, StoreError, persist};
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
-use crate::verify::{SignedVoucher, VerifiedVoucher, VoucherError, VoucherSigner};
+use crate::verify::{SignatureFault, SignedVoucher, VerifiedVoucher, VoucherError, VoucherSigner};
 use crate::wire::{
     BatchPayload, Eip155Network, PaymentRequired, PaymentRequirements, ResourceInfo,
     SettleResponse, VoucherFields,
@@ -165,6 +165,10 @@ impl Paid {
     /// Who pays.
     pub fn payer(&self) -> Address {
         self.reservation.payer()
+    }
+    /// Whether a deposit came with this payment (it is on chain already).
+    pub fn with_deposit(&self) -> bool {
+        self.deposit.is_some()
     }
 }
 
@@ -600,12 +604,23 @@ impl<S: Store + 'static> Engine<S> {
                     self.reject(resource, price, &reject)
                 });
         };
+        if self.inner.cold.wallet_backing_off(&id) {
+            let failure = ChainFailure {
+                reason: Reason::RpcReadFailed,
+                message: "this channel's wallet refused a voucher just now; retry shortly".into(),
+            };
+            return Err(self.chain_refusal(resource, price, id, failure));
+        }
         match voucher
             .verify(self.domain(), signer, &ChainErc1271(chain.as_ref()))
             .await
         {
             Ok(verified) => Ok(verified),
             Err(VoucherError::Invalid(fault)) => {
+                if fault == SignatureFault::WrongSigner {
+                    // The wallet was asked and said no: slow further asks on this channel.
+                    self.inner.cold.note_wallet_refusal(id);
+                }
                 Err(self.reject(resource, price, &Reject::signature(Some(id), fault)))
             }
             Err(VoucherError::Checker(e)) => {

@@ -652,6 +652,9 @@ pub struct ColdReadKnobs {
     pub negative_ttl_secs: u64,
     /// Most ids remembered as empty.
     pub negative_capacity: usize,
+    /// After a smart wallet refused a voucher, further ERC-1271 calls for that channel wait
+    /// this long (milliseconds; 0: off).
+    pub erc1271_backoff_ms: u64,
 }
 
 impl Default for ColdReadKnobs {
@@ -662,6 +665,7 @@ impl Default for ColdReadKnobs {
             burst: d.burst,
             negative_ttl_secs: d.negative_ttl.as_secs(),
             negative_capacity: d.negative_capacity,
+            erc1271_backoff_ms: u64::try_from(d.erc1271_backoff.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -674,6 +678,7 @@ impl ColdReadKnobs {
             burst: self.burst,
             negative_ttl: secs(self.negative_ttl_secs),
             negative_capacity: self.negative_capacity,
+            erc1271_backoff: Duration::from_millis(self.erc1271_backoff_ms),
         }
     }
 }
