@@ -35,7 +35,11 @@ fn quick_bench_is_error_free_and_the_books_match() {
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["clean"], true, "{report:#}");
-    let charge: u128 = report["settings"]["charge"].as_str().unwrap().parse().unwrap();
+    let charge: u128 = report["settings"]["charge"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let runs = report["runs"].as_array().unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
     assert_eq!(names, ["ours", "stock", "ceiling"], "{report:#}");
