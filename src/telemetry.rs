@@ -16,7 +16,8 @@ pub const PAYMENTS_REJECTED: &str = "x402_payments_rejected_total";
 pub const PAID_REQUESTS: &str = "x402_paid_requests_total";
 /// Sum of actual charges committed.
 pub const CHARGED: &str = "x402_charged_atomic_total";
-/// Time from reading `PAYMENT-SIGNATURE` to the charge being durable (handler excluded).
+/// Time from reading `PAYMENT-SIGNATURE` to the charge being durable (handler excluded);
+/// recorded for plain responses (a stream's settlement time depends on the stream).
 pub const PAYMENT_OVERHEAD: &str = "x402_payment_overhead_seconds";
 /// Charged but not yet claimed on chain, over all channels.
 pub const UNCLAIMED: &str = "x402_unclaimed_atomic";

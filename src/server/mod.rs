@@ -41,6 +41,7 @@ pub use stream::{RENEWAL_EVENT, STREAM_ID_HEADER, STREAM_NOT_FOUND};
 
 use crate::engine::{Authorized, BoxFuture, Engine, Refusal};
 use crate::store::Store;
+use crate::telemetry;
 use crate::wire::{
     PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, ResourceInfo, SettleResponse,
     encode_header,
@@ -346,15 +347,33 @@ where
         // A renewal of a live stream of this route: no handler runs.
         return stream::renew(layer, id.as_bytes(), header.as_deref(), &resource).await;
     }
+    let started = std::time::Instant::now();
     let paid = match layer
         .engine
         .authorize(header.as_deref(), price, &resource)
         .await
     {
-        Err(refusal) => return refusal_response(&refusal),
-        Ok(Authorized::Refunded(settled)) => return refund_answer(&settled),
+        Err(refusal) => {
+            if let Some(reason) = refusal.reason {
+                metrics::counter!(telemetry::PAYMENTS_REJECTED, "reason" => reason.as_str())
+                    .increment(1);
+            }
+            return refusal_response(&refusal);
+        }
+        Ok(Authorized::Refunded(settled)) => {
+            metrics::counter!(telemetry::PAYMENTS_ACCEPTED, "kind" => "refund").increment(1);
+            return refund_answer(&settled);
+        }
         Ok(Authorized::Paid(paid)) => paid,
     };
+    let kind = if paid.with_deposit() {
+        "deposit"
+    } else {
+        "voucher"
+    };
+    metrics::counter!(telemetry::PAYMENTS_ACCEPTED, "kind" => kind).increment(1);
+    // Payment overhead excludes the handler: time to authorize, then time to settle.
+    let authorizing = started.elapsed();
     let charge = Charge::new(price);
     req.extensions_mut().insert(charge.clone());
     let Ok(mut response) = inner.oneshot(req).await;
@@ -370,13 +389,34 @@ where
         .get()
         .or_else(|| response.extensions().get::<ActualCharge>().map(|c| c.0))
         .unwrap_or(price);
+    let settling = std::time::Instant::now();
     match layer.engine.settle(paid, actual).await {
         Ok(settled) => {
+            metrics::histogram!(telemetry::PAYMENT_OVERHEAD)
+                .record((authorizing + settling.elapsed()).as_secs_f64());
+            record_settled(&settled);
             insert(&mut response, PAYMENT_RESPONSE, &encode_header(&settled));
             response
         }
-        Err(refusal) => refusal_response(&refusal),
+        Err(refusal) => {
+            if let Some(reason) = refusal.reason {
+                metrics::counter!(telemetry::PAYMENTS_REJECTED, "reason" => reason.as_str())
+                    .increment(1);
+            }
+            refusal_response(&refusal)
+        }
     }
+}
+
+/// Counts a paid request whose charge is durable, and what it was charged.
+pub(crate) fn record_settled(settled: &SettleResponse) {
+    metrics::counter!(telemetry::PAID_REQUESTS).increment(1);
+    let charged = settled
+        .extra
+        .as_ref()
+        .and_then(|e| e.charged_amount)
+        .unwrap_or(0);
+    metrics::counter!(telemetry::CHARGED).increment(u64::try_from(charged).unwrap_or(u64::MAX));
 }
 
 fn resource_url<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> String {

@@ -194,7 +194,11 @@ async fn settle_stream<S: Store + 'static>(
     let paid = live.paid.lock().await.take()?;
     // Untouched by the handler: the whole authorized budget, as for any route.
     let actual = live.charge.get().unwrap_or_else(|| live.charge.max());
-    Some(engine.settle(paid, actual).await)
+    let settled = engine.settle(paid, actual).await;
+    if let Ok(done) = &settled {
+        super::record_settled(done);
+    }
+    Some(settled)
 }
 
 impl<S: Store + 'static> StreamSettlement<S> {
