@@ -46,7 +46,7 @@ struct ServeArgs {
     /// TOML file (see `docs/protocol.md`, "serve").
     #[arg(long, short)]
     config: PathBuf,
-    /// Key that sends deposit and refund transactions.
+    /// Key that sends (and pays the gas of) every transaction: deposits, refunds, claims, sweeps.
     #[arg(long, env = "X402_RELAYER_KEY", hide_env_values = true)]
     relayer_key: String,
     /// Key that signs claims and refunds (`extra.receiverAuthorizer`).

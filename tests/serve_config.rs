@@ -328,3 +328,71 @@ confirmations = 0
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_stops_gracefully_on_sigterm() {
+    let chain = Chain::plain(&[]).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+upstream = "http://127.0.0.1:9"
+rpc = "{rpc}"
+chain_id = 31337
+escrow = "{escrow}"
+collector = "{collector}"
+asset = "{token}"
+asset_name = "USDC"
+asset_version = "2"
+pay_to = "{pay_to}"
+store = "{store}"
+"#,
+            rpc = chain.rpc,
+            escrow = chain.escrow,
+            collector = chain.collector,
+            token = chain.token,
+            pay_to = chain.net.key(7).unwrap().address(),
+            store = dir.path().join("store").display(),
+        ),
+    )
+    .unwrap();
+    let key = |i: usize| format!("0x{}", hex::encode(chain.net.key(i).unwrap().to_bytes()));
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402-upto"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("X402_RELAYER_KEY", key(1))
+        .env("X402_RECEIVER_AUTHORIZER_KEY", key(2))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Listening once any HTTP answer comes back (the upstream is down: 502).
+    let url = format!("http://127.0.0.1:{port}/health");
+    let mut up = false;
+    for _ in 0..400 {
+        if reqwest::get(&url).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "serve did not start");
+    let pid = server.id().unwrap().to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+    // Killed by the signal, the status would carry no exit code; a graceful stop exits 0.
+    let status = tokio::time::timeout(Duration::from_secs(30), server.wait())
+        .await
+        .expect("serve exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

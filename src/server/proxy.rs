@@ -255,7 +255,8 @@ pub fn proxy_router<S: Store + 'static>(
     router.fallback(forward).with_state(up)
 }
 
-/// Starts the proxy: opens the store, restores channels, serves until Ctrl-C.
+/// Starts the proxy: opens the store, restores channels, serves until SIGINT (Ctrl-C) or
+/// SIGTERM (what systemd, Docker and Kubernetes send), then shuts down gracefully.
 pub async fn serve(
     cfg: ServeConfig,
     relayer: PrivateKeySigner,
@@ -264,10 +265,32 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
-    serve_with(cfg, relayer, authorizer, listener, async {
+    serve_with(cfg, relayer, authorizer, listener, shutdown_signal()).await
+}
+
+/// Completes on SIGINT or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    }
+    tracing::info!("shutdown requested");
 }
 
 /// [`serve`] on an already bound `listener` (its address wins over `cfg.listen`), until
