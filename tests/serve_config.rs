@@ -80,6 +80,7 @@ fn a_file_without_knobs_gets_the_library_defaults() {
         (t.attempt_timeout, t.total_timeout, t.poll_interval),
         (d.attempt_timeout, d.total_timeout, d.poll_interval)
     );
+    assert_eq!(cfg.watcher.max_staleness_secs, 300);
     assert_eq!(cfg.cold_reads.limits(), ColdReadLimits::default());
     let store = cfg.store_options();
     assert_eq!(store.durability, Durability::Group);
@@ -112,6 +113,7 @@ confirmations = 5
 poll_ms = 1500
 max_range = 500
 history = 16
+max_staleness_secs = 120
 [tx]
 max_fee_cap_wei = 50000000000
 priority_fee_cap_wei = "2000000000"
@@ -147,6 +149,7 @@ erc1271_backoff_ms = 2500
         (w.confirmations, w.poll, w.max_range, w.history),
         (5, Duration::from_millis(1500), 500, 16)
     );
+    assert_eq!(cfg.watcher.max_staleness_secs, 120);
     let t = cfg.tx.policy();
     assert_eq!(
         (
@@ -223,6 +226,14 @@ fn values_that_would_spin_or_stall_are_refused() {
         ("[watcher]\npoll_ms = 0\n", "poll_ms"),
         ("[watcher]\nmax_range = 0\n", "max_range"),
         ("[watcher]\nhistory = 0\n", "history"),
+        (
+            "[watcher]\npoll_ms = 2000\nmax_staleness_secs = 3\n",
+            "max_staleness_secs",
+        ),
+        (
+            "[watcher]\nmax_staleness_secs = 900\n",
+            "below withdraw_delay",
+        ),
         ("[tx]\nbump_percent = 5\n", "bump_percent"),
         (
             "[tx]\nattempt_timeout_secs = 60\ntotal_timeout_secs = 30\n",
@@ -234,6 +245,7 @@ fn values_that_would_spin_or_stall_are_refused() {
         let err = parse(extra).expect_err(extra);
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
+    assert!(parse("[watcher]\nmax_staleness_secs = 0\n").is_ok());
     // Refunds switched off need no refund timing.
     assert!(parse("[refunds]\nenabled = false\nevery_secs = 0\n").is_ok());
 }

@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::ledger::{ChannelRecord, Detail, Ledger, Reject, Reservation};
 use crate::reason::Reason;
+use crate::settlement::Freshness;
 use crate::store::{PersistError, Store, StoreError, persist};
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use crate::verify::{SignatureFault, SignedVoucher, VerifiedVoucher, VoucherError, VoucherSigner};
@@ -127,6 +128,8 @@ struct Inner<S> {
     chain: Option<Arc<dyn ChainAccess>>,
     /// Rate limit, negative cache and coalescing of chain reads for unknown channels.
     cold: ColdReads,
+    /// How old a channel's mirror may be and still be served on (unset: any age).
+    freshness: std::sync::OnceLock<Freshness>,
     /// Channels with a refund in flight: no request may be served on them meanwhile, or its
     /// charge would land after the refund's claim and be unclaimable.
     refunding: parking_lot::Mutex<std::collections::HashSet<ChannelId>>,
@@ -205,6 +208,7 @@ impl<S: Store + 'static> Engine<S> {
                 store,
                 chain,
                 cold: ColdReads::new(ColdReadLimits::default()),
+                freshness: std::sync::OnceLock::new(),
                 refunding: Default::default(),
             }),
         })
@@ -220,6 +224,15 @@ impl<S: Store + 'static> Engine<S> {
     /// [`ColdReadLimits::default`]). Takes effect at once, also on clones of this engine.
     pub fn set_cold_read_limits(&self, limits: ColdReadLimits) {
         self.inner.cold.set_limits(limits);
+    }
+
+    /// Refuses vouchers (402 `rpc_read_failed`) on channels whose mirror is older than
+    /// `freshness` allows: neither read directly nor covered by a successful watcher poll
+    /// (give the same `Freshness` to [`crate::settlement::Watcher::with_freshness`]). During
+    /// an RPC outage this bounds how long the server serves without seeing a withdrawal.
+    /// Set once; returns `false` if a policy was already set.
+    pub fn set_freshness(&self, freshness: Freshness) -> bool {
+        self.inner.freshness.set(freshness).is_ok()
     }
 
     /// The configuration.
@@ -319,6 +332,15 @@ impl<S: Store + 'static> Engine<S> {
     ) -> Result<Authorized, Refusal> {
         self.ensure_known(&checked, price, resource).await?;
         let id = checked.channel_id;
+        if self.stale(&id) {
+            let failure = ChainFailure {
+                reason: Reason::RpcReadFailed,
+                message:
+                    "this channel's on-chain state could not be refreshed recently; retry later"
+                        .into(),
+            };
+            return Err(self.chain_refusal(resource, price, id, failure));
+        }
         let voucher = signed(checked.payload.voucher(), id);
         // ECDSA channels: one recovery under the ledger, no RPC. Smart-wallet channels are
         // refused there with `Erc1271Required`; they are verified through the chain, then
@@ -538,6 +560,19 @@ impl<S: Store + 'static> Engine<S> {
             outcome.tx_hash,
             outcome.amount,
         )))
+    }
+
+    /// Whether `id`'s mirror is too old to serve on. The common case (the watcher polled
+    /// recently) costs two atomic loads; only then is the channel's own last read looked up.
+    fn stale(&self, id: &ChannelId) -> bool {
+        let Some(f) = self.inner.freshness.get() else {
+            return false;
+        };
+        let now = now();
+        if now.saturating_sub(f.last_poll()) <= f.max_age().as_secs() {
+            return false;
+        }
+        !f.is_fresh(&self.inner.ledger, id, now)
     }
 
     /// Whether a refund is in flight on `id` (checked after reserving: the caller then drops

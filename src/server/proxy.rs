@@ -137,7 +137,7 @@ impl ServeConfig {
     /// rather than discovered at run time.
     pub fn validate(&self) -> Result<(), String> {
         let s = &self.settlement;
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 15] = [
             (
                 s.batch_size >= 1,
                 "settlement.batch_size must be at least 1",
@@ -167,6 +167,16 @@ impl ServeConfig {
             (
                 self.watcher.history >= 1,
                 "watcher.history must be at least 1",
+            ),
+            (
+                self.watcher.max_staleness_secs == 0
+                    || self.watcher.max_staleness_secs.saturating_mul(1000)
+                        >= self.watcher.poll_ms.saturating_mul(2),
+                "watcher.max_staleness_secs must be 0 (off) or at least two polls (poll_ms)",
+            ),
+            (
+                self.watcher.max_staleness_secs < self.withdraw_delay,
+                "watcher.max_staleness_secs must be below withdraw_delay",
             ),
             (
                 self.tx.bump_percent >= 10,
@@ -365,14 +375,22 @@ pub async fn serve_with(
         .await
         .map_err(|e| format!("rpc {}: {e}", cfg.rpc))?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let watcher = crate::settlement::Watcher::new(
+    let mut watcher = crate::settlement::Watcher::new(
         escrow,
         ledger,
         cfg.watcher.config(),
         Some(settlement.waker()),
         head + 1,
-    )
-    .spawn(stop.clone());
+    );
+    // During an RPC outage the mirror ages; past `max_staleness_secs` vouchers are refused
+    // (a withdrawal started meanwhile would be unseen) until a read or a poll succeeds.
+    if cfg.watcher.max_staleness_secs > 0 {
+        let freshness =
+            crate::settlement::Freshness::new(Duration::from_secs(cfg.watcher.max_staleness_secs));
+        engine.set_freshness(freshness.clone());
+        watcher = watcher.with_freshness(freshness);
+    }
+    let watcher = watcher.spawn(stop.clone());
 
     let app = proxy_router(engine, &cfg.routes, &cfg.upstream);
     let local = listener
@@ -585,6 +603,10 @@ pub struct WatcherKnobs {
     pub max_range: u64,
     /// Processed-block hashes kept for reorg detection.
     pub history: usize,
+    /// Refuse vouchers (`rpc_read_failed`) on a channel whose mirror is older than this:
+    /// neither read directly nor covered by a successful poll (seconds; 0: never refuse).
+    /// Keep it well below the channels' `withdrawDelay` minus the time a claim needs.
+    pub max_staleness_secs: u64,
 }
 
 impl Default for WatcherKnobs {
@@ -595,6 +617,7 @@ impl Default for WatcherKnobs {
             poll_ms: u64::try_from(d.poll.as_millis()).unwrap_or(u64::MAX),
             max_range: d.max_range,
             history: d.history,
+            max_staleness_secs: 300,
         }
     }
 }

@@ -115,6 +115,11 @@ impl Freshness {
         self.last_poll.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// The largest mirror age served on.
+    pub const fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
     /// Unix seconds of the watcher's last successful poll (0: never).
     pub fn last_poll(&self) -> u64 {
         self.last_poll.load(Ordering::Relaxed)
