@@ -83,6 +83,8 @@ rpc="http://$addr"
 deployed="$(node interop/chain.mjs deploy --rpc "$rpc" --key anvil:0)"
 token="$(json_field "$deployed" token)"
 payer="0x90F79bf6EB2c4f870365E785982E1f101E93b906" # anvil #3, the load generator's payer
+# anvil #4 sends the deposits of the diagnostic durability-none server (#5 is ours', #1 the stock one's).
+relayer_none="0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
 node interop/chain.mjs fund --rpc "$rpc" --key anvil:0 --token "$token" --to "$payer" --amount 100000000000000 >/dev/null
 
 "${server_cpu[@]}" "$bin" internal bench-server --rpc "$rpc" --token "$token" --price 1000 --charge 500 \
@@ -93,22 +95,39 @@ pids+=($!); ours_pid=$!
 pids+=($!); stock_pid=$!
 "${server_cpu[@]}" "$bin" internal bench-ceiling --price 1000 >"$work/ceiling.log" 2>"$work/ceiling.err" &
 pids+=($!); ceiling_pid=$!
+extra=(--pids "ours=$ours_pid,stock=$stock_pid,ceiling=$ceiling_pid")
+if [ "$quick" = 0 ]; then
+  # Diagnostic row: the same server without the durable write (not a goal target).
+  "${server_cpu[@]}" "$bin" internal bench-server --rpc "$rpc" --token "$token" --price 1000 --charge 500 \
+    --durability none --relayer-key "$relayer_none" >"$work/ours-none.log" 2>"$work/ours-none.err" &
+  pids+=($!); none_pid=$!
+  extra=(--pids "ours=$ours_pid,stock=$stock_pid,ceiling=$ceiling_pid,ours-none=$none_pid"
+         --ours-none "$(json_field "$(ready "$work/ours-none.log" "READY " "$none_pid")" paid)")
+fi
 ours="$(json_field "$(ready "$work/ours.log" "READY " "$ours_pid")" paid)"
 stock="$(json_field "$(ready "$work/stock.log" "READY " "$stock_pid")" paid)"
 ceiling="$(json_field "$(ready "$work/ceiling.log" "READY " "$ceiling_pid")" paid)"
 
 if [ "$quick" = 1 ]; then
-  mode=(--concurrency 4 --duration 2 --rounds 1 --budget-fast 20000 --budget-stock 1000)
+  defaults=(--concurrency 4 --duration 2 --rounds 1 --budget-fast 20000 --budget-stock 1000)
 else
-  mode=(--concurrency 8,32 --duration 10 --rounds 3)
+  defaults=(--concurrency 8,32 --duration 10 --rounds 3)
 fi
+# A flag given after `--` replaces the mode's default for it.
+mode=()
+for ((i = 0; i < ${#defaults[@]}; i += 2)); do
+  case " ${pass[*]} " in
+    *" ${defaults[i]} "*) ;;
+    *) mode+=("${defaults[i]}" "${defaults[i + 1]}") ;;
+  esac
+done
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') × $(nproc)"
 status=0
-"${client_cpu[@]}" "$bin" bench --ours "$ours" --stock "$stock" --ceiling "$ceiling" "${mode[@]}" \
+"${client_cpu[@]}" "$bin" bench --ours "$ours" --stock "$stock" --ceiling "$ceiling" "${extra[@]}" "${mode[@]}" \
   --note "Machine: $cpu, $(date -u +%Y-%m-%dT%H:%MZ), load average $(cut -d' ' -f1-3 /proc/loadavg) at the start. $note" \
   "${pass[@]}" || status=$?
 if [ "$status" != 0 ]; then
   echo "bench.sh: the load generator reported a failure (exit $status); server logs:" >&2
-  tail -n 20 "$work/ours.err" "$work/stock.err" "$work/ceiling.err" >&2 || true
+  tail -n 20 "$work"/*.err >&2 || true
 fi
 exit "$status"

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Paid URL of our server (`internal bench-server`).
     #[arg(long)]
     pub ours: Option<String>,
+    /// Paid URL of a second instance of our server with `--durability none` (diagnostic row:
+    /// how much of the gap to the ceiling is the durable write).
+    #[arg(long)]
+    pub ours_none: Option<String>,
     /// Paid URL of the stock `@x402/express` server (`?charge=<charge>` is appended).
     #[arg(long)]
     pub stock: Option<String>,
@@ -74,6 +78,9 @@ pub struct BenchArgs {
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// Server process ids for CPU accounting, `name=pid` (names: ours, stock, ceiling).
+    #[arg(long, value_delimiter = ',')]
+    pub pids: Vec<String>,
     /// Also write every measurement as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -131,7 +138,24 @@ fn targets(args: &BenchArgs) -> Vec<Target> {
         let u: http::Uri = url.parse().ok()?;
         Some(format!("http://{}/admin/stats", u.authority()?))
     };
+    let pid = |name: &str| -> Option<u32> {
+        args.pids.iter().find_map(|p| {
+            let (n, v) = p.split_once('=')?;
+            (n == name).then(|| v.parse().ok()).flatten()
+        })
+    };
     let mut t = Vec::new();
+    if let Some(u) = &args.ceiling {
+        t.push(Target {
+            name: "ceiling".into(),
+            url: u.clone(),
+            stats: None,
+            deposit: false,
+            budget_rate: args.budget_fast,
+            cycle: true,
+            pid: pid("ceiling"),
+        });
+    }
     if let Some(u) = &args.ours {
         t.push(Target {
             name: "ours".into(),
@@ -139,6 +163,19 @@ fn targets(args: &BenchArgs) -> Vec<Target> {
             stats: origin_stats(u),
             deposit: true,
             budget_rate: args.budget_fast,
+            cycle: false,
+            pid: pid("ours"),
+        });
+    }
+    if let Some(u) = &args.ours_none {
+        t.push(Target {
+            name: "ours-none".into(),
+            url: u.clone(),
+            stats: origin_stats(u),
+            deposit: true,
+            budget_rate: args.budget_fast,
+            cycle: false,
+            pid: pid("ours-none"),
         });
     }
     if let Some(u) = &args.stock {
@@ -149,15 +186,8 @@ fn targets(args: &BenchArgs) -> Vec<Target> {
             stats: origin_stats(u),
             deposit: true,
             budget_rate: args.budget_stock,
-        });
-    }
-    if let Some(u) = &args.ceiling {
-        t.push(Target {
-            name: "ceiling".into(),
-            url: u.clone(),
-            stats: None,
-            deposit: false,
-            budget_rate: args.budget_fast,
+            cycle: false,
+            pid: pid("stock"),
         });
     }
     t
@@ -185,7 +215,18 @@ async fn bench(args: &BenchArgs) -> crate::Result<()> {
     let mut runs = Vec::new();
     for round in 0..args.rounds.max(1) {
         for &c in &args.concurrency {
+            // The ceiling runs first; the servers cannot beat it by much, so 1.5× its rate
+            // bounds the vouchers worth presigning (signing is the slow part of a run).
+            let mut ceiling_rps: Option<f64> = None;
             for t in &targets {
+                let mut t = t.clone();
+                if !t.cycle
+                    && t.budget_rate == args.budget_fast
+                    && let Some(r) = ceiling_rps
+                {
+                    t.budget_rate = t.budget_rate.min((r * 1.5) as u64).max(2_000);
+                }
+                let t = &t;
                 let settings = Settings {
                     concurrency: c,
                     duration: Duration::from_secs_f64(args.duration.max(0.1)),
@@ -210,6 +251,9 @@ async fn bench(args: &BenchArgs) -> crate::Result<()> {
                     m.errors,
                     if m.is_clean() { "" } else { "  FAILED" }
                 );
+                if t.cycle {
+                    ceiling_rps = Some(m.rps);
+                }
                 runs.push(m);
             }
         }
@@ -301,8 +345,13 @@ fn label(target: &str) -> &str {
         "ours" => "ours (durable `group`)",
         "stock" => "official @x402/express (in memory)",
         "ceiling" => "ceiling (1 recovery)",
+        "ours-none" => "ours, durability `none` (diagnostic)",
         other => other,
     }
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.decimals$}"))
 }
 
 fn verdict(v: Option<f64>, goal: f64, unit: &str) -> String {
@@ -334,9 +383,12 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
     }
     let _ = writeln!(
         s,
-        "\n| C | target | paid req/s | p50 ms | p90 ms | p99 ms | max ms | 200s | errors | server books |"
+        "\n| C | target | paid req/s | p50 ms | p90 ms | p99 ms | max ms | 200s | errors | server books | server CPU % | server CPU µs/req | load gen CPU % | machine CPU % |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
     for m in table {
         let books = match &m.accounting {
             Some(a) if a.ok => format!(
@@ -351,7 +403,7 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0}{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {:.0}{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
             m.concurrency,
             label(&m.target),
             m.rps,
@@ -362,7 +414,11 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
             m.max_ms,
             m.ok,
             m.errors,
-            books
+            books,
+            opt(m.cpu.and_then(|c| c.server), 0),
+            opt(m.cpu.and_then(|c| c.server_us_per_request), 0),
+            opt(m.cpu.map(|c| c.loadgen), 0),
+            opt(m.cpu.map(|c| c.machine), 0),
         );
     }
     let _ = writeln!(

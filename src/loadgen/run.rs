@@ -51,6 +51,12 @@ pub struct Target {
     pub deposit: bool,
     /// Most requests per second this target could plausibly serve: the presign budget.
     pub budget_rate: u64,
+    /// Stateless target (the ceiling): each virtual client cycles through a small pool of
+    /// presigned vouchers instead of a fresh one per request. Every request still costs the
+    /// server one full decode and recovery.
+    pub cycle: bool,
+    /// Process id of the server, to report its CPU time over the timed phase.
+    pub pid: Option<u32>,
 }
 
 /// Settings shared by every target of a run.
@@ -130,6 +136,86 @@ pub struct Measurement {
     pub presign_seconds: f64,
     /// The server's books against what was served (paying targets only).
     pub accounting: Option<Accounting>,
+    /// CPU use over the timed phase, % of one core (Linux `/proc`; `None` elsewhere).
+    pub cpu: Option<CpuUse>,
+}
+
+/// Where the machine's CPU went during the timed phase, in % of one core.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CpuUse {
+    /// The target server process (all its threads).
+    pub server: Option<f64>,
+    /// This load generator.
+    pub loadgen: f64,
+    /// Every process on the machine (the 2 cores are 200 %).
+    pub machine: f64,
+    /// Server CPU time per paid request, µs.
+    pub server_us_per_request: Option<f64>,
+}
+
+/// Clock ticks of a process (`utime + stime` from `/proc/<pid>/stat`).
+fn proc_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are fixed.
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// (busy, total) clock ticks of the whole machine, from `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+#[derive(Clone, Copy)]
+struct CpuMark {
+    server: Option<u64>,
+    me: Option<u64>,
+    machine: Option<(u64, u64)>,
+}
+
+impl CpuMark {
+    fn now(pid: Option<u32>) -> Self {
+        Self {
+            server: pid.and_then(|p| proc_ticks(&p.to_string())),
+            me: proc_ticks("self"),
+            machine: machine_ticks(),
+        }
+    }
+
+    /// Use between `self` and `later` over `seconds`, for `requests` requests. Ticks are the
+    /// kernel's USER_HZ, 100 per second on Linux.
+    fn since(self, later: Self, seconds: f64, requests: u64) -> Option<CpuUse> {
+        const HZ: f64 = 100.0;
+        let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / HZ / seconds * 100.0;
+        let (mb0, mt0) = self.machine?;
+        let (mb1, mt1) = later.machine?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let machine = if mt1 > mt0 {
+            (mb1 - mb0) as f64 / (mt1 - mt0) as f64 * cores * 100.0
+        } else {
+            0.0
+        };
+        let server = self.server.zip(later.server).map(|(a, b)| pct(a, b));
+        Some(CpuUse {
+            server,
+            loadgen: pct(self.me?, later.me?),
+            machine,
+            server_us_per_request: self
+                .server
+                .zip(later.server)
+                .filter(|_| requests > 0)
+                .map(|(a, b)| (b.saturating_sub(a)) as f64 / HZ * 1e6 / requests as f64),
+        })
+    }
 }
 
 impl Measurement {
@@ -170,6 +256,9 @@ struct Template {
     /// The amount comes before the signature in the serialized text.
     max_first: bool,
 }
+
+/// Vouchers per virtual client of a stateless target, used round robin.
+const CYCLE_POOL: u64 = 1000;
 
 const MAX_HOLE: &str = "MAX_CLAIMABLE_HOLE";
 const SIG_HOLE: &str = "SIGNATURE_HOLE";
@@ -359,8 +448,11 @@ pub async fn measure(
     let resource = serde_json::to_value(&required.resource).unwrap_or(Value::Null);
     let domain = EscrowDomain::new(chain_id, settings.escrow);
     // Vouchers each virtual client may need: the budget rate over the whole window.
-    let per_client =
-        (target.budget_rate as f64 * settings.duration.as_secs_f64() / c as f64).ceil() as u64 + 16;
+    let per_client = if target.cycle {
+        CYCLE_POOL
+    } else {
+        (target.budget_rate as f64 * settings.duration.as_secs_f64() / c as f64).ceil() as u64 + 16
+    };
     let step = settings.charge;
     let before = server_counts(http, target).await?;
 
@@ -500,26 +592,21 @@ pub async fn measure(
     let exhausted = Arc::new(AtomicBool::new(false));
     let start = Arc::new(tokio::sync::Barrier::new(prepared.len() + 1));
     let mut tasks = tokio::task::JoinSet::new();
-    let must_be_paid = target.deposit;
+    let rules = Rules {
+        step,
+        must_be_paid: target.deposit,
+        cycle: target.cycle,
+    };
     for p in prepared {
         let (stop, exhausted, start) = (stop.clone(), exhausted.clone(), start.clone());
         let (authority, path) = (authority.clone(), path.clone());
         tasks.spawn(async move {
-            client_loop(
-                p,
-                &authority,
-                &path,
-                step,
-                must_be_paid,
-                &stop,
-                &exhausted,
-                &start,
-            )
-            .await
+            client_loop(p, &authority, &path, rules, &stop, &exhausted, &start).await
         });
     }
     start.wait().await;
     let t0 = Instant::now();
+    let cpu0 = CpuMark::now(target.pid);
     let timer = {
         let stop = stop.clone();
         let d = settings.duration;
@@ -549,6 +636,7 @@ pub async fn measure(
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu0.since(CpuMark::now(target.pid), seconds, ok);
     timer.abort();
     latencies.sort_unstable();
     let pct = |q: f64| -> f64 {
@@ -599,6 +687,7 @@ pub async fn measure(
         presigned,
         presign_seconds,
         accounting,
+        cpu,
     })
 }
 
@@ -608,20 +697,33 @@ struct ClientResult {
     error: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a virtual client walks its vouchers and judges answers.
+#[derive(Clone, Copy)]
+struct Rules {
+    /// Charge per request: voucher `k` is `first_max + k × step`.
+    step: u128,
+    /// A 200 must carry a `PAYMENT-RESPONSE`.
+    must_be_paid: bool,
+    /// Reuse the pool round robin (stateless target).
+    cycle: bool,
+}
+
 async fn client_loop(
     p: Prepared,
     authority: &str,
     path: &str,
-    step: u128,
-    must_be_paid: bool,
+    rules: Rules,
     stop: &AtomicBool,
     exhausted: &AtomicBool,
     start: &tokio::sync::Barrier,
 ) -> ClientResult {
     let mut out = ClientResult {
         ok: 0,
-        latencies_us: Vec::with_capacity(p.signatures.len().min(1 << 20)),
+        latencies_us: Vec::with_capacity(if rules.cycle {
+            1 << 16
+        } else {
+            p.signatures.len().min(1 << 20)
+        }),
         error: None,
     };
     let connected = async {
@@ -646,11 +748,23 @@ async fn client_loop(
             return out;
         }
     };
-    for (k, sig) in p.signatures.iter().enumerate() {
+    let n = p.signatures.len();
+    let mut k = 0usize;
+    loop {
         if stop.load(Ordering::Relaxed) {
             return out;
         }
-        let header = p.template.render(p.first_max + k as u128 * step, sig);
+        if k == n {
+            if rules.cycle && n > 0 {
+                k = 0;
+            } else {
+                break;
+            }
+        }
+        let header = p
+            .template
+            .render(p.first_max + k as u128 * rules.step, &p.signatures[k]);
+        k += 1;
         let req = match http::Request::get(path)
             .header(http::header::HOST, authority)
             .header(PAYMENT_SIGNATURE, header)
@@ -690,7 +804,7 @@ async fn client_loop(
         };
         out.latencies_us
             .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-        if status != http::StatusCode::OK || (must_be_paid && !paid) {
+        if status != http::StatusCode::OK || (rules.must_be_paid && !paid) {
             // The voucher was not charged, so every later presigned voucher is off by one
             // charge: this client stops and the run is reported as failed.
             out.error = Some(format!(
