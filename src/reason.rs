@@ -2,7 +2,8 @@
 //!
 //! The strings are the wire values of `invalidReason` / `errorReason` / the 402 `error` field:
 //! every `invalid_batch_settlement_evm_*` code of the batch-settlement EVM spec's error table,
-//! plus the core x402 v2 codes (spec §9) the HTTP layer needs. [`Reason::as_str`] and
+//! one code of the stock SDK server (`…_deposit_below_min_deposit`), plus the core x402 v2
+//! codes (spec §9) the HTTP layer needs. [`Reason::as_str`] and
 //! [`FromStr`] are exact inverses; a test walks every variant.
 
 use std::fmt;
@@ -99,6 +100,9 @@ reasons! {
     CumulativeExceedsBalance => "invalid_batch_settlement_evm_cumulative_exceeds_balance",
     /// Deposit payload is malformed.
     DepositPayload => "invalid_batch_settlement_evm_deposit_payload",
+    /// Deposit below the advertised `extra.minDeposit` (not in the spec's table; the stock
+    /// SDK server's code for the same refusal).
+    DepositBelowMinDeposit => "invalid_batch_settlement_evm_deposit_below_min_deposit",
     /// Deposit simulation failed.
     DepositSimulationFailed => "invalid_batch_settlement_evm_deposit_simulation_failed",
     /// Deposit transaction failed.
@@ -230,7 +234,8 @@ mod tests {
             assert_eq!(s.parse::<Reason>(), Ok(reason));
             assert_eq!(reason.to_string(), s);
         }
-        assert_eq!(Reason::ALL.len(), 64 + 9);
+        // 64 from the spec's table, 1 from the stock SDK (deposit_below_min_deposit), 9 core.
+        assert_eq!(Reason::ALL.len(), 65 + 9);
     }
 
     #[test]
@@ -239,7 +244,7 @@ mod tests {
             .iter()
             .filter(|r| r.is_batch_settlement())
             .count();
-        assert_eq!(batch, 64);
+        assert_eq!(batch, 65);
         for core in [
             "invalid_payload",
             "insufficient_funds",

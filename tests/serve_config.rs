@@ -241,6 +241,7 @@ fn values_that_would_spin_or_stall_are_refused() {
         ),
         ("[tx]\npoll_interval_ms = 0\n", "poll_interval_ms"),
         ("[cold_reads]\nburst = 0\n", "burst"),
+        ("min_deposit = \"1e6\"\n", "min_deposit"),
     ] {
         let err = parse(extra).expect_err(extra);
         assert!(err.contains(needle), "{extra:?}: {err}");

@@ -423,6 +423,16 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::Erc3009AuthorizationRequired, Some(id));
             return Err(self.reject(resource, price, &reject));
         };
+        // The relayer pays the gas of every deposit: an advertised minimum is enforced, so
+        // dust deposits cannot make it spend more on gas than the channel can bring in.
+        if let Some(min) = self.min_deposit()
+            && deposit.amount < min
+        {
+            let reject = Reject::new(Reason::DepositBelowMinDeposit, Some(id));
+            let mut refusal = self.reject(resource, price, &reject);
+            refusal.message = format!("deposit {} is below minDeposit {min}", deposit.amount);
+            return Err(refusal);
+        }
         // Everything that can be checked before spending gas is checked first: the ERC-3009
         // validity window, the voucher signature, and the voucher against the channel as it
         // will be after the deposit.
@@ -560,6 +570,22 @@ impl<S: Store + 'static> Engine<S> {
             outcome.tx_hash,
             outcome.amount,
         )))
+    }
+
+    /// The advertised `extra.minDeposit` (a decimal string, as the stock server writes it),
+    /// if any. `EngineConfig::validate` does not look at `extra`, so an unparsable value is
+    /// logged and not enforced rather than refusing every deposit.
+    fn min_deposit(&self) -> Option<u128> {
+        let raw = self.inner.config.extra.get("minDeposit")?;
+        let parsed = match raw {
+            Value::String(s) => s.parse::<u128>().ok(),
+            Value::Number(n) => n.as_u64().map(u128::from),
+            _ => None,
+        };
+        if parsed.is_none() {
+            tracing::warn!(value = %raw, "extra.minDeposit is not an amount; not enforced");
+        }
+        parsed
     }
 
     /// Whether `id`'s mirror is too old to serve on. The common case (the watcher polled

@@ -137,7 +137,7 @@ impl ServeConfig {
     /// rather than discovered at run time.
     pub fn validate(&self) -> Result<(), String> {
         let s = &self.settlement;
-        let checks: [(bool, &str); 15] = [
+        let checks: [(bool, &str); 16] = [
             (
                 s.batch_size >= 1,
                 "settlement.batch_size must be at least 1",
@@ -193,6 +193,14 @@ impl ServeConfig {
             (
                 self.tx.poll_interval_ms >= 1,
                 "tx.poll_interval_ms must be at least 1",
+            ),
+            (
+                self.min_deposit.as_deref().is_none_or(|m| {
+                    !m.is_empty()
+                        && m.bytes().all(|b| b.is_ascii_digit())
+                        && m.parse::<u128>().is_ok()
+                }),
+                "min_deposit must be a decimal amount in atomic units",
             ),
             (
                 self.cold_reads.burst >= 1,
