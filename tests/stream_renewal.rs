@@ -915,6 +915,13 @@ async fn a_smart_wallet_stream_renews_through_erc1271() {
         mock,
         PrivateKeySigner::random(),
     );
+    // The refused renewal below is retried at once once approved: no pause after a wallet
+    // refusal here (that pause is tested in tests/server_erc1271.rs).
+    f.engine
+        .set_cold_read_limits(x402_upto::engine::ColdReadLimits {
+            erc1271_backoff: Duration::ZERO,
+            ..Default::default()
+        });
     let layer = PaymentLayer::fixed(f.engine.clone(), PRICE).streaming();
     f.app = f.app.clone().route("/gpu", get(gpu).layer(layer));
     let config = ChannelConfig {
