@@ -89,17 +89,42 @@ pub struct BenchArgs {
     pub note: String,
 }
 
-/// The ratios the goals are about, at one concurrency.
+/// The ratios the goals are about, at one concurrency. Each is taken within one round (the
+/// targets ran back to back, minutes apart at most), then the median over rounds is reported
+/// with the spread: the machine's load changes too much between rounds to divide medians.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ratios {
     /// Concurrency.
     pub concurrency: usize,
     /// ours req/s ÷ stock req/s (goal ≥ 50).
-    pub ours_over_stock: Option<f64>,
+    pub ours_over_stock: Option<Spread>,
     /// stock p99 ÷ ours p99 (goal ≥ 10).
-    pub stock_p99_over_ours: Option<f64>,
+    pub stock_p99_over_ours: Option<Spread>,
     /// ours req/s ÷ ceiling req/s (goal ≥ 0.9).
-    pub ours_over_ceiling: Option<f64>,
+    pub ours_over_ceiling: Option<Spread>,
+}
+
+/// Median and range of per-round ratios.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Spread {
+    /// Median over rounds.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+fn spread(mut v: Vec<f64>) -> Option<Spread> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(Spread {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    })
 }
 
 #[derive(Serialize)]
@@ -237,7 +262,7 @@ async fn bench(args: &BenchArgs) -> crate::Result<()> {
                     // New channels per measurement: every run starts from a known state.
                     label: format!("{stamp}/{round}/{c}/{}", t.name),
                 };
-                let m = run::measure(&http, t, &settings)
+                let mut m = run::measure(&http, t, &settings)
                     .await
                     .map_err(|e| crate::Error::Command(e.to_string()))?;
                 eprintln!(
@@ -254,6 +279,7 @@ async fn bench(args: &BenchArgs) -> crate::Result<()> {
                 if t.cycle {
                     ceiling_rps = Some(m.rps);
                 }
+                m.round = round;
                 runs.push(m);
             }
         }
@@ -262,7 +288,7 @@ async fn bench(args: &BenchArgs) -> crate::Result<()> {
     let ratios: Vec<Ratios> = args
         .concurrency
         .iter()
-        .map(|&c| ratios(&table, c))
+        .map(|&c| ratios(&runs, c, args.rounds.max(1)))
         .collect();
     let clean = runs.iter().all(Measurement::is_clean);
     print!("{}", markdown(args, &table, &ratios, clean));
@@ -324,19 +350,24 @@ fn medians(runs: &[Measurement], cs: &[usize], targets: &[Target]) -> Vec<Measur
     out
 }
 
-fn ratios(table: &[Measurement], c: usize) -> Ratios {
-    let get = |name: &str| {
-        table
-            .iter()
-            .find(|m| m.concurrency == c && m.target == name)
-    };
-    let (ours, stock, ceiling) = (get("ours"), get("stock"), get("ceiling"));
-    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+fn ratios(runs: &[Measurement], c: usize, rounds: usize) -> Ratios {
+    let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let get = |name: &str| {
+            runs.iter()
+                .find(|m| m.round == round && m.concurrency == c && m.target == name)
+        };
+        let (ours, stock, ceiling) = (get("ours"), get("stock"), get("ceiling"));
+        let div = |x: f64, y: f64| (y > 0.0).then(|| x / y);
+        a.extend(ours.zip(stock).and_then(|(o, s)| div(o.rps, s.rps)));
+        b.extend(ours.zip(stock).and_then(|(o, s)| div(s.p99_ms, o.p99_ms)));
+        d.extend(ours.zip(ceiling).and_then(|(o, x)| div(o.rps, x.rps)));
+    }
     Ratios {
         concurrency: c,
-        ours_over_stock: ours.zip(stock).and_then(|(o, s)| div(o.rps, s.rps)),
-        stock_p99_over_ours: ours.zip(stock).and_then(|(o, s)| div(s.p99_ms, o.p99_ms)),
-        ours_over_ceiling: ours.zip(ceiling).and_then(|(o, x)| div(o.rps, x.rps)),
+        ours_over_stock: spread(a),
+        stock_p99_over_ours: spread(b),
+        ours_over_ceiling: spread(d),
     }
 }
 
@@ -354,10 +385,15 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.decimals$}"))
 }
 
-fn verdict(v: Option<f64>, goal: f64, unit: &str) -> String {
+fn verdict(v: Option<Spread>, goal: f64, unit: &str) -> String {
     match v {
-        Some(v) if v >= goal => format!("**{v:.2}{unit}** met"),
-        Some(v) => format!("**{v:.2}{unit}** not met"),
+        Some(v) => format!(
+            "**{:.2}{unit}** ({:.2}–{:.2}) {}",
+            v.median,
+            v.min,
+            v.max,
+            if v.median >= goal { "met" } else { "not met" }
+        ),
         None => "n/a".into(),
     }
 }
@@ -423,7 +459,7 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
     }
     let _ = writeln!(
         s,
-        "\n| C | ours ÷ official, req/s (goal ≥ 50×) | official p99 ÷ ours p99 (goal ≥ 10×) | ours ÷ ceiling, req/s (goal ≥ 0.9) |"
+        "\nRatios within each round, median (min–max) over the rounds:\n\n| C | ours ÷ official, req/s (goal ≥ 50×) | official p99 ÷ ours p99 (goal ≥ 10×) | ours ÷ ceiling, req/s (goal ≥ 0.9) |"
     );
     let _ = writeln!(s, "|---|---|---|---|");
     for r in ratios {

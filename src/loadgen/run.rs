@@ -108,6 +108,8 @@ pub struct Accounting {
 pub struct Measurement {
     /// Target name.
     pub target: String,
+    /// Round of the benchmark this belongs to (set by the caller; ratios pair by round).
+    pub round: usize,
     /// Virtual clients.
     pub concurrency: usize,
     /// 200s in the timed phase.
@@ -669,6 +671,7 @@ pub async fn measure(
     };
     Ok(Measurement {
         target: target.name.clone(),
+        round: 0,
         concurrency: c,
         ok,
         errors,
