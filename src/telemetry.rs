@@ -36,6 +36,14 @@ pub const SETTLEMENT_LATENCY: &str = "x402_settlement_latency_seconds";
 /// RPC failures (label `call`).
 pub const RPC_ERRORS: &str = "x402_rpc_errors_total";
 
+/// Requests `serve` refused before pricing: a request target or `Host` that cannot be
+/// read one way only (label `reason`).
+pub const TARGETS_REFUSED: &str = "x402_targets_refused_total";
+/// Upstream answers `serve` could not use, e.g. a malformed `X-Upto-Charge` (label `kind`).
+pub const UPSTREAM_ERRORS: &str = "x402_upstream_errors_total";
+/// Connections `serve` closed for a timeout (label `kind`: `header_read`, `idle`).
+pub const CONNECTIONS_TIMED_OUT: &str = "x402_connections_timed_out_total";
+
 /// Registers descriptions for every metric above (shown by the exporter).
 pub fn describe() {
     describe_counter!(PAYMENTS_ACCEPTED, "payments accepted, by kind");
@@ -59,6 +67,15 @@ pub fn describe() {
         "charge committed → claim mined"
     );
     describe_counter!(RPC_ERRORS, "rpc failures, by call");
+    describe_counter!(
+        TARGETS_REFUSED,
+        "requests refused before pricing: ambiguous target or bad Host, by reason"
+    );
+    describe_counter!(UPSTREAM_ERRORS, "unusable upstream answers, by kind");
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "connections closed by a timeout, by kind"
+    );
 }
 
 /// Installs the global recorder with a Prometheus scrape endpoint on `addr` (`GET /metrics`).

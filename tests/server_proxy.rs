@@ -81,7 +81,7 @@ description = "GPU minutes"
         Some(access),
     )
     .unwrap();
-    let proxy = listen(proxy_router(engine.clone(), &cfg.routes, &cfg.upstream)).await;
+    let proxy = listen(proxy_router(engine.clone(), &cfg).unwrap()).await;
 
     let client = PayingClient::new(
         ClientConfig::new(chain.net.key(3).unwrap()).with_contracts(chain.escrow, chain.collector),

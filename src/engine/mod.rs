@@ -271,6 +271,17 @@ impl<S: Store + 'static> Engine<S> {
         )
     }
 
+    /// A 402 for a payment refused before it reached the engine (e.g. two payment headers).
+    pub fn refusal(
+        &self,
+        resource: &ResourceInfo,
+        price: u128,
+        reason: Reason,
+        message: String,
+    ) -> Refusal {
+        self.refuse(resource, price, Some(reason), message)
+    }
+
     /// Checks a request's payment for a resource of maximum price `price`. `header` is the
     /// raw `PAYMENT-SIGNATURE` value, if any.
     pub async fn authorize(

@@ -34,12 +34,15 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 
+pub mod listener;
 pub mod proxy;
+pub mod request_target;
 mod stream;
 
 pub use stream::{RENEWAL_EVENT, STREAM_ID_HEADER, STREAM_NOT_FOUND};
 
 use crate::engine::{Authorized, BoxFuture, Engine, Refusal};
+use crate::reason::Reason;
 use crate::store::Store;
 use crate::telemetry;
 use crate::wire::{
@@ -321,7 +324,22 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = Arc::clone(&self.layer);
-        Box::pin(async move { Ok(handle(&layer, inner, req).await) })
+        if !req.headers().contains_key(PAYMENT_SIGNATURE) {
+            // Nothing to pay with: the 402 is built here, nothing to protect from a hang-up.
+            return Box::pin(async move { Ok(handle(&layer, inner, req).await) });
+        }
+        // A paid request runs in its own task: if the client hangs up, hyper drops this
+        // future, but a deposit already sent is still credited and upstream work already
+        // started is still charged (durably) when it answers.
+        let task = tokio::spawn(async move { handle(&layer, inner, req).await });
+        Box::pin(async move {
+            Ok(task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a paid request's task failed");
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }))
+        })
     }
 }
 
@@ -337,10 +355,20 @@ where
         description: layer.description.clone(),
         mime_type: layer.mime_type.clone(),
     };
-    let header = req
-        .headers()
-        .get(PAYMENT_SIGNATURE)
-        .map(|v| v.as_bytes().to_vec());
+    let mut headers = req.headers().get_all(PAYMENT_SIGNATURE).iter();
+    let header = headers.next().map(|v| v.as_bytes().to_vec());
+    if headers.next().is_some() {
+        // Which one would we charge? Neither: a client sends one payment per request.
+        let refusal = layer.engine.refusal(
+            &resource,
+            price,
+            Reason::InvalidPayload,
+            "more than one PAYMENT-SIGNATURE header".into(),
+        );
+        metrics::counter!(telemetry::PAYMENTS_REJECTED, "reason" => Reason::InvalidPayload.as_str())
+            .increment(1);
+        return refusal_response(&refusal);
+    }
     if layer.streaming
         && let Some(id) = req.headers().get(STREAM_ID_HEADER)
     {
@@ -378,8 +406,19 @@ where
     req.extensions_mut().insert(charge.clone());
     let Ok(mut response) = inner.oneshot(req).await;
     if response.status().as_u16() >= 400 {
-        // The handler failed: release the channel, charge nothing.
-        drop(paid);
+        // The handler failed: charge nothing. A deposit that came with the request is on
+        // chain already; the client must learn of it, or it would sign a second deposit on
+        // its next request. So the failure carries a receipt: the deposit, charged 0.
+        if paid.with_deposit() {
+            match layer.engine.settle(paid, 0).await {
+                Ok(receipt) => insert(&mut response, PAYMENT_RESPONSE, &encode_header(&receipt)),
+                Err(refusal) => {
+                    tracing::warn!(reason = ?refusal.reason, "no receipt for a deposit whose handler failed")
+                }
+            }
+        } else {
+            drop(paid);
+        }
         return response;
     }
     if layer.streaming {
@@ -419,16 +458,29 @@ pub(crate) fn record_settled(settled: &SettleResponse) {
     metrics::counter!(telemetry::CHARGED).increment(u64::try_from(charged).unwrap_or(u64::MAX));
 }
 
+/// Longest `Host` put into `resource.url` (a DNS name is at most 253 bytes).
+const MAX_HOST_BYTES: usize = 261;
+
 fn resource_url<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> String {
     let path = req.uri().path();
     match &layer.base_url {
         Some(base) => format!("{}{path}", base.trim_end_matches('/')),
         None => {
+            // The Host is the client's to choose: only a bounded `host[:port]` is reflected
+            // into the offer, anything else becomes `localhost`.
             let host = req
                 .headers()
                 .get(HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .filter(|h| {
+                    !h.is_empty()
+                        && h.len() <= MAX_HOST_BYTES
+                        && h.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        })
+                })
                 .unwrap_or("localhost");
             format!("http://{host}{path}")
         }

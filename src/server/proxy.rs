@@ -13,17 +13,24 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::Address;
 use axum::Router;
 use axum::body::Body;
+use std::convert::Infallible;
+
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::{HeaderName, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
 
 use crate::chain::tx::TxPolicy;
 use crate::engine::{ColdReadLimits, Engine, EngineConfig};
+use crate::server::listener::{ConnectionLimits, serve_connections};
+use crate::server::request_target::{self, RequestTarget};
 use crate::server::{ActualCharge, PaymentLayer};
 use crate::settlement::{RefundPolicy, SettlementConfig, WatcherConfig};
 use crate::store::{DEFAULT_GROUP_LINGER, Durability, SledOptions, Store};
+use crate::telemetry;
 use crate::wire::Eip155Network;
 
 /// Response header through which the upstream reports the actual charge.
@@ -97,6 +104,13 @@ pub struct ServeConfig {
     /// `[cold_reads]`: limits on chain reads for unknown channels.
     #[serde(default)]
     pub cold_reads: ColdReadKnobs,
+    /// Public origin of this server (`https://api.example.com`): the base of every offer's
+    /// `resource.url`. Without it the request's `Host` is used, bounded and validated.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// `[http]`: timeouts and limits of the client connections and the upstream.
+    #[serde(default)]
+    pub http: HttpKnobs,
 }
 
 /// One priced path prefix.
@@ -110,6 +124,25 @@ pub struct RouteConfig {
     /// `resource.description`.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// `public_url`: an absolute `http(s)` origin, optionally with a base path, nothing else.
+fn check_public_url(url: &str) -> Result<(), String> {
+    let parsed: reqwest::Url = url
+        .parse()
+        .map_err(|e| format!("public_url {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host().is_none()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || !parsed.username().is_empty()
+        || url.len() > 1024
+    {
+        return Err(format!(
+            "public_url {url:?} must be an http(s) origin with an optional path, at most 1024 bytes"
+        ));
+    }
+    Ok(())
 }
 
 fn default_withdraw_delay() -> u64 {
@@ -137,7 +170,32 @@ impl ServeConfig {
     /// rather than discovered at run time.
     pub fn validate(&self) -> Result<(), String> {
         let s = &self.settlement;
-        let checks: [(bool, &str); 16] = [
+        let h = &self.http;
+        let checks: [(bool, &str); 22] = [
+            (
+                h.header_read_timeout_secs >= 1,
+                "http.header_read_timeout_secs must be at least 1",
+            ),
+            (
+                h.idle_timeout_secs >= 1,
+                "http.idle_timeout_secs must be at least 1",
+            ),
+            (
+                h.request_body_timeout_secs >= 1,
+                "http.request_body_timeout_secs must be at least 1",
+            ),
+            (
+                h.upstream_timeout_secs >= 1,
+                "http.upstream_timeout_secs must be at least 1",
+            ),
+            (
+                h.max_connections >= 1,
+                "http.max_connections must be at least 1",
+            ),
+            (
+                h.max_target_bytes >= 64,
+                "http.max_target_bytes must be at least 64",
+            ),
             (
                 s.batch_size >= 1,
                 "settlement.batch_size must be at least 1",
@@ -207,10 +265,22 @@ impl ServeConfig {
                 "cold_reads.burst must be at least 1",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, why)) => Err((*why).to_owned()),
-            None => Ok(()),
+        if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err((*why).to_owned());
         }
+        if let Some(url) = &self.public_url {
+            check_public_url(url)?;
+        }
+        for r in &self.routes {
+            if request_target::route_prefix(&r.prefix).is_none() {
+                return Err(format!(
+                    "route prefix {:?} must be a normalised path (no '..', '//', escapes of \
+                     unreserved characters, ';' or '\\')",
+                    r.prefix
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The store options (`durability`, `fdatasync`, `group_linger_us`).
@@ -242,35 +312,180 @@ impl ServeConfig {
     }
 }
 
+/// The upstream origin: scheme and authority, and a base path every forwarded path goes under.
 #[derive(Clone, Debug)]
 struct Upstream {
     http: reqwest::Client,
+    /// `scheme://authority` without a trailing slash.
     origin: String,
+    /// The origin's own path (`/base`), or empty.
+    base_path: String,
+    /// Longest time the upstream may take to answer, headers and body.
+    timeout: Duration,
+    /// Longest time to read a request body from the client.
+    body_timeout: Duration,
 }
 
-/// The proxy router: each route's prefix priced through the engine, the rest free.
+impl Upstream {
+    fn new(upstream: &str, http: &HttpKnobs) -> Result<Self, String> {
+        let url: reqwest::Url = upstream
+            .parse()
+            .map_err(|e| format!("upstream {upstream:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+            return Err(format!(
+                "upstream {upstream:?} must be an http(s) origin with an optional base path"
+            ));
+        }
+        let origin = url.origin().ascii_serialization();
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(http.upstream_timeout_secs))
+                .build()
+                .map_err(|e| format!("upstream client: {e}"))?,
+            origin,
+            base_path,
+            timeout: Duration::from_secs(http.upstream_timeout_secs),
+            body_timeout: Duration::from_secs(http.request_body_timeout_secs),
+        })
+    }
+
+    /// The upstream URL of a normalised target, checked to serialise to exactly the bytes
+    /// that were priced (no re-resolution by the URL parser); `None` if it would not.
+    fn url(&self, target: &RequestTarget) -> Option<reqwest::Url> {
+        let path = format!("{}{}", self.base_path, target.path());
+        let full = match target.query() {
+            Some(q) => format!("{}{path}?{q}", self.origin),
+            None => format!("{}{path}", self.origin),
+        };
+        let url: reqwest::Url = full.parse().ok()?;
+        (url.path() == path && url.query() == target.query()).then_some(url)
+    }
+}
+
+type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
+
+/// What the proxy routes on: each priced prefix's service, longest prefix first, and the
+/// free forwarder.
+#[derive(Clone)]
+struct Proxy {
+    routes: Arc<Vec<(String, HttpService)>>,
+    free: HttpService,
+    upstream: Arc<Upstream>,
+    max_target_bytes: usize,
+    /// `resource.url` is built from this origin; without it, from a validated `Host`.
+    public_url: Option<String>,
+}
+
+/// The proxy router: the request target is normalised once ([`request_target`]); the
+/// normalised path picks the price (the longest matching prefix, by whole segments, the
+/// prefix itself included) and is what the upstream receives, byte for byte. What cannot
+/// be normalised unambiguously is refused with 400 before any pricing or forwarding.
 pub fn proxy_router<S: Store + 'static>(
     engine: Engine<S>,
-    routes: &[RouteConfig],
-    upstream: &str,
-) -> Router {
-    let up = Upstream {
-        http: reqwest::Client::new(),
-        origin: upstream.trim_end_matches('/').to_owned(),
+    cfg: &ServeConfig,
+) -> Result<Router, String> {
+    let upstream = Arc::new(Upstream::new(&cfg.upstream, &cfg.http)?);
+    let forwarder = {
+        let up = Arc::clone(&upstream);
+        tower::service_fn(move |req: Request| {
+            let up = Arc::clone(&up);
+            async move { Ok::<_, Infallible>(forward(&up, req).await) }
+        })
     };
-    let mut router = Router::new();
-    for r in routes {
+    let mut routes = Vec::with_capacity(cfg.routes.len());
+    for r in &cfg.routes {
+        let prefix = request_target::route_prefix(&r.prefix)
+            .ok_or_else(|| format!("route prefix {:?} is not a normalised path", r.prefix))?;
         let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(r.price));
         if let Some(d) = &r.description {
             layer = layer.with_description(d.clone());
         }
-        let prefix = r.prefix.trim_end_matches('/');
-        let service = axum::routing::any(forward).layer(layer);
-        router = router
-            .route(&format!("{prefix}/{{*rest}}"), service.clone())
-            .route(if prefix.is_empty() { "/" } else { prefix }, service);
+        if let Some(base) = &cfg.public_url {
+            layer = layer.with_base_url(base.clone());
+        }
+        routes.push((
+            prefix,
+            BoxCloneSyncService::new(layer.layer(forwarder.clone())),
+        ));
     }
-    router.fallback(forward).with_state(up)
+    // Longest prefix first, so the first match is the most specific price.
+    routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    let proxy = Proxy {
+        routes: Arc::new(routes),
+        free: BoxCloneSyncService::new(forwarder),
+        upstream,
+        max_target_bytes: cfg.http.max_target_bytes,
+        public_url: cfg.public_url.clone(),
+    };
+    Ok(Router::new().fallback(dispatch).with_state(proxy))
+}
+
+/// Normalises the target, checks `Host`, then hands the request to its route's service.
+async fn dispatch(State(proxy): State<Proxy>, mut req: Request) -> Response {
+    let raw = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let target = match request_target::normalize(raw, proxy.max_target_bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => e.code()).increment(1);
+            return bad_request(e.code(), &e.to_string());
+        }
+    };
+    if proxy.public_url.is_none() && !valid_host(&req) {
+        metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => "bad_host").increment(1);
+        return bad_request(
+            "bad_host",
+            "the Host header is missing or not a host[:port]",
+        );
+    }
+    if proxy.upstream.url(&target).is_none() {
+        metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => "target_not_forwardable")
+            .increment(1);
+        return bad_request(
+            "target_not_forwardable",
+            "the request target cannot be forwarded unchanged",
+        );
+    }
+    let Ok(uri) = target.to_path_and_query().parse::<http::Uri>() else {
+        return bad_request("target_not_forwardable", "the request target is not a URI");
+    };
+    *req.uri_mut() = uri;
+    let service = proxy
+        .routes
+        .iter()
+        .find(|(prefix, _)| request_target::matches_prefix(target.path(), prefix))
+        .map_or(&proxy.free, |(_, s)| s)
+        .clone();
+    let Ok(response) = service.oneshot(req).await;
+    response
+}
+
+/// Longest `Host` accepted when `resource.url` is built from it (a DNS name is at most 253
+/// bytes; an IPv6 literal with a port fits too).
+const MAX_HOST_BYTES: usize = 261;
+
+/// A `Host` that may go into `resource.url`: present, bounded, `host[:port]` characters only.
+fn valid_host(req: &Request) -> bool {
+    let Some(host) = req.headers().get(http::header::HOST) else {
+        return false;
+    };
+    let host = host.as_bytes();
+    !host.is_empty()
+        && host.len() <= MAX_HOST_BYTES
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+fn bad_request(code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Starts the proxy: opens the store, restores channels, serves until SIGINT (Ctrl-C) or
@@ -400,13 +615,12 @@ pub async fn serve_with(
     }
     let watcher = watcher.spawn(stop.clone());
 
-    let app = proxy_router(engine, &cfg.routes, &cfg.upstream);
+    let app = proxy_router(engine, &cfg)?;
     let local = listener
         .local_addr()
         .map_or_else(|_| cfg.listen.clone(), |a| a.to_string());
     tracing::info!(listen = %local, upstream = %cfg.upstream, restored, "serving");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let served = serve_connections(listener, app, cfg.http.connection_limits(), shutdown)
         .await
         .map_err(|e| e.to_string());
     // Stop watching, then let the scheduler finish its round so a started claim is journalled.
@@ -416,17 +630,25 @@ pub async fn serve_with(
     served
 }
 
-async fn forward(State(up): State<Upstream>, req: Request) -> Response {
+/// Sends a request (its target already normalised by [`dispatch`]) to the upstream.
+async fn forward(up: &Upstream, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let bytes = match axum::body::to_bytes(body, MAX_PROXY_BODY).await {
-        Ok(b) => b,
-        Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE),
+    let target = match parts.uri.path_and_query() {
+        Some(pq) => request_target::normalize(pq.as_str(), usize::MAX),
+        None => Err(request_target::TargetError::NotOriginForm),
     };
-    let mut out = up
-        .http
-        .request(parts.method.clone(), format!("{}{path}", up.origin))
-        .body(bytes);
+    let Some(url) = target.ok().and_then(|t| up.url(&t)) else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    let bytes =
+        match tokio::time::timeout(up.body_timeout, axum::body::to_bytes(body, MAX_PROXY_BODY))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return status(StatusCode::PAYLOAD_TOO_LARGE),
+            Err(_) => return status(StatusCode::REQUEST_TIMEOUT),
+        };
+    let mut out = up.http.request(parts.method.clone(), url).body(bytes);
     for (name, value) in &parts.headers {
         // Payment headers stay here; hop-by-hop headers are not forwarded.
         if !is_hop_or_payment(name) {
@@ -442,13 +664,22 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     };
     let code = res.status();
     let headers = res.headers().clone();
-    let charge = headers
-        .get(CHARGE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u128>().ok());
-    let body = match res.bytes().await {
-        Ok(b) => b,
-        Err(_) => return status(StatusCode::BAD_GATEWAY),
+    // A charge the upstream reports but we cannot read is an upstream fault: charging the
+    // full price would bill the payer for our misunderstanding, charging nothing would give
+    // the work away; neither is served.
+    let charge = match headers.get(CHARGE_HEADER).map(parse_charge) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(raw)) => {
+            tracing::warn!(value = %raw, "upstream sent a malformed {CHARGE_HEADER}; answering 502, nothing charged");
+            metrics::counter!(telemetry::UPSTREAM_ERRORS, "kind" => "malformed_charge")
+                .increment(1);
+            return status(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let body = match tokio::time::timeout(up.timeout, res.bytes()).await {
+        Ok(Ok(b)) => b,
+        _ => return status(StatusCode::BAD_GATEWAY),
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = code;
@@ -461,6 +692,16 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         response.extensions_mut().insert(ActualCharge(c));
     }
     response
+}
+
+/// `X-Upto-Charge`: a plain decimal in atomic units (no sign, no fraction, no exponent,
+/// fits 128 bits); otherwise the raw value, bounded, for the log.
+fn parse_charge(value: &http::HeaderValue) -> Result<u128, String> {
+    let raw = value.as_bytes();
+    let parsed = (!raw.is_empty() && raw.len() <= 39 && raw.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(raw).ok()?.parse::<u128>().ok())
+        .flatten();
+    parsed.ok_or_else(|| String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned())
 }
 
 fn is_hop_or_payment(name: &HeaderName) -> bool {
@@ -733,6 +974,52 @@ impl ColdReadKnobs {
             negative_ttl: secs(self.negative_ttl_secs),
             negative_capacity: self.negative_capacity,
             erc1271_backoff: Duration::from_millis(self.erc1271_backoff_ms),
+        }
+    }
+}
+
+/// `[http]`: how long and how many client connections may hold the server, and how long the
+/// upstream may take. Defaults suit an API behind a load balancer.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpKnobs {
+    /// From the moment a connection waits for a request (just opened, or after the previous
+    /// response) until that request's whole header has arrived (seconds). A client that
+    /// trickles its header (slowloris) or keeps an unused connection is closed after this.
+    pub header_read_timeout_secs: u64,
+    /// A connection on which no byte moved for this long, with no request being handled, is
+    /// closed (seconds): a client that stops reading a response, or stops mid-body.
+    pub idle_timeout_secs: u64,
+    /// Longest time to receive a request body (seconds); 408 after it.
+    pub request_body_timeout_secs: u64,
+    /// Longest time the upstream may take to answer (seconds); 502 after it, nothing charged.
+    pub upstream_timeout_secs: u64,
+    /// Most client connections open at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest request target (path and query, bytes); 400 above it.
+    pub max_target_bytes: usize,
+}
+
+impl Default for HttpKnobs {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            request_body_timeout_secs: 30,
+            upstream_timeout_secs: 300,
+            max_connections: 1024,
+            max_target_bytes: request_target::DEFAULT_MAX_TARGET_BYTES,
+        }
+    }
+}
+
+impl HttpKnobs {
+    /// The listener's connection limits.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: secs(self.header_read_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            max_connections: self.max_connections,
         }
     }
 }
