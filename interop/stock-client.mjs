@@ -7,7 +7,7 @@
 //   node interop/stock-client.mjs --url http://127.0.0.1:PORT/paid --rpc http://127.0.0.1:8545 \
 //     --keys anvil:3,anvil:4,anvil:5 --requests 120 [--refund] [--refund-amount N] \
 //     [--query charge=500] [--salt 0x…32 bytes] [--deposit-multiplier M] \
-//     [--timeout 120] [--wire-log FILE] [--quiet]
+//     [--timeout 120] [--wire-log FILE] [--first-status 500] [--quiet]
 //
 // One channel per key (the channel config is derived from the 402 offer plus the
 // key and --salt). Keys run concurrently; each key's requests run one after
@@ -20,6 +20,10 @@
 // response carries a tx hash and its amount, and the SDK's own stored channel
 // state ends at the last cumulative. With --refund each key finally calls the
 // SDK's cooperative refund (BatchSettlementEvmScheme#refund(url, {amount?})).
+//
+// With --first-status N, each key's first request asks the server's handler to fail with N
+// (`?status=N`): the answer must be N with a PAYMENT-RESPONSE receipt of the deposit made for
+// it (charged 0), which the SDK takes in, so that its next request pays with a plain voucher.
 //
 // stdout: one JSON summary {ok, failed, requests, channels:[…], errors:[…], …}.
 // Exit code: 0 only when every request and every refund passed.
@@ -43,6 +47,7 @@ const salt = args.salt ?? "0x000000000000000000000000000000000000000000000000000
 const depositMultiplier = args["deposit-multiplier"] !== undefined ? Number(args["deposit-multiplier"]) : undefined;
 const timeoutMs = Number(args.timeout ?? 120) * 1000;
 const requestTimeoutMs = Number(args["request-timeout"] ?? 30) * 1000;
+const firstStatus = args["first-status"] !== undefined ? Number(args["first-status"]) : undefined;
 const wireLog = args["wire-log"];
 const quiet = Boolean(args.quiet);
 const log = (...m) => {
@@ -150,13 +155,36 @@ async function runKey(spec, count, offer, chain) {
   for (let i = 0; i < count; i++) {
     ch.requests++;
     let res;
+    const failing = i === 0 && firstStatus !== undefined;
+    const target = failing ? `${url}${url.includes("?") ? "&" : "?"}status=${firstStatus}` : url;
     try {
-      res = await payFetch(url, { method: "GET" });
+      res = await payFetch(target, { method: "GET" });
     } catch (e) {
       fail(i, `fetch threw: ${e?.message ?? e}`);
       continue;
     }
     const body = await res.text();
+    if (failing) {
+      const h = res.headers.get("payment-response");
+      const receipt = h ? decodePaymentResponseHeader(h) : undefined;
+      ch.failedFirst = { status: res.status, receipt };
+      const problems = [];
+      if (res.status !== firstStatus) problems.push(`status ${res.status} != ${firstStatus}`);
+      if (!receipt) problems.push("no PAYMENT-RESPONSE receipt for the deposit");
+      else {
+        if (receipt.success !== true) problems.push(`receipt success=${receipt.success}`);
+        if (receipt.extra?.chargedAmount !== "0") problems.push(`receipt charged ${receipt.extra?.chargedAmount}`);
+        if (!/^0x[0-9a-fA-F]{64}$/.test(receipt.transaction ?? "")) problems.push(`receipt tx ${receipt.transaction}`);
+      }
+      if (problems.length) fail(i, problems.join("; "));
+      else {
+        ch.ok++;
+        ch.deposits++;
+        deposited += BigInt(receipt.amount);
+        prev = BigInt(receipt.extra.channelState.chargedCumulativeAmount);
+      }
+      continue;
+    }
     if (res.status !== 200) {
       const pr = res.headers.get("payment-required");
       fail(i, `status ${res.status}${pr ? ` error=${b64json(pr).error}` : ""} body=${body.slice(0, 200)}`);

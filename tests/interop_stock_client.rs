@@ -69,3 +69,38 @@ async fn the_stock_client_pays_our_server_and_refunds() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// Issue 10, 6.1: a first request whose handler fails after its deposit was executed. The
+/// answer carries the deposit's receipt (charged 0); the stock client takes it in and pays
+/// the next requests with plain vouchers, so there is exactly one deposit on chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_client_learns_of_a_deposit_whose_request_failed() {
+    let chain = Chain::start(&[6]).await;
+    let server = OurServer::start(&chain, 1000).await;
+    let summary = node(
+        &[
+            "stock-client.mjs",
+            "--url",
+            &server.url,
+            "--rpc",
+            &chain.rpc,
+            "--keys",
+            "anvil:6",
+            "--requests",
+            "6",
+            "--first-status",
+            "500",
+            "--quiet",
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    let c = &summary["channels"][0];
+    assert_eq!(c["failedFirst"]["status"], 500, "{c:#}");
+    assert_eq!(c["deposits"], 1, "one deposit, not two: {c:#}");
+    let deposited: u128 = c["deposited"].as_str().unwrap().parse().unwrap();
+    let balance: u128 = c["onchain"]["balance"].as_str().unwrap().parse().unwrap();
+    assert_eq!(balance, deposited, "{c:#}");
+    assert_eq!(c["paidAttempts"], 6, "no retried payment: {c:#}");
+}

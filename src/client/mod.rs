@@ -303,7 +303,18 @@ impl PayingClient {
             } => (res, target, deposit),
         };
         if !res.status().is_success() {
-            // Nothing was charged (the server releases the channel on a failure).
+            // Nothing was charged (the server releases the channel on a failure). A deposit
+            // made for this request is on chain all the same; the server's receipt (charged
+            // 0) tells us, and without taking it in we would deposit again next time.
+            if deposit.is_some()
+                && let Ok(settle) = read_response(&res)
+            {
+                let charged = settle.extra.as_ref().and_then(|e| e.charged_amount);
+                if charged.is_some_and(|c| c != 0) {
+                    return Err(self.cheated(&target, "charged a failed request"));
+                }
+                self.check_settle(&target, settle, deposit)?;
+            }
             return answer(res, None).await;
         }
         if res.headers().get(PAYMENT_RESPONSE).is_none() && is_sse(&res) {

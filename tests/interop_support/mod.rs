@@ -181,6 +181,8 @@ pub struct OurServer {
 #[derive(serde::Deserialize)]
 struct Q {
     charge: Option<u64>,
+    /// Fail with this status (nothing charged), as a broken upstream would.
+    status: Option<u16>,
 }
 
 impl OurServer {
@@ -206,11 +208,16 @@ impl OurServer {
         let handler = move |Extension(charge): Extension<Charge>, Query(q): Query<Q>| {
             let counter = counter.clone();
             async move {
+                use axum::response::IntoResponse;
+                if let Some(code) = q.status {
+                    let code = axum::http::StatusCode::from_u16(code).unwrap();
+                    return (code, "failing as asked").into_response();
+                }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let max = u64::try_from(charge.max()).unwrap_or(u64::MAX).max(1);
                 let c = q.charge.unwrap_or((n * 7919) % max + 1);
                 charge.set(u128::from(c));
-                axum::Json(serde_json::json!({"requestedCharge": c.to_string()}))
+                axum::Json(serde_json::json!({"requestedCharge": c.to_string()})).into_response()
             }
         };
         let app = Router::new().route(

@@ -193,3 +193,37 @@ async fn a_deposit_whose_upstream_fails_comes_back_with_its_receipt() {
     assert_eq!(f.chain.deposits.load(Ordering::SeqCst), 1);
     assert_eq!(f.engine.ledger().snapshot(&id).unwrap().charged, PAID);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_takes_in_the_receipt_of_a_failed_request_and_does_not_deposit_twice() {
+    use alloy_primitives::Address;
+    use x402_upto::client::{ClientConfig, PayingClient};
+    let proxy = Proxy::start("").await;
+    let f = &proxy.fixture;
+    let client = PayingClient::new(
+        ClientConfig::new(f.payer.clone())
+            .with_contracts(Address::repeat_byte(0xee), Address::repeat_byte(0xcc)),
+    );
+    let failed = client
+        .get(&format!("http://{}/paid/ok?status=500", proxy.addr))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, 500);
+    assert_eq!(f.chain.deposits.load(Ordering::SeqCst), 1);
+    let state = &client.channels()[0];
+    assert_eq!((state.charged, state.balance), (0, state.deposited));
+    assert!(state.deposited > 0);
+    for _ in 0..3 {
+        let ok = client
+            .get(&format!("http://{}/paid/ok", proxy.addr))
+            .await
+            .unwrap();
+        assert_eq!(ok.status, 200);
+    }
+    assert_eq!(
+        f.chain.deposits.load(Ordering::SeqCst),
+        1,
+        "no second deposit"
+    );
+    assert_eq!(client.channels()[0].charged, 3 * PAID);
+}
