@@ -166,7 +166,6 @@ impl Ledger {
     }
 
     /// The record of `id` at version `from` was written durably as version `to`.
-    #[allow(dead_code)] // TEMP: the refund path uses it (next commit)
     pub(crate) fn persisted(&self, id: &ChannelId, from: u64, to: u64) {
         let _ = self.with_slot(id, |slot| {
             if slot.record.version == from {
