@@ -169,8 +169,17 @@ reasons! {
     ReceiverAuthorizerMismatch => "invalid_batch_settlement_evm_receiver_authorizer_mismatch",
     /// Channel receiver is not `payTo`.
     ReceiverMismatch => "invalid_batch_settlement_evm_receiver_mismatch",
-    /// Refund `amount` is non-numeric or non-positive.
+    /// Refund `amount` is non-numeric or non-positive (here also: a partial refund below the
+    /// server's minimum, with the minimum in the message).
     RefundAmountInvalid => "invalid_batch_settlement_evm_refund_amount_invalid",
+    /// Not in the spec's table (this server's own): a refund was already executed with a
+    /// voucher at this cumulative amount. The refund `amount` is unsigned, so a refund
+    /// voucher is spent by its refund; a paid request in between allows another.
+    RefundAlreadyExecuted => "invalid_batch_settlement_evm_refund_already_executed",
+    /// Not in the spec's table (this server's own): this channel had its allowed number of
+    /// refunds in the current window (the relayer pays for each); the message says when
+    /// the next one is allowed.
+    RefundRateLimited => "invalid_batch_settlement_evm_refund_rate_limited",
     /// No refundable balance remains.
     RefundNoBalance => "invalid_batch_settlement_evm_refund_no_balance",
     /// Refund payload is malformed.
@@ -234,8 +243,9 @@ mod tests {
             assert_eq!(s.parse::<Reason>(), Ok(reason));
             assert_eq!(reason.to_string(), s);
         }
-        // 64 from the spec's table, 1 from the stock SDK (deposit_below_min_deposit), 9 core.
-        assert_eq!(Reason::ALL.len(), 65 + 9);
+        // 64 from the spec's table, 1 from the stock SDK (deposit_below_min_deposit), 2 of
+        // ours (refund_already_executed, refund_rate_limited), 9 core.
+        assert_eq!(Reason::ALL.len(), 67 + 9);
     }
 
     #[test]
@@ -244,7 +254,7 @@ mod tests {
             .iter()
             .filter(|r| r.is_batch_settlement())
             .count();
-        assert_eq!(batch, 65);
+        assert_eq!(batch, 67);
         for core in [
             "invalid_payload",
             "insufficient_funds",

@@ -343,6 +343,49 @@ impl EscrowClient {
         })
     }
 
+    /// On-chain `totalClaimed` of every channel in `ids`, in order, read in one `eth_call`
+    /// (the escrow's `multicall`) at the latest block. The claim scheduler reads it right
+    /// before sending a batch, so a row that would raise nothing costs no gas.
+    pub async fn totals_claimed(&self, ids: &[ChannelId]) -> Result<Vec<u128>, ChainError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let calls = ids
+            .iter()
+            .map(|id| Bytes::from(UptoEscrow::channelsCall { channelId: id.0 }.abi_encode()))
+            .collect();
+        let raw = self
+            .provider
+            .call(
+                TransactionRequest::default()
+                    .with_to(self.escrow)
+                    .with_input(UptoEscrow::multicallCall { data: calls }.abi_encode()),
+            )
+            .await
+            .map_err(|source| ChainError::Read {
+                call: "totals_claimed",
+                source,
+            })?;
+        let decode = |source| ChainError::Decode {
+            call: "totals_claimed",
+            source,
+        };
+        let parts = UptoEscrow::multicallCall::abi_decode_returns(&raw).map_err(decode)?;
+        if parts.len() != ids.len() {
+            return Err(decode(alloy_sol_types::Error::Other(
+                "multicall returned the wrong number of results".into(),
+            )));
+        }
+        parts
+            .iter()
+            .map(|p| {
+                UptoEscrow::channelsCall::abi_decode_returns(p)
+                    .map(|c| c.totalClaimed)
+                    .map_err(decode)
+            })
+            .collect()
+    }
+
     /// Opens or tops up `config`'s channel with `amount`, pulled from the payer by the
     /// ERC-3009 collector with the payer's signed authorization.
     pub async fn deposit_erc3009(

@@ -12,9 +12,11 @@
 //! | `chain.rs` | [`ChainAccess`]: reading channels, submitting deposits and refunds |
 //! | `refusal.rs` | [`Refusal`]: status, reason code, the 402 offer |
 //! | `offer.rs` | building `PaymentRequirements` / `PaymentRequired` / `PAYMENT-RESPONSE` bodies |
+//! | `guards.rs` | [`RefundLimits`], the deposit single flight and used-authorization memory |
 
 mod chain;
 mod decode;
+mod guards;
 mod offer;
 mod refusal;
 mod stream;
@@ -38,6 +40,7 @@ use crate::wire::{
 };
 
 pub use chain::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, ColdReadLimits};
+pub use guards::RefundLimits;
 pub use offer::{channel_state_wire, failed_response};
 pub use refusal::Refusal;
 
@@ -133,6 +136,10 @@ struct Inner<S> {
     /// Channels with a refund in flight: no request may be served on them meanwhile, or its
     /// charge would land after the refund's claim and be unclaimable.
     refunding: parking_lot::Mutex<std::collections::HashSet<ChannelId>>,
+    /// Deposits in flight (per channel and per ERC-3009 nonce) and authorizations submitted.
+    deposits: guards::Deposits,
+    /// Limits on client-requested refunds.
+    refund_limits: parking_lot::Mutex<RefundLimits>,
 }
 
 /// Marks a channel as refunding until dropped.
@@ -210,6 +217,8 @@ impl<S: Store + 'static> Engine<S> {
                 cold: ColdReads::new(ColdReadLimits::default()),
                 freshness: std::sync::OnceLock::new(),
                 refunding: Default::default(),
+                deposits: Default::default(),
+                refund_limits: parking_lot::Mutex::new(RefundLimits::default()),
             }),
         })
     }
@@ -224,6 +233,16 @@ impl<S: Store + 'static> Engine<S> {
     /// [`ColdReadLimits::default`]). Takes effect at once, also on clones of this engine.
     pub fn set_cold_read_limits(&self, limits: ColdReadLimits) {
         self.inner.cold.set_limits(limits);
+    }
+
+    /// Replaces the limits on client-requested refunds (default: [`RefundLimits::default`]).
+    /// Takes effect at once, also on clones of this engine.
+    pub fn set_refund_limits(&self, limits: RefundLimits) -> Result<(), String> {
+        if limits.max_per_window == 0 || limits.window.as_secs() == 0 {
+            return Err("refund limits: max_per_window and window must be at least 1".into());
+        }
+        *self.inner.refund_limits.lock() = limits;
+        Ok(())
     }
 
     /// Refuses vouchers (402 `rpc_read_failed`) on channels whose mirror is older than
@@ -456,6 +475,16 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::PayloadAuthorizationValidBefore, Some(id));
             return Err(self.reject(resource, price, &reject));
         }
+        // Single flight per channel and per authorization, before any read, estimate or
+        // send: six copies of one header in parallel must cost one transaction, not six
+        // (five of them reverting). A replay of an authorization this server already
+        // submitted costs none.
+        let nonce = crate::typed_data::erc3009_deposit_nonce(id, auth.salt);
+        let mut flight = self
+            .inner
+            .deposits
+            .begin(id, nonce)
+            .map_err(|blocked| self.deposit_blocked(resource, price, id, nonce, blocked))?;
         let verified = self
             .verify_signature(&checked.config, voucher, id, price, resource)
             .await?;
@@ -489,10 +518,18 @@ impl<S: Store + 'static> Engine<S> {
                 }
                 self.reject(resource, price, &r)
             })?;
-        let outcome = chain
-            .deposit(&checked.config, deposit.amount, auth)
-            .await
-            .map_err(|f| self.chain_refusal(resource, price, id, f))?;
+        flight.submitting();
+        let outcome = match chain.deposit(&checked.config, deposit.amount, auth).await {
+            Ok(outcome) => outcome,
+            Err(f) => {
+                if f.reason == Reason::DepositSimulationFailed {
+                    // Refused by the estimate: nothing was broadcast, so the same
+                    // authorization may be retried (the estimate refuses a used one again).
+                    flight.not_sent();
+                }
+                return Err(self.chain_refusal(resource, price, id, f));
+            }
+        };
         self.inner.cold.forget_empty(&id);
         self.inner
             .ledger
@@ -544,6 +581,42 @@ impl<S: Store + 'static> Engine<S> {
         if ledger.is_held(&id) {
             return Err(self.reject(resource, price, &Reject::new(Reason::ChannelBusy, Some(id))));
         }
+        let limits = *self.inner.refund_limits.lock();
+        let window = limits.window.as_secs().max(1);
+        let now = now();
+        // Cheap refusals before any signature work (an ERC-1271 check costs an RPC): a
+        // replayed refund header, and the per-channel rate.
+        if let Some(record) = ledger.record(&id) {
+            let max = voucher.max_claimable_amount;
+            if max == record.charged && record.refunds.refunded_at == Some(max) {
+                return Err(self.refund_refused(
+                    resource,
+                    price,
+                    id,
+                    Reason::RefundAlreadyExecuted,
+                    format!(
+                        "a refund was already executed with a voucher at cumulative {max}; \
+                         a refund voucher is spent by its refund"
+                    ),
+                ));
+            }
+            if let Err(at) = record
+                .refunds
+                .next_allowed(now, limits.max_per_window, window)
+            {
+                return Err(self.refund_refused(
+                    resource,
+                    price,
+                    id,
+                    Reason::RefundRateLimited,
+                    format!(
+                        "at most {} refunds per channel every {window} s; the next one is \
+                         allowed from unix time {at}",
+                        limits.max_per_window
+                    ),
+                ));
+            }
+        }
         let verified = self
             .verify_signature(&checked.config, voucher, id, price, resource)
             .await?;
@@ -560,19 +633,35 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::RefundAmountInvalid, Some(id));
             return Err(self.reject(resource, price, &reject));
         }
+        if amount < refundable && amount < limits.min_partial {
+            return Err(self.refund_refused(
+                resource,
+                price,
+                id,
+                Reason::RefundAmountInvalid,
+                format!(
+                    "a partial refund must be at least {}; ask for {refundable} (everything \
+                     refundable) or at least the minimum",
+                    limits.min_partial
+                ),
+            ));
+        }
         let claim = ledger.claimable().into_iter().find(|c| c.channel_id == id);
         let outcome = chain
             .refund(&checked.config, amount, claim.as_ref())
             .await
             .map_err(|f| self.chain_refusal(resource, price, id, f))?;
         let after = ledger
-            .refresh(&id, outcome.state, now())
+            .refresh(&id, outcome.state, now)
             .map_err(|r| self.reject(resource, price, &r))?;
         if amount == refundable {
-            // Nothing left to spend: forget the channel, as the stock server does.
+            // Nothing left to spend: forget the channel, as the stock server does. A replay
+            // then finds no refundable balance on chain (`refund_no_balance`, no gas).
             if let Ok(record) = ledger.remove(&id) {
                 self.forget(id, record.version).await;
             }
+        } else {
+            self.persist_refund_marks(id, now, window).await;
         }
         Ok(Authorized::Refunded(offer::refund_response(
             &self.inner.config,
@@ -581,6 +670,80 @@ impl<S: Store + 'static> Engine<S> {
             outcome.tx_hash,
             outcome.amount,
         )))
+    }
+
+    /// The refusal of a deposit that may not start (see `guards.rs`).
+    fn deposit_blocked(
+        &self,
+        resource: &ResourceInfo,
+        price: u128,
+        id: ChannelId,
+        nonce: B256,
+        blocked: guards::DepositBlocked,
+    ) -> Refusal {
+        let (reason, message) = match blocked {
+            guards::DepositBlocked::InFlight => (
+                Reason::ChannelBusy,
+                "a deposit on this channel or with this authorization is in flight; retry \
+                 once it is answered"
+                    .to_owned(),
+            ),
+            // What the token would answer (the collector's `receiveWithAuthorization`
+            // reverts on a used nonce), without spending an estimate or a transaction.
+            guards::DepositBlocked::Used => (
+                Reason::DepositSimulationFailed,
+                format!(
+                    "ERC-3009 authorization {nonce} was already submitted; sign a new one \
+                     with a fresh salt"
+                ),
+            ),
+        };
+        metrics::counter!("x402_deposit_duplicates_refused_total").increment(1);
+        let mut refusal = self.reject(resource, price, &Reject::new(reason, Some(id)));
+        refusal.message = message;
+        refusal
+    }
+
+    /// A 402 for a refund refused by this server's limits, with `message`.
+    fn refund_refused(
+        &self,
+        resource: &ResourceInfo,
+        price: u128,
+        id: ChannelId,
+        reason: Reason,
+        message: String,
+    ) -> Refusal {
+        metrics::counter!("x402_refunds_refused_total", "reason" => reason.as_str()).increment(1);
+        let mut refusal = self.reject(resource, price, &Reject::new(reason, Some(id)));
+        refusal.message = message;
+        refusal
+    }
+
+    /// Writes the refund marks (see [`crate::ledger::RefundMarks`]) durably. The marks are
+    /// in memory already, so a failure here is logged: the next paid request's write
+    /// carries them, and until a restart the replay is refused from memory.
+    async fn persist_refund_marks(&self, id: ChannelId, now: u64, window: u64) {
+        let (record, expected) = match self.inner.ledger.note_refund(&id, now, window) {
+            Ok(staged) => staged,
+            Err(r) => {
+                tracing::warn!(channel = %id, error = %r, "refund marks not recorded");
+                return;
+            }
+        };
+        let store = &self.inner.store;
+        let result = match store.compare_and_set(expected, &record).await {
+            Ok(ticket) => store.wait_durable(ticket).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => self
+                .inner
+                .ledger
+                .persisted(&id, expected.unwrap_or(0), record.version),
+            Err(e) => {
+                tracing::error!(channel = %id, error = %e, "persisting refund marks failed")
+            }
+        }
     }
 
     /// The advertised `extra.minDeposit` (a decimal string, as the stock server writes it),

@@ -126,6 +126,55 @@ impl Ledger {
         })
     }
 
+    /// Like [`Self::refresh`], for a read that may be older than what the ledger knows
+    /// (the watcher's reads at a confirmed block): `totalClaimed` and `refundNonce` never
+    /// move down (`ChannelRecord::mirror_monotonic`).
+    pub fn observe(
+        &self,
+        id: &ChannelId,
+        onchain: OnchainState,
+        now: u64,
+    ) -> Result<ChannelSnapshot, Reject> {
+        self.with_slot(id, |slot| {
+            slot.record.mirror_monotonic(onchain, now);
+            if slot.hold.is_none() {
+                slot.record.rebase_if_claimed_beyond();
+            }
+            Ok(slot.record.snapshot())
+        })
+    }
+
+    /// Records a cooperative refund executed at the channel's current `charged` (see
+    /// [`crate::ledger::RefundMarks`]), in memory at once, so a replay is refused even if
+    /// the write below fails. Returns the record to persist (version bumped) and the
+    /// version the store must hold; call [`Self::persisted`] once it is durable.
+    pub fn note_refund(
+        &self,
+        id: &ChannelId,
+        now: u64,
+        window: u64,
+    ) -> Result<(ChannelRecord, Option<u64>), Reject> {
+        self.with_slot(id, |slot| {
+            let record = &mut slot.record;
+            let charged = record.charged;
+            record.refunds.record(charged, now, window);
+            let mut staged = record.clone();
+            staged.version = record.version.saturating_add(1);
+            let expected = (record.version != 0).then_some(record.version);
+            Ok((staged, expected))
+        })
+    }
+
+    /// The record of `id` at version `from` was written durably as version `to`.
+    pub(crate) fn persisted(&self, id: &ChannelId, from: u64, to: u64) {
+        let _ = self.with_slot(id, |slot| {
+            if slot.record.version == from {
+                slot.record.version = to;
+            }
+            Ok(())
+        });
+    }
+
     /// Records a confirmed claim: `totalClaimed` only moves up.
     pub fn apply_claim(
         &self,

@@ -47,6 +47,51 @@ pub struct ChannelRecord {
     pub last_request_at: u64,
     /// Bumped by every durable write; the store's compare-and-set key. 0 = never persisted.
     pub version: u64,
+    /// Client-requested refunds on this channel (not in the spec's table: the server's own
+    /// guard against replayed refund headers and refund spam; see [`RefundMarks`]).
+    pub refunds: RefundMarks,
+}
+
+/// What the server remembers of the cooperative refunds it executed on request.
+///
+/// A refund payload's `amount` is not signed; only its zero-charge voucher is, at the
+/// channel's cumulative `charged`. So a voucher at cumulative `X` is spent once a refund was
+/// executed with it: anyone holding the header could otherwise replay it (with any amount)
+/// and empty the channel one relayer-paid transaction at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefundMarks {
+    /// `charged` when the last refund was executed (`None`: never). A refund voucher at this
+    /// cumulative is refused; a paid request in between moves `charged` and frees the payer
+    /// to ask again.
+    pub refunded_at: Option<u128>,
+    /// Start (unix seconds) of the current rate window.
+    pub window_start: u64,
+    /// Refunds executed in the current rate window.
+    pub window_count: u32,
+}
+
+impl RefundMarks {
+    /// Whether another refund fits `max` per `window` seconds at `now`; when not, the unix
+    /// second from which it will.
+    pub fn next_allowed(&self, now: u64, max: u32, window: u64) -> Result<(), u64> {
+        let open = now.saturating_sub(self.window_start) < window;
+        if open && self.window_count >= max {
+            Err(self.window_start.saturating_add(window))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records a refund executed at cumulative `charged` at `now`.
+    pub fn record(&mut self, charged: u128, now: u64, window: u64) {
+        self.refunded_at = Some(charged);
+        if now.saturating_sub(self.window_start) < window {
+            self.window_count = self.window_count.saturating_add(1);
+        } else {
+            self.window_start = now;
+            self.window_count = 1;
+        }
+    }
 }
 
 /// The `channelState` object of `PAYMENT-RESPONSE` and of the corrective 402.
@@ -85,6 +130,7 @@ impl ChannelRecord {
             onchain_synced_at: now,
             last_request_at: 0,
             version: 0,
+            refunds: RefundMarks::default(),
         }
     }
 
@@ -236,6 +282,18 @@ impl ChannelRecord {
     pub(crate) fn mirror(&mut self, onchain: OnchainState, now: u64) {
         self.onchain = onchain;
         self.onchain_synced_at = now;
+    }
+
+    /// Copies in a read that may be older than what we already know (the watcher reads
+    /// confirmed blocks, behind the head where our own claims land). `totalClaimed` and
+    /// `refundNonce` only ever grow on chain, so such a read never lowers them: a lower
+    /// value is stale, and mirroring it would make charged value look unclaimed again and
+    /// send a claim that raises nothing. A reorg that really drops a claim is corrected by
+    /// the authoritative reads ([`Self::mirror`]: journal reconciliation, `sync_all`).
+    pub(crate) fn mirror_monotonic(&mut self, mut onchain: OnchainState, now: u64) {
+        onchain.total_claimed = onchain.total_claimed.max(self.onchain.total_claimed);
+        onchain.refund_nonce = onchain.refund_nonce.max(self.onchain.refund_nonce);
+        self.mirror(onchain, now);
     }
 
     /// If more was claimed on chain than we charged (state lost, restored from an old

@@ -15,7 +15,7 @@ mod reservation;
 mod shards;
 
 pub use book::{DEFAULT_SHARDS, Ledger};
-pub use channel::{ChannelRecord, ChannelSnapshot, OnchainState};
+pub use channel::{ChannelRecord, ChannelSnapshot, OnchainState, RefundMarks};
 pub use reject::{Detail, LastVoucher, Mismatch, Reject};
 pub use reservation::{
     Claimable, CommitRefused, Receipt, Reservation, StagedCommit, StagedRenewal,

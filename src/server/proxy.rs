@@ -24,7 +24,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
 use crate::chain::tx::TxPolicy;
-use crate::engine::{ColdReadLimits, Engine, EngineConfig};
+use crate::engine::{ColdReadLimits, Engine, EngineConfig, RefundLimits};
 use crate::server::listener::{ConnectionLimits, serve_connections};
 use crate::server::request_target::{self, RequestTarget};
 use crate::server::{ActualCharge, PaymentLayer};
@@ -92,7 +92,7 @@ pub struct ServeConfig {
     /// `[settlement]`: claim threshold, intervals, batch size, confirmations.
     #[serde(default)]
     pub settlement: SettlementKnobs,
-    /// `[refunds]`: idle-channel refunds.
+    /// `[refunds]`: idle-channel refunds, and limits on refunds clients ask for.
     #[serde(default)]
     pub refunds: RefundKnobs,
     /// `[watcher]`: the chain watcher.
@@ -171,7 +171,7 @@ impl ServeConfig {
     pub fn validate(&self) -> Result<(), String> {
         let s = &self.settlement;
         let h = &self.http;
-        let checks: [(bool, &str); 22] = [
+        let checks: [(bool, &str); 23] = [
             (
                 h.header_read_timeout_secs >= 1,
                 "http.header_read_timeout_secs must be at least 1",
@@ -213,6 +213,10 @@ impl ServeConfig {
                 !self.refunds.enabled
                     || (self.refunds.every_secs >= 1 && self.refunds.idle_after_secs >= 1),
                 "refunds.every_secs and refunds.idle_after_secs must be at least 1",
+            ),
+            (
+                self.refunds.max_per_channel_per_hour >= 1,
+                "refunds.max_per_channel_per_hour must be at least 1",
             ),
             (
                 self.watcher.poll_ms >= 1,
@@ -569,6 +573,7 @@ pub async fn serve_with(
         Some(escrow.clone()),
     )?;
     engine.set_cold_read_limits(cfg.cold_reads.limits());
+    engine.set_refund_limits(cfg.refunds.limits())?;
     let restored = engine.restore().await.map_err(|e| e.to_string())?;
     if let Some(addr) = cfg.metrics_listen {
         crate::telemetry::install_prometheus(addr).map_err(|e| format!("metrics {addr}: {e}"))?;
@@ -816,21 +821,38 @@ pub struct RefundKnobs {
     pub only_when_claimed: bool,
     /// Look for idle channels this often (seconds).
     pub every_secs: u64,
+    /// Smallest partial refund a client may ask for (atomic units; 0: none). Asking for the
+    /// whole refundable remainder is always allowed. Each refund's gas is the relayer's.
+    pub min_partial_amount: u64,
+    /// Most refunds a client may ask for per channel per hour (at least 1).
+    pub max_per_channel_per_hour: u32,
 }
 
 impl Default for RefundKnobs {
     fn default() -> Self {
         let d = RefundPolicy::default();
+        let limits = RefundLimits::default();
         Self {
             enabled: true,
             idle_after_secs: d.idle_after.as_secs(),
             only_when_claimed: d.only_when_claimed,
             every_secs: 60,
+            min_partial_amount: u64::try_from(limits.min_partial).unwrap_or(u64::MAX),
+            max_per_channel_per_hour: limits.max_per_window,
         }
     }
 }
 
 impl RefundKnobs {
+    /// The engine's limits on refunds clients ask for.
+    pub fn limits(&self) -> RefundLimits {
+        RefundLimits {
+            min_partial: u128::from(self.min_partial_amount),
+            max_per_window: self.max_per_channel_per_hour,
+            window: Duration::from_secs(3_600),
+        }
+    }
+
     /// The refund policy.
     pub fn policy(&self) -> RefundPolicy {
         RefundPolicy {

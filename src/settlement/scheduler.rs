@@ -78,6 +78,9 @@ pub struct RoundReport {
     pub gas_used: u64,
     /// Rows not claimed this round (failed alone, or their batch's fate is unknown).
     pub failed_rows: usize,
+    /// Rows dropped before sending because chain already had them claimed (the mirror was
+    /// behind); no gas was spent on them.
+    pub already_claimed: usize,
 }
 
 /// The scheduler's state; shared by the task and the handle.
@@ -265,11 +268,46 @@ impl Settlement {
             self.timers.lock().last_claim_round = Instant::now();
         }
         for chunk in rows.chunks(self.config.batch_size.max(1)) {
-            self.claim_batch(chunk.to_vec(), &mut report).await;
+            match self.still_unclaimed(chunk, &mut report).await {
+                Ok(rows) => self.claim_batch(rows, &mut report).await,
+                Err(e) => {
+                    // Without the latest totals we do not send: the rows may be claimed already.
+                    report.failed_rows += chunk.len();
+                    tracing::warn!(rows = chunk.len(), error = %e, "reading totalClaimed before a claim failed; claims deferred");
+                    if e.unreachable() {
+                        break;
+                    }
+                }
+            }
         }
         let unclaimed = unclaimed_of(&self.ledger.claimable());
         metrics::gauge!(telemetry::UNCLAIMED).set(unclaimed as f64);
         report
+    }
+
+    /// The rows whose latest on-chain `totalClaimed` is still below their claim, read in one
+    /// `eth_call` right before sending. A claim row at or below the chain's total is a no-op
+    /// that still costs gas (the relayer paid 39,506 gas for one after a stale mirror); such
+    /// rows are dropped and the ledger catches up (`apply_claim` only moves up).
+    async fn still_unclaimed(
+        &self,
+        rows: &[Claimable],
+        report: &mut RoundReport,
+    ) -> Result<Vec<Claimable>, ChainError> {
+        let ids: Vec<ChannelId> = rows.iter().map(|r| r.channel_id).collect();
+        let totals = self.client.totals_claimed(&ids).await?;
+        let now = unix_now();
+        let mut keep = Vec::with_capacity(rows.len());
+        for (row, total) in rows.iter().zip(totals) {
+            if total >= row.claim_total {
+                let _ = self.ledger.apply_claim(&row.channel_id, total, now);
+                report.already_claimed += 1;
+                tracing::info!(channel = %row.channel_id, claim_total = row.claim_total, on_chain = total, "already claimed on chain; not sent");
+            } else {
+                keep.push(row.clone());
+            }
+        }
+        Ok(keep)
     }
 
     /// Journals, sends and applies one batch; on a simulation failure splits it.

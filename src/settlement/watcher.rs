@@ -211,7 +211,9 @@ impl Watcher {
             let hash = self.block_hash(to).await?;
             for id in &ids {
                 let state = self.client.channel_state_at(*id, Some(to)).await?;
-                if self.ledger.refresh(id, state, unix_now()).is_ok() {
+                // `to` is behind the head, where our claims land: never let this older read
+                // lower `totalClaimed` (that would claim the same charge again).
+                if self.ledger.observe(id, state, unix_now()).is_ok() {
                     report.refreshed += 1;
                     if state.withdraw_requested_at != 0 {
                         report.withdrawals += 1;
@@ -232,7 +234,7 @@ impl Watcher {
             for id in self.touched(from, head, Some(topic)).await? {
                 let state = self.client.channel_state(id).await?;
                 if state.withdraw_requested_at != 0
-                    && self.ledger.refresh(&id, state, unix_now()).is_ok()
+                    && self.ledger.observe(&id, state, unix_now()).is_ok()
                 {
                     report.withdrawals += 1;
                 }

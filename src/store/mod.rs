@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::ledger::ChannelRecord;
 use crate::typed_data::ChannelId;
 
-pub use codec::FORMAT_V1;
+pub use codec::{FORMAT_V1, FORMAT_V2};
 pub use persist::{PersistError, persist};
 pub use sled_store::{
     CHANNELS_TREE, CLAIM_JOURNAL_TREE, DEFAULT_GROUP_LINGER, SledOptions, SledStore,

@@ -36,6 +36,11 @@ pub struct MockChain {
     pub fail_read: Mutex<Option<Reason>>,
     /// When set, refunds wait for a notification (to observe a refund in flight).
     pub refund_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// When set, deposits wait for a notification (to observe a deposit in flight).
+    pub deposit_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// Every call of `deposit`, whatever its outcome (each would be a transaction or at
+    /// least an estimate on a real chain).
+    pub deposit_calls: AtomicUsize,
     pub deposits: AtomicUsize,
     pub refunds: AtomicUsize,
     pub reads: AtomicUsize,
@@ -64,6 +69,11 @@ impl ChainAccess for MockChain {
         _auth: &'a Erc3009Authorization,
     ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
         Box::pin(async move {
+            self.deposit_calls.fetch_add(1, Ordering::SeqCst);
+            let gate = self.deposit_gate.lock().clone();
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
             if let Some(reason) = *self.fail_deposit.lock() {
                 return Err(ChainFailure {
                     reason,
@@ -275,8 +285,10 @@ impl Fixture {
     }
 
     pub fn deposit_payload(&self, config: &ChannelConfig, max: u128, amount: u128) -> Value {
+        // A fresh salt each time, as a client signs a new authorization per deposit (the
+        // server refuses an authorization it already submitted).
         let auth = json!({"validAfter": "0", "validBefore": "99999999999",
-                          "salt": B256::repeat_byte(9), "signature": format!("0x{}", "11".repeat(65))});
+                          "salt": B256::from(rand::random::<[u8; 32]>()), "signature": format!("0x{}", "11".repeat(65))});
         self.deposit_payload_with(config, max, amount, auth)
     }
 
