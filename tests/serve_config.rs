@@ -289,6 +289,8 @@ enabled = false
 [watcher]
 poll_ms = 200
 confirmations = 0
+[deposits]
+confirmations = 0
 "#,
         rpc = chain.rpc,
         escrow = chain.escrow,

@@ -19,6 +19,7 @@ use http::{HeaderName, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::chain::escrow::DepositConfirmations;
 use crate::chain::tx::TxPolicy;
 use crate::engine::{ColdReadLimits, Engine, EngineConfig};
 use crate::server::{ActualCharge, PaymentLayer};
@@ -97,6 +98,9 @@ pub struct ServeConfig {
     /// `[cold_reads]`: limits on chain reads for unknown channels.
     #[serde(default)]
     pub cold_reads: ColdReadKnobs,
+    /// `[deposits]`: confirmations before a relayed deposit is credited.
+    #[serde(default)]
+    pub deposits: DepositKnobs,
 }
 
 /// One priced path prefix.
@@ -137,7 +141,7 @@ impl ServeConfig {
     /// rather than discovered at run time.
     pub fn validate(&self) -> Result<(), String> {
         let s = &self.settlement;
-        let checks: [(bool, &str); 16] = [
+        let checks: [(bool, &str); 18] = [
             (
                 s.batch_size >= 1,
                 "settlement.batch_size must be at least 1",
@@ -205,6 +209,14 @@ impl ServeConfig {
             (
                 self.cold_reads.burst >= 1,
                 "cold_reads.burst must be at least 1",
+            ),
+            (
+                self.deposits.confirmations == 0 || self.deposits.timeout_secs >= 1,
+                "deposits.timeout_secs must be at least 1 when deposits.confirmations > 0",
+            ),
+            (
+                self.deposits.poll_ms >= 1,
+                "deposits.poll_ms must be at least 1",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -334,14 +346,17 @@ pub async fn serve_with(
     let sender =
         crate::chain::tx::TxSender::new(provider.clone(), relayer, cfg.chain_id, cfg.tx.policy());
     let receiver_authorizer = authorizer.address();
-    let escrow = Arc::new(crate::chain::escrow::EscrowClient::new(
-        provider.clone(),
-        cfg.escrow,
-        cfg.collector,
-        Arc::new(sender),
-        Some(authorizer),
-        domain.clone(),
-    ));
+    let escrow = Arc::new(
+        crate::chain::escrow::EscrowClient::new(
+            provider.clone(),
+            cfg.escrow,
+            cfg.collector,
+            Arc::new(sender),
+            Some(authorizer),
+            domain.clone(),
+        )
+        .with_deposit_confirmations(cfg.deposits.policy()),
+    );
     let store = Arc::new(
         crate::SledStore::open(&cfg.store, cfg.store_options())
             .map_err(|e| format!("store {}: {e}", cfg.store.display()))?,
@@ -733,6 +748,42 @@ impl ColdReadKnobs {
             negative_ttl: secs(self.negative_ttl_secs),
             negative_capacity: self.negative_capacity,
             erc1271_backoff: Duration::from_millis(self.erc1271_backoff_ms),
+        }
+    }
+}
+
+/// `[deposits]`: how deep a deposit relayed for a paying request must be before it is
+/// credited ([`DepositConfirmations`]). The request waits for it, at most `timeout_secs`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DepositKnobs {
+    /// Blocks on top of the deposit's block (0: credited as soon as it is mined).
+    pub confirmations: u64,
+    /// Longest wait for them (seconds); the request is then refused, nothing credited.
+    pub timeout_secs: u64,
+    /// Head and receipt polling interval (milliseconds).
+    pub poll_ms: u64,
+}
+
+impl Default for DepositKnobs {
+    /// Two blocks: about 4 s on Base or Optimism (2 s blocks), where a reorg of the
+    /// sequencer's head is rare and shallow; see `docs/operations.md` for L1 and other L2s.
+    fn default() -> Self {
+        Self {
+            confirmations: 2,
+            timeout_secs: 20,
+            poll_ms: 250,
+        }
+    }
+}
+
+impl DepositKnobs {
+    /// The escrow client's deposit policy.
+    pub fn policy(&self) -> DepositConfirmations {
+        DepositConfirmations {
+            blocks: self.confirmations,
+            timeout: secs(self.timeout_secs),
+            poll: Duration::from_millis(self.poll_ms),
         }
     }
 }
