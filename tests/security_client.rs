@@ -13,6 +13,8 @@ mod server;
 mod cheaters;
 #[path = "security_client/cold_start.rs"]
 mod cold_start;
+#[path = "security_client/crash.rs"]
+mod crash;
 #[path = "security_client/deposits.rs"]
 mod deposits;
 #[path = "security_client/renewal.rs"]
