@@ -78,8 +78,14 @@ struct PayerArgs {
 
 impl PayerArgs {
     fn client(&self) -> crate::Result<PayingClient> {
+        self.client_with(None)
+    }
+
+    /// With `rpc`, channels with no local state are read from the chain (cold start).
+    fn client_with(&self, rpc: Option<&str>) -> crate::Result<PayingClient> {
         let key = parse_key(&self.key, "payer")?;
         let mut cfg = ClientConfig::new(key).with_state_dir(&self.state_dir);
+        cfg.rpc = rpc.map(str::to_owned);
         cfg.escrow = self.escrow.unwrap_or(cfg.escrow);
         cfg.collector = self.collector.unwrap_or(cfg.collector);
         cfg.deposit_multiplier = self.deposit_multiplier;
@@ -92,6 +98,10 @@ impl PayerArgs {
 struct GetArgs {
     /// URL to fetch.
     url: String,
+    /// JSON-RPC endpoint of the server's chain: a channel with no local state (new machine,
+    /// lost state dir) is then read from the escrow and paid from its `totalClaimed`.
+    #[arg(long, env = "X402_RPC_URL")]
+    rpc: Option<String>,
     #[command(flatten)]
     payer: PayerArgs,
 }
@@ -107,6 +117,9 @@ enum ChannelCommand {
         /// Partial refund amount (default: everything unspent).
         #[arg(long)]
         amount: Option<u128>,
+        /// JSON-RPC endpoint: a channel with no local state is read from the chain first.
+        #[arg(long, env = "X402_RPC_URL")]
+        rpc: Option<String>,
         #[command(flatten)]
         payer: PayerArgs,
     },
@@ -153,7 +166,7 @@ fn serve(args: &ServeArgs) -> crate::Result<()> {
 
 fn get(args: &GetArgs) -> crate::Result<()> {
     use std::io::Write as _;
-    let client = args.payer.client()?;
+    let client = args.payer.client_with(args.rpc.as_deref())?;
     let answer = runtime()?
         .block_on(client.get(&args.url))
         .map_err(command_error)?;
@@ -180,8 +193,13 @@ fn channel(cmd: &ChannelCommand) -> crate::Result<()> {
             println!("{json}");
             Ok(())
         }
-        ChannelCommand::Refund { url, amount, payer } => {
-            let client = payer.client()?;
+        ChannelCommand::Refund {
+            url,
+            amount,
+            rpc,
+            payer,
+        } => {
+            let client = payer.client_with(rpc.as_deref())?;
             let settled = runtime()?
                 .block_on(client.refund(url, *amount))
                 .map_err(command_error)?;

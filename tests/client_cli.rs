@@ -54,6 +54,9 @@ store = "{store}"
 [[route]]
 prefix = "/v1/"
 price = 1000
+# anvil mines only on transactions: no blocks would come to confirm a deposit.
+[deposits]
+confirmations = 0
 "#,
             rpc = chain.rpc,
             escrow = chain.escrow,

@@ -289,6 +289,9 @@ enabled = false
 [watcher]
 poll_ms = 200
 confirmations = 0
+# anvil mines only on transactions: no blocks would come to confirm a deposit.
+[deposits]
+confirmations = 0
 "#,
         rpc = chain.rpc,
         escrow = chain.escrow,

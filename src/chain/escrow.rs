@@ -9,6 +9,7 @@
 //! one `eth_call` of the escrow's own `multicall`, so the mirror is read at a single block.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use alloy::network::TransactionBuilder;
 use alloy::providers::{DynProvider, Provider};
@@ -50,6 +51,33 @@ pub struct Erc3009Deposit {
     pub salt: B256,
     /// The payer's 65-byte signature under the token's EIP-712 domain.
     pub signature: Bytes,
+}
+
+/// How long a relayed deposit waits before it is credited: `blocks` confirmations on top
+/// of the deposit's block (the watcher's convention, `WatcherConfig::confirmations`), within
+/// `timeout`. A deposit dropped by a reorg meanwhile, and not mined again before the
+/// timeout, is refused (`deposit_transaction_failed`); one still short of its confirmations
+/// at the timeout is refused with `wait_for_receipt_failed`. Either way nothing is credited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepositConfirmations {
+    /// Blocks on top of the deposit's block (0: credited as soon as it is mined).
+    pub blocks: u64,
+    /// Longest wait for them (the paying request waits this long at most).
+    pub timeout: Duration,
+    /// How often the head and the receipt are polled meanwhile.
+    pub poll: Duration,
+}
+
+impl Default for DepositConfirmations {
+    /// No wait: the library's default (anvil tests mine only on transactions). `serve`
+    /// reads its own default from `[deposits]`.
+    fn default() -> Self {
+        Self {
+            blocks: 0,
+            timeout: Duration::from_secs(20),
+            poll: Duration::from_millis(500),
+        }
+    }
 }
 
 /// A mined deposit.
@@ -183,6 +211,28 @@ pub enum ChainError {
     /// Signing a claim batch or a refund failed.
     #[error("signing failed")]
     Signing(#[from] SigningError),
+    /// A mined deposit left the chain (reorg) and was not mined again in time, or was mined
+    /// again and reverted. Nothing was credited.
+    #[error("deposit {tx} was dropped by a reorg: {what}")]
+    DepositReorged {
+        /// The deposit transaction.
+        tx: B256,
+        /// What became of it.
+        what: String,
+    },
+    /// A mined deposit did not reach its confirmations in time. Nothing was credited (it
+    /// may still be confirmed later: the funds stay in the payer's channel).
+    #[error("deposit {tx} had {have} of {want} confirmations after {waited:?}")]
+    DepositUnconfirmed {
+        /// The deposit transaction.
+        tx: B256,
+        /// Confirmations reached.
+        have: u64,
+        /// Confirmations required.
+        want: u64,
+        /// Time waited.
+        waited: Duration,
+    },
 }
 
 impl ChainError {
@@ -201,6 +251,8 @@ impl ChainError {
             Self::EmptyBatch => Reason::ClaimPayload,
             Self::ZeroRefund => Reason::RefundAmountInvalid,
             Self::Signing(_) => Reason::UnexpectedSettleError,
+            Self::DepositReorged { .. } => Reason::DepositTransactionFailed,
+            Self::DepositUnconfirmed { .. } => Reason::WaitForReceiptFailed,
         }
     }
 
@@ -229,6 +281,7 @@ impl ChainError {
                 source.as_ref(),
                 TxError::Estimate { .. } | TxError::Sign { .. }
             ),
+            Self::DepositReorged { .. } | Self::DepositUnconfirmed { .. } => false,
             _ => true,
         }
     }
@@ -243,6 +296,7 @@ pub struct EscrowClient {
     sender: Arc<TxSender>,
     receiver_authorizer: Option<PrivateKeySigner>,
     domain: EscrowDomain,
+    deposit_confirmations: DepositConfirmations,
 }
 
 impl EscrowClient {
@@ -263,7 +317,20 @@ impl EscrowClient {
             sender,
             receiver_authorizer,
             domain,
+            deposit_confirmations: DepositConfirmations::default(),
         }
+    }
+
+    /// Deposits wait for `c` before they are credited (default: none).
+    #[must_use]
+    pub fn with_deposit_confirmations(mut self, c: DepositConfirmations) -> Self {
+        self.deposit_confirmations = c;
+        self
+    }
+
+    /// The deposit confirmation policy.
+    pub const fn deposit_confirmations(&self) -> DepositConfirmations {
+        self.deposit_confirmations
     }
 
     /// The escrow address.
@@ -407,13 +474,96 @@ impl EscrowClient {
             collectorData: data,
         };
         let id = self.domain.channel_id(config);
-        let sent = self.send(Op::Deposit, call.abi_encode(), "deposit").await?;
-        tracing::info!(channel = %id, amount, tx = %sent.0, "deposit mined");
-        let state = self.channel_state(id).await?;
-        Ok(DepositOutcome {
-            tx_hash: sent.0,
-            state,
-        })
+        let (tx_hash, receipt) = self.send(Op::Deposit, call.abi_encode(), "deposit").await?;
+        tracing::info!(channel = %id, amount, tx = %tx_hash, "deposit mined");
+        let state = if self.deposit_confirmations.blocks == 0 {
+            self.channel_state(id).await?
+        } else {
+            self.confirm_deposit(id, tx_hash, &receipt).await?
+        };
+        Ok(DepositOutcome { tx_hash, state })
+    }
+
+    /// Waits until the deposit `tx` has [`DepositConfirmations::blocks`] blocks on top of
+    /// the block it is in *now* (a reorg may move it), then reads the channel: at the
+    /// confirmed block, and at the head for what only lowers our exposure (a pending
+    /// withdrawal, a refund, a claim). A deposit credited this way is confirmed as deep as
+    /// configured; anything shallower is never credited.
+    async fn confirm_deposit(
+        &self,
+        id: ChannelId,
+        tx: B256,
+        mined: &TransactionReceipt,
+    ) -> Result<OnchainState, ChainError> {
+        let c = self.deposit_confirmations;
+        let start = tokio::time::Instant::now();
+        let rpc = |call: &'static str| {
+            move |source| {
+                metrics::counter!(crate::telemetry::RPC_ERRORS, "call" => call).increment(1);
+                ChainError::Read { call, source }
+            }
+        };
+        let mut block = mined.block_number.unwrap_or_default();
+        let mut have;
+        let mut dropped = false;
+        loop {
+            let head = self
+                .provider
+                .get_block_number()
+                .await
+                .map_err(rpc("eth_blockNumber"))?;
+            match self
+                .provider
+                .get_transaction_receipt(tx)
+                .await
+                .map_err(rpc("eth_getTransactionReceipt"))?
+            {
+                None => {
+                    if !dropped {
+                        tracing::warn!(channel = %id, %tx, "deposit dropped by a reorg; not credited");
+                        // Our relayer's cached nonce is now ahead of the chain.
+                        self.sender.forget_nonce().await;
+                    }
+                    dropped = true;
+                    have = 0;
+                }
+                Some(r) if !r.status() => {
+                    return Err(ChainError::DepositReorged {
+                        tx,
+                        what: "mined again after a reorg, and reverted".into(),
+                    });
+                }
+                Some(r) => {
+                    dropped = false;
+                    block = r.block_number.unwrap_or(block);
+                    have = head.saturating_sub(block);
+                    if have >= c.blocks {
+                        let safe = head - c.blocks;
+                        let confirmed = self.channel_state_at(id, Some(safe)).await?;
+                        let latest = self.channel_state(id).await?;
+                        tracing::info!(channel = %id, %tx, block, confirmations = have, "deposit confirmed");
+                        return Ok(conservative(confirmed, latest));
+                    }
+                }
+            }
+            let waited = start.elapsed();
+            if waited >= c.timeout {
+                return Err(if dropped {
+                    ChainError::DepositReorged {
+                        tx,
+                        what: format!("not mined again within {waited:?}"),
+                    }
+                } else {
+                    ChainError::DepositUnconfirmed {
+                        tx,
+                        have,
+                        want: c.blocks,
+                        waited,
+                    }
+                });
+            }
+            tokio::time::sleep(c.poll.min(c.timeout.saturating_sub(waited))).await;
+        }
     }
 
     /// Claims `rows` in one `claimWithSignature`, with a `ClaimBatch` signed by our
@@ -605,6 +755,22 @@ impl EscrowClient {
             ChainError::Read { call: name, source }
         })?;
         C::abi_decode_returns(&raw).map_err(|source| ChainError::Decode { call: name, source })
+    }
+}
+
+/// The channel as credited after a confirmed deposit: the confirmed balance (or less, if
+/// the head already shows a refund or withdrawal), and the head's claims, withdrawal and
+/// refund nonce when they are ahead, so the server never serves on more than is confirmed.
+fn conservative(confirmed: OnchainState, latest: OnchainState) -> OnchainState {
+    OnchainState {
+        balance: confirmed.balance.min(latest.balance),
+        total_claimed: confirmed.total_claimed.max(latest.total_claimed),
+        withdraw_requested_at: if latest.withdraw_requested_at != 0 {
+            latest.withdraw_requested_at
+        } else {
+            confirmed.withdraw_requested_at
+        },
+        refund_nonce: confirmed.refund_nonce.max(latest.refund_nonce),
     }
 }
 

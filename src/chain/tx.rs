@@ -171,6 +171,12 @@ impl TxSender {
         &self.provider
     }
 
+    /// Forgets the cached nonce: the next send reads the node's pending count. Call it when
+    /// one of our mined transactions was dropped by a reorg (the cache is then ahead).
+    pub async fn forget_nonce(&self) {
+        *self.next_nonce.lock().await = None;
+    }
+
     /// Estimates, signs, broadcasts and waits for `tx` (its `to`, `input` and
     /// `value` are used; everything else is filled in here). Replaces the
     /// transaction with bumped fees while it is not mined.

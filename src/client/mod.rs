@@ -29,7 +29,7 @@ mod stream;
 
 pub use stream::{PaidStream, StreamEvent};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,6 +78,11 @@ pub struct ClientConfig {
     pub salt: B256,
     /// One JSON file per channel here; memory only when `None`.
     pub state_dir: Option<PathBuf>,
+    /// JSON-RPC endpoint of the offer's chain, for the cold start: a channel with no local
+    /// state is read from the escrow (`balance`, `totalClaimed`) before the first voucher,
+    /// and again when a server refuses our cumulative as below what was claimed. Without
+    /// it, a client that lost its state relies on the server's corrective 402.
+    pub rpc: Option<String>,
 }
 
 impl ClientConfig {
@@ -92,7 +97,13 @@ impl ClientConfig {
             spend_limit: 10_000_000,
             salt: B256::ZERO,
             state_dir: None,
+            rpc: None,
         }
+    }
+    /// Reads channels from the chain through `rpc` when there is no local state (cold start).
+    pub fn with_rpc(mut self, rpc: impl Into<String>) -> Self {
+        self.rpc = Some(rpc.into());
+        self
     }
     /// Keeps channel state in `dir`.
     pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -169,6 +180,9 @@ pub enum ClientError {
         /// The caller's limit for the stream.
         max_total: u128,
     },
+    /// Reading the channel from the chain (cold start) failed.
+    #[error("cold start: reading the channel from the chain failed: {0}")]
+    ColdStart(String),
     /// A payer transaction (timed withdrawal) failed.
     #[error("{what} transaction failed")]
     Chain {
@@ -210,7 +224,9 @@ pub struct PayingClient {
     config: ClientConfig,
     dir: state::StateDir,
     channels: Mutex<HashMap<ChannelId, ChannelState>>,
-    cheaters: Mutex<HashSet<Address>>,
+    /// Receivers that broke the protocol with this client (and what they did); persisted in
+    /// the state dir, so a restarted client keeps refusing them.
+    cheaters: Mutex<BTreeMap<Address, String>>,
     /// The offer each resource (URL without query) made last time it was paid: the next
     /// request there pays at once instead of asking first.
     offers: Mutex<HashMap<String, Target>>,
@@ -267,12 +283,17 @@ impl PayingClient {
     /// A client over an existing `reqwest::Client`.
     pub fn with_http(http: reqwest::Client, config: ClientConfig) -> Self {
         let dir = state::dir(config.state_dir.as_deref());
+        let cheaters = dir.load_cheaters().unwrap_or_else(|e| {
+            // Not fatal (a server cannot write our disk), but loudly: the list is then empty.
+            tracing::error!(error = %e, "cannot read the list of cheating servers; starting empty");
+            BTreeMap::new()
+        });
         Self {
             http,
             config,
             dir,
             channels: Mutex::new(HashMap::new()),
-            cheaters: Mutex::new(HashSet::new()),
+            cheaters: Mutex::new(cheaters),
             offers: Mutex::new(HashMap::new()),
         }
     }
@@ -290,6 +311,16 @@ impl PayingClient {
             all.insert(*id, s.clone());
         }
         all.into_values().collect()
+    }
+
+    /// Receivers this client refuses to pay (they broke the protocol with it), with what each
+    /// did. Loaded from the state dir at start.
+    pub fn cheaters(&self) -> Vec<(Address, String)> {
+        self.cheaters
+            .lock()
+            .iter()
+            .map(|(a, w)| (*a, w.clone()))
+            .collect()
     }
 
     /// GETs `url`, paying on a 402.
@@ -373,8 +404,16 @@ impl PayingClient {
         }
         let mut busy_waits = 0;
         let mut attempt = 0;
+        // The channel last cold-started (read from chain when we had no state) in this call,
+        // and whether a refusal already made us re-read the chain: each at most once.
+        let mut cold_for = None;
+        let mut reread = false;
         loop {
             attempt += 1;
+            if cold_for != Some(target.id) {
+                cold_for = Some(target.id);
+                self.cold_start(&target, false).await?;
+            }
             let (header, deposit) = self.build_payment(&target, cover)?;
             let mut req = self.http.get(url).header(PAYMENT_SIGNATURE, header);
             if let Some(t) = timeout {
@@ -389,6 +428,19 @@ impl PayingClient {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     attempt -= 1;
                     continue;
+                }
+                // The server knows nothing better than the chain (it restarted without its
+                // vouchers, or its corrective 402 carries no state): the escrow's
+                // `totalClaimed` is the spec's baseline. Read once; retry only if it moved us.
+                let chain_baseline = reason == Reason::CumulativeBelowClaimed.as_str()
+                    || (reason == Reason::CumulativeAmountMismatch.as_str()
+                        && !has_channel_state(&again));
+                if chain_baseline && !reread && attempt < MAX_ATTEMPTS && self.config.rpc.is_some()
+                {
+                    reread = true;
+                    if self.cold_start(&target, true).await? {
+                        continue;
+                    }
                 }
                 if reason == Reason::CumulativeAmountMismatch.as_str() && attempt < MAX_ATTEMPTS {
                     self.resync(&target, &again)?;
@@ -446,6 +498,7 @@ impl PayingClient {
         }
         let required = read_required(&first)?;
         let target = self.target(&required)?;
+        self.cold_start(&target, false).await?;
         for attempt in 1..=MAX_ATTEMPTS {
             let Some(state) = self.state(&target)? else {
                 return Err(ClientError::NoChannel);
@@ -577,9 +630,79 @@ impl PayingClient {
         Ok(sent.hash)
     }
 
+    /// The spec's client cold start, when an RPC URL is configured: reads `t`'s channel from
+    /// the escrow and bases the next voucher on its on-chain `totalClaimed` (only a claim
+    /// carrying our own voucher signature can have raised it, so it is safe to adopt).
+    /// Without `force`, only a channel with no local state is read (one read per new
+    /// channel; an empty channel stays unknown). With `force`, the local state is raised to
+    /// the chain's if the chain is ahead. Returns whether the local state changed.
+    async fn cold_start(&self, t: &Target, force: bool) -> Result<bool, ClientError> {
+        let Some(rpc) = self.config.rpc.as_deref() else {
+            return Ok(false);
+        };
+        let known = self.state(t)?;
+        if known.is_some() && !force {
+            return Ok(false);
+        }
+        let (balance, total_claimed) = self.read_channel(rpc, t).await?;
+        let mut state = known.unwrap_or_else(|| self.fresh(t));
+        if balance == 0 && state.balance == 0 {
+            // No channel on chain: a first deposit opens it.
+            return Ok(false);
+        }
+        let before = state.clone();
+        state.charged = state.charged.max(total_claimed);
+        state.signed_max = state.signed_max.max(total_claimed);
+        state.balance = balance;
+        // What is in the channel counts against the spend limit (we may have deposited it
+        // from another machine).
+        state.deposited = state.deposited.max(balance);
+        let moved = state.charged != before.charged;
+        tracing::info!(channel = %t.id, balance, total_claimed, "channel read from chain");
+        self.store(state)?;
+        Ok(moved || before.balance != balance)
+    }
+
+    /// `(balance, totalClaimed)` of `t`'s channel, read from the escrow through `rpc` after
+    /// checking that the endpoint serves the offer's chain.
+    async fn read_channel(&self, rpc: &str, t: &Target) -> Result<(u128, u128), ClientError> {
+        use alloy::network::TransactionBuilder as _;
+        use alloy::providers::{Provider as _, ProviderBuilder};
+        use alloy::rpc::types::TransactionRequest;
+        use alloy_sol_types::SolCall as _;
+
+        use crate::chain::bindings::UptoEscrow;
+
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            ClientError::ColdStart(format!("{what}: {e}").chars().take(300).collect())
+        };
+        let url: reqwest::Url = rpc.parse().map_err(|e| fail("rpc url", &e))?;
+        let provider = ProviderBuilder::new().connect_http(url);
+        let chain_id = provider
+            .get_chain_id()
+            .await
+            .map_err(|e| fail("eth_chainId", &e))?;
+        if chain_id != t.domain.chain_id() {
+            return Err(ClientError::ColdStart(format!(
+                "the rpc serves chain {chain_id}, the offer is for chain {}",
+                t.domain.chain_id()
+            )));
+        }
+        let tx = TransactionRequest::default()
+            .with_to(self.config.escrow)
+            .with_input(UptoEscrow::channelsCall { channelId: t.id.0 }.abi_encode());
+        let raw = provider
+            .call(tx)
+            .await
+            .map_err(|e| fail("channels()", &e))?;
+        let ch = UptoEscrow::channelsCall::abi_decode_returns(&raw)
+            .map_err(|e| fail("channels() returned", &e))?;
+        Ok((ch.balance, ch.totalClaimed))
+    }
+
     /// Refuses to pay a receiver that broke the protocol with this client before.
     fn refuse_cheater(&self, pay_to: Address) -> Result<(), ClientError> {
-        if self.cheaters.lock().contains(&pay_to) {
+        if self.cheaters.lock().contains_key(&pay_to) {
             return Err(ClientError::ServerCheated {
                 pay_to: pay_to.to_string(),
                 what: "broke the protocol earlier; not paying it again".into(),
@@ -829,7 +952,14 @@ impl PayingClient {
 
     fn cheated(&self, t: &Target, what: &str) -> ClientError {
         tracing::warn!(pay_to = %t.pay_to, "{what}");
-        self.cheaters.lock().insert(t.pay_to);
+        // Saved under the lock (rare, small): concurrent saves cannot land out of order.
+        let mut cheaters = self.cheaters.lock();
+        cheaters.entry(t.pay_to).or_insert_with(|| what.to_owned());
+        if let Err(e) = self.dir.save_cheaters(&cheaters) {
+            // Still refused for this process's lifetime; only the next start would forget.
+            tracing::error!(pay_to = %t.pay_to, error = %e, "cannot persist the cheating server");
+        }
+        drop(cheaters);
         self.offers.lock().retain(|_, o| o.pay_to != t.pay_to);
         ClientError::ServerCheated {
             pay_to: t.pay_to.to_string(),
@@ -848,6 +978,16 @@ fn wire_config(c: &ChannelConfig) -> ChannelConfigWire {
         withdraw_delay: c.withdrawDelay.to::<u64>(),
         salt: c.salt,
     }
+}
+
+/// Whether a 402's `batch-settlement` offer carries a `channelState`.
+fn has_channel_state(required: &PaymentRequired) -> bool {
+    required
+        .accepts
+        .iter()
+        .filter(|o| o.scheme == BATCH_SETTLEMENT)
+        .filter_map(|o| o.batch_extra().ok())
+        .any(|e| e.channel_state.is_some())
 }
 
 fn read_required(res: &reqwest::Response) -> Result<PaymentRequired, ClientError> {

@@ -1,6 +1,9 @@
 //! What the client remembers per channel, kept in one small JSON file per channel.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use alloy_primitives::Address;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +36,42 @@ pub struct ChannelState {
     pub requests: u64,
 }
 
+/// The list of receivers this client no longer pays, in the state dir.
+const CHEATERS_FILE: &str = "cheaters.json";
+
 /// Where channel files live (`<dir>/<channelId>.json`); `None` keeps state in memory only.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct StateDir(pub(crate) Option<PathBuf>);
 
 impl StateDir {
+    /// The receivers that broke the protocol with this client, and what each did. Kept
+    /// next to the channel files so a restarted client still refuses to pay them.
+    pub(crate) fn load_cheaters(&self) -> std::io::Result<BTreeMap<Address, String>> {
+        let Some(dir) = &self.0 else {
+            return Ok(BTreeMap::new());
+        };
+        match std::fs::read(dir.join(CHEATERS_FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the whole list atomically (temp file + rename).
+    pub(crate) fn save_cheaters(&self, list: &BTreeMap<Address, String>) -> std::io::Result<()> {
+        let Some(dir) = &self.0 else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(CHEATERS_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(list)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
+    }
+
     fn path(&self, id: &ChannelId) -> Option<PathBuf> {
         self.0.as_ref().map(|d| d.join(format!("{}.json", id.0)))
     }
@@ -93,7 +127,9 @@ impl StateDir {
         };
         for entry in entries {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "json") {
+            if path.extension().is_some_and(|e| e == "json")
+                && path.file_name().is_none_or(|n| n != CHEATERS_FILE)
+            {
                 let bytes = std::fs::read(&path)?;
                 if let Ok(s) = serde_json::from_slice(&bytes) {
                     out.push(s);

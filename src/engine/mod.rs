@@ -775,6 +775,16 @@ impl<S: Store + 'static> Engine<S> {
         !f.is_fresh(&self.inner.ledger, id, now)
     }
 
+    /// The refusal for a channel whose mirror is too old ([`Self::stale`]).
+    fn stale_refusal(&self, resource: &ResourceInfo, price: u128, id: ChannelId) -> Refusal {
+        let failure = ChainFailure {
+            reason: Reason::RpcReadFailed,
+            message: "this channel's on-chain state could not be refreshed recently; retry later"
+                .into(),
+        };
+        self.chain_refusal(resource, price, id, failure)
+    }
+
     /// Whether a refund is in flight on `id` (checked after reserving: the caller then drops
     /// the reservation, releasing the channel unchanged).
     fn refunding(&self, id: &ChannelId) -> bool {

@@ -50,6 +50,11 @@ impl<S: Store + 'static> Engine<S> {
             let reject = Reject::new(Reason::ChannelIdMismatch, Some(checked.channel_id));
             return Err(self.reject(resource, increment, &reject));
         }
+        // Same freshness gate as a paid request: a long stream must not keep extending its
+        // budget on a mirror that has not seen the chain (a withdrawal) for too long.
+        if self.stale(&id) {
+            return Err(self.stale_refusal(resource, increment, id));
+        }
         // The stream's channel is held, so the ledger's verify-and-reserve path (which
         // refuses held channels) cannot be used: the signature is checked under the channel's
         // rule here (ECDSA in memory, ERC-1271 through the chain for smart wallets), and the

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
+use crate::chain::escrow::DepositConfirmations;
 use crate::chain::tx::TxPolicy;
 use crate::engine::{ColdReadLimits, Engine, EngineConfig, RefundLimits};
 use crate::server::listener::{ConnectionLimits, serve_connections};
@@ -111,6 +112,9 @@ pub struct ServeConfig {
     /// `[http]`: timeouts and limits of the client connections and the upstream.
     #[serde(default)]
     pub http: HttpKnobs,
+    /// `[deposits]`: confirmations before a relayed deposit is credited.
+    #[serde(default)]
+    pub deposits: DepositKnobs,
 }
 
 /// One priced path prefix.
@@ -171,7 +175,7 @@ impl ServeConfig {
     pub fn validate(&self) -> Result<(), String> {
         let s = &self.settlement;
         let h = &self.http;
-        let checks: [(bool, &str); 23] = [
+        let checks: [(bool, &str); 25] = [
             (
                 h.header_read_timeout_secs >= 1,
                 "http.header_read_timeout_secs must be at least 1",
@@ -267,6 +271,14 @@ impl ServeConfig {
             (
                 self.cold_reads.burst >= 1,
                 "cold_reads.burst must be at least 1",
+            ),
+            (
+                self.deposits.confirmations == 0 || self.deposits.timeout_secs >= 1,
+                "deposits.timeout_secs must be at least 1 when deposits.confirmations > 0",
+            ),
+            (
+                self.deposits.poll_ms >= 1,
+                "deposits.poll_ms must be at least 1",
             ),
         ];
         if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
@@ -553,14 +565,17 @@ pub async fn serve_with(
     let sender =
         crate::chain::tx::TxSender::new(provider.clone(), relayer, cfg.chain_id, cfg.tx.policy());
     let receiver_authorizer = authorizer.address();
-    let escrow = Arc::new(crate::chain::escrow::EscrowClient::new(
-        provider.clone(),
-        cfg.escrow,
-        cfg.collector,
-        Arc::new(sender),
-        Some(authorizer),
-        domain.clone(),
-    ));
+    let escrow = Arc::new(
+        crate::chain::escrow::EscrowClient::new(
+            provider.clone(),
+            cfg.escrow,
+            cfg.collector,
+            Arc::new(sender),
+            Some(authorizer),
+            domain.clone(),
+        )
+        .with_deposit_confirmations(cfg.deposits.policy()),
+    );
     let store = Arc::new(
         crate::SledStore::open(&cfg.store, cfg.store_options())
             .map_err(|e| format!("store {}: {e}", cfg.store.display()))?,
@@ -1042,6 +1057,42 @@ impl HttpKnobs {
             header_read_timeout: secs(self.header_read_timeout_secs),
             idle_timeout: secs(self.idle_timeout_secs),
             max_connections: self.max_connections,
+        }
+    }
+}
+
+/// `[deposits]`: how deep a deposit relayed for a paying request must be before it is
+/// credited ([`DepositConfirmations`]). The request waits for it, at most `timeout_secs`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DepositKnobs {
+    /// Blocks on top of the deposit's block (0: credited as soon as it is mined).
+    pub confirmations: u64,
+    /// Longest wait for them (seconds); the request is then refused, nothing credited.
+    pub timeout_secs: u64,
+    /// Head and receipt polling interval (milliseconds).
+    pub poll_ms: u64,
+}
+
+impl Default for DepositKnobs {
+    /// Two blocks: about 4 s on Base or Optimism (2 s blocks), where a reorg of the
+    /// sequencer's head is rare and shallow; see `docs/operations.md` for L1 and other L2s.
+    fn default() -> Self {
+        Self {
+            confirmations: 2,
+            timeout_secs: 20,
+            poll_ms: 250,
+        }
+    }
+}
+
+impl DepositKnobs {
+    /// The escrow client's deposit policy.
+    pub fn policy(&self) -> DepositConfirmations {
+        DepositConfirmations {
+            blocks: self.confirmations,
+            timeout: secs(self.timeout_secs),
+            poll: Duration::from_millis(self.poll_ms),
         }
     }
 }

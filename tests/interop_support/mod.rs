@@ -187,6 +187,12 @@ struct Q {
 
 impl OurServer {
     pub async fn start(chain: &Chain, price: u128) -> Self {
+        Self::start_with(chain, price, Arc::new(chain.escrow_client())).await
+    }
+
+    /// Like [`Self::start`], over any chain access (e.g. an escrow client that waits for
+    /// deposit confirmations).
+    pub async fn start_with(chain: &Chain, price: u128, access: Arc<dyn ChainAccess>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group)).unwrap(),
@@ -202,7 +208,6 @@ impl OurServer {
             max_timeout_seconds: 300,
             extra: Default::default(),
         };
-        let access: Arc<dyn ChainAccess> = Arc::new(chain.escrow_client());
         let engine = Engine::new(config, Ledger::new(chain.domain()), store, Some(access)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
         let handler = move |Extension(charge): Extension<Charge>, Query(q): Query<Q>| {
