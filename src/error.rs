@@ -32,18 +32,9 @@ pub enum Error {
     /// A durability mode string is not known.
     #[error(transparent)]
     UnknownDurability(#[from] UnknownDurability),
-    /// The demo failed (the step is in the message).
-    #[error(transparent)]
-    Demo(#[from] crate::demo::DemoError),
     /// An escrow read or transaction failed.
     #[error(transparent)]
     Chain(#[from] crate::chain::escrow::ChainError),
-    /// A command-line command failed (message for the operator).
-    #[error("{0}")]
-    Command(String),
-    /// The async runtime could not start.
-    #[error("could not start the tokio runtime")]
-    Runtime(#[source] std::io::Error),
 }
 
 impl From<Reject> for Error {

@@ -17,19 +17,17 @@
 //! | [`error`] | the crate [`Error`] and `Result` |
 //! | [`wire`] | x402 v2 JSON messages, the base64 header codec, `accepted` matching |
 //! | [`chain`] | `sol!` bindings from `contracts/artifacts/`, [`chain::tx::TxSender`] (nonces, fees, replacement), `EscrowClient` |
-//! | [`demo`] | `x402-upto demo`: crawler scenario, batched claims, sweep, reconciled summary |
-//! | [`devnet`] | a local anvil with the contracts deployed and funded accounts (tests, demo) |
 //! | [`settlement`] | claim journal, claim/sweep/refund scheduler, chain watcher (confirmations, reorgs), channel loading |
 //! | [`telemetry`] | metric names, the Prometheus exporter, the tracing subscriber |
 //! | [`engine`] | the payment logic of a request, independent of HTTP: offer, checks, settle, deposits, refunds |
 //! | [`server`] | the axum/tower `PaymentLayer` over the engine, and the `Charge` handle |
 //! | [`client`] | the paying reqwest client: deposits, vouchers, response checks, corrective resync, refunds |
 //! | [`facilitator`] | `POST /verify`, `POST /settle`, `GET /supported` for this scheme (axum router) |
-//! | [`loadgen`] | `x402-upto bench`: side-by-side load generator, and the bench/ceiling servers it measures |
-//! | [`cli`] | the command line: `serve`, `get`/`pay`, `channel`, `demo`, hidden `internal` tools |
 //!
 //! Dependencies point one way: `wire, typed_data → verify → ledger → store → chain → settlement →
-//! engine → server, facilitator, client, cli`.
+//! engine → server, facilitator, client`. The `x402-upto` binary (command line, `serve`, demo,
+//! bench, crash harnesses) is the `x402-upto-app` crate; the anvil rig and test fixtures are
+//! `x402-upto-testkit`.
 //!
 //! # A paid request
 //!
@@ -65,15 +63,11 @@
 //! ```
 
 pub mod chain;
-pub mod cli;
 pub mod client;
-pub mod demo;
-pub mod devnet;
 pub mod engine;
 pub mod error;
 pub mod facilitator;
 pub mod ledger;
-pub mod loadgen;
 pub mod reason;
 pub mod server;
 pub mod settlement;
@@ -82,9 +76,6 @@ pub mod telemetry;
 pub mod typed_data;
 pub mod verify;
 pub mod wire;
-
-#[doc(hidden)]
-pub mod load;
 
 pub use error::{Error, Result};
 pub use ledger::{

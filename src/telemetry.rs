@@ -1,10 +1,9 @@
-//! Metric names (one place, so dashboards and code agree) and the Prometheus exporter.
+//! Metric names (one place, so dashboards and code agree) and their descriptions. The
+//! `x402-upto` binary installs the Prometheus exporter (`x402_upto_app::telemetry`).
 //!
 //! Counters of amounts are in the token's atomic units. Labels: `reason` (an x402 reason
 //! code) on rejections, `call` on RPC errors, `kind` (`voucher`/`deposit`/`refund`) on
 //! accepted payments.
-
-use std::net::SocketAddr;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
@@ -76,25 +75,4 @@ pub fn describe() {
         CONNECTIONS_TIMED_OUT,
         "connections closed by a timeout, by kind"
     );
-}
-
-/// Installs the global recorder with a Prometheus scrape endpoint on `addr` (`GET /metrics`).
-/// Must run inside a tokio runtime. Fails if a recorder is already installed.
-pub fn install_prometheus(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()?;
-    describe();
-    Ok(())
-}
-
-/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`).
-/// Safe to call twice (the second call does nothing).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

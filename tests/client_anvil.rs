@@ -3,8 +3,7 @@
 //! paying a server that overcharges.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "interop_support/mod.rs"]
-mod support;
+use x402_upto_testkit::interop as support;
 
 use axum::Router;
 use axum::response::IntoResponse;

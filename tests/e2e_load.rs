@@ -15,11 +15,11 @@ use alloy_sol_types::{SolEvent, SolStruct};
 use rand::{Rng, SeedableRng};
 use x402_upto::chain::bindings::{MockUSDC, UptoEscrow};
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::Devnet;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::typed_data::{ChannelId, sign_digest, sign_voucher};
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
+use x402_upto_testkit::devnet::Devnet;
 
 const PRICE: u128 = 10_000;
 

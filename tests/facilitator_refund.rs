@@ -4,8 +4,7 @@
 //! and a stale nonce, a foreign claim row or an empty channel are refused before any gas.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::sync::Arc;
 
@@ -16,13 +15,13 @@ use serde_json::{Value, json};
 use support::{Fixture, MockChain, config_json, engine_config};
 use tower::ServiceExt;
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
 use x402_upto::engine::{ChainAccess, EngineConfig};
 use x402_upto::facilitator::Facilitator;
 use x402_upto::typed_data::{
     ReceiveWithAuthorization, erc3009_deposit_nonce, sign_receive_with_authorization,
 };
 use x402_upto::wire::Eip155Network;
+use x402_upto_testkit::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
 
 const TOKEN: &str = "refund-s3cret";
 

@@ -13,13 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
-use x402_upto::devnet::Devnet;
 use x402_upto::settlement::{
     ClaimJournal, Freshness, Settlement, SettlementConfig, Watcher, WatcherConfig, unix_now,
 };
 use x402_upto::typed_data::sign_voucher;
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
+use x402_upto_testkit::devnet::Devnet;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;

@@ -8,12 +8,12 @@ use std::time::Duration;
 use alloy_primitives::{B256, Bytes};
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::Devnet;
 use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::typed_data::sign_voucher;
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, Reason, SledOptions, SledStore, Store};
+use x402_upto_testkit::devnet::Devnet;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;

@@ -3,8 +3,7 @@
 //! cooperative refund on every channel; reconciled against on-chain state.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "interop_support/mod.rs"]
-mod support;
+use x402_upto_testkit::interop as support;
 
 use std::time::{Duration, Instant};
 

@@ -4,10 +4,8 @@
 //! the client's state dir, and the client's cold start from the chain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "interop_support/mod.rs"]
-mod interop;
-#[path = "server_support/mod.rs"]
-mod server;
+use x402_upto_testkit::fixture as server;
+use x402_upto_testkit::interop;
 
 #[path = "security_client/cheaters.rs"]
 mod cheaters;

@@ -5,8 +5,7 @@
 //! never ask.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

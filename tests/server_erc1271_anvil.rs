@@ -5,8 +5,7 @@
 //! `voucher_signature` and nothing changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::sync::Arc;
 
@@ -15,12 +14,12 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use support::{Fixture, MockChain, engine_config};
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
 use x402_upto::engine::{ChainAccess, EngineConfig};
 use x402_upto::typed_data::{
     ChannelConfig, ReceiveWithAuthorization, erc3009_deposit_nonce, sign_receive_with_authorization,
 };
 use x402_upto::wire::Eip155Network;
+use x402_upto_testkit::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
 
 alloy::sol!(
     #[sol(rpc)]

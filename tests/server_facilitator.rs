@@ -2,8 +2,7 @@
 //! `/settle` deposit → claim → settle, and a refused refund action.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::sync::Arc;
 
@@ -14,13 +13,13 @@ use serde_json::{Value, json};
 use support::{Fixture, MockChain, config_json, engine_config};
 use tower::ServiceExt;
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
 use x402_upto::engine::{ChainAccess, EngineConfig};
 use x402_upto::facilitator::Facilitator;
 use x402_upto::typed_data::{
     ReceiveWithAuthorization, erc3009_deposit_nonce, sign_receive_with_authorization,
 };
 use x402_upto::wire::Eip155Network;
+use x402_upto_testkit::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
 
 async fn call(app: &axum::Router, method: &str, path: &str, body: Value) -> Value {
     let req = Request::builder()

@@ -3,8 +3,7 @@
 //! `rpc_read_failed`, nothing held or charged; a successful poll makes it servable again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -2,8 +2,7 @@
 //! the corrective 402, deposits and refunds through the chain double, busy channels.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::sync::atomic::Ordering;
 

@@ -2,8 +2,7 @@
 //! does not run, and neither the ledger nor the store changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::sync::atomic::Ordering;
 

@@ -3,8 +3,7 @@
 //! One test in this binary: the recorder is process-global.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use axum::http::StatusCode;
 use support::Fixture;

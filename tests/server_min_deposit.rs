@@ -3,8 +3,7 @@
 //! deposit's gas), nothing changes; a deposit at the minimum is served.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

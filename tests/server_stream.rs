@@ -5,8 +5,7 @@
 //! claimed on chain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "interop_support/mod.rs"]
-mod support;
+use x402_upto_testkit::interop as support;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -10,7 +10,6 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{Address, B256, Bytes, U256};
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::chain::escrow::{ChainError, Erc3009Deposit, EscrowClient};
-use x402_upto::devnet::Devnet;
 use x402_upto::ledger::Claimable;
 use x402_upto::typed_data::{
     ChannelConfig, ChannelId, ReceiveWithAuthorization, erc3009_deposit_nonce,
@@ -18,6 +17,7 @@ use x402_upto::typed_data::{
 };
 use x402_upto::verify::{Erc1271Checker, SignedVoucher};
 use x402_upto::{Ledger, Reason};
+use x402_upto_testkit::devnet::Devnet;
 
 const DEPOSIT: u128 = 1_000_000;
 

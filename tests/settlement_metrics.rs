@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use alloy_primitives::{B256, Bytes};
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::Devnet;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::telemetry;
 use x402_upto::typed_data::sign_voucher;
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
+use x402_upto_testkit::devnet::Devnet;
 
 #[tokio::test]
 async fn claim_and_sweep_metrics_are_exported_for_prometheus() {
@@ -19,7 +19,11 @@ async fn claim_and_sweep_metrics_are_exported_for_prometheus() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    telemetry::install_prometheus(([127, 0, 0, 1], port).into()).expect("exporter");
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .install()
+        .expect("exporter");
+    telemetry::describe();
 
     let net = Devnet::start().await.expect("devnet");
     let payer = net.key(1).expect("key");

@@ -8,11 +8,11 @@ use std::time::Duration;
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{B256, Bytes};
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::Devnet;
 use x402_upto::settlement::{RefundPolicy, refund_idle, unix_now};
 use x402_upto::typed_data::{ChannelConfig, ChannelId, sign_voucher};
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, Reservation, SledOptions, SledStore, Store};
+use x402_upto_testkit::devnet::Devnet;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;

@@ -12,9 +12,9 @@ use tokio::sync::Notify;
 use x402_upto::Ledger;
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::devnet::Devnet;
 use x402_upto::settlement::{Watcher, WatcherConfig};
 use x402_upto::typed_data::{ChannelConfig, ChannelId};
+use x402_upto_testkit::devnet::Devnet;
 
 const DEPOSIT: u128 = 100_000;
 

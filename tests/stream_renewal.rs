@@ -5,8 +5,7 @@
 //! all end to end over TCP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "server_support/mod.rs"]
-mod support;
+use x402_upto_testkit::fixture as support;
 
 use std::convert::Infallible;
 use std::time::Duration;

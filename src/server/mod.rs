@@ -34,9 +34,6 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 
-pub mod listener;
-pub mod proxy;
-pub mod request_target;
 mod stream;
 
 pub use stream::{RENEWAL_EVENT, STREAM_ID_HEADER, STREAM_NOT_FOUND};

@@ -16,7 +16,6 @@
 
 mod journal;
 #[doc(hidden)]
-pub mod load;
 mod refunds;
 mod scheduler;
 mod watcher;

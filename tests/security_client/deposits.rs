@@ -12,7 +12,6 @@ use x402_upto::Store;
 use x402_upto::chain::escrow::DepositConfirmations;
 use x402_upto::client::{ClientConfig, ClientError, PayingClient};
 use x402_upto::engine::ChainAccess;
-use x402_upto::server::proxy::ServeConfig;
 
 use crate::interop::{Chain, OurServer};
 
@@ -236,53 +235,4 @@ async fn a_deposit_short_of_its_confirmations_at_the_timeout_is_refused_uncredit
         DEPOSIT
     );
     assert_eq!(c.channels()[0].charged, 0);
-}
-
-const TOML_BASE: &str = r#"
-listen = "127.0.0.1:8080"
-upstream = "http://127.0.0.1:9000"
-rpc = "http://127.0.0.1:8545"
-chain_id = 8453
-escrow = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
-collector = "0x4020806089470a89826cB9fB1f4059150b550004"
-asset = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
-asset_name = "USD Coin"
-asset_version = "2"
-pay_to = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-store = "./data/channels"
-"#;
-
-#[test]
-fn the_deposits_table_defaults_to_two_blocks_and_refuses_a_wait_that_cannot_end() {
-    let cfg = ServeConfig::from_toml(TOML_BASE).unwrap();
-    assert_eq!(
-        cfg.deposits.policy(),
-        DepositConfirmations {
-            blocks: 2,
-            timeout: Duration::from_secs(20),
-            poll: Duration::from_millis(250),
-        }
-    );
-    let cfg = ServeConfig::from_toml(&format!(
-        "{TOML_BASE}[deposits]\nconfirmations = 12\ntimeout_secs = 300\npoll_ms = 2000\n"
-    ))
-    .unwrap();
-    assert_eq!(
-        cfg.deposits.policy(),
-        DepositConfirmations {
-            blocks: 12,
-            timeout: Duration::from_secs(300),
-            poll: Duration::from_secs(2),
-        }
-    );
-    let off = ServeConfig::from_toml(&format!("{TOML_BASE}[deposits]\nconfirmations = 0\n"));
-    assert_eq!(off.unwrap().deposits.policy().blocks, 0);
-    for (extra, needle) in [
-        ("[deposits]\ntimeout_secs = 0\n", "deposits.timeout_secs"),
-        ("[deposits]\npoll_ms = 0\n", "deposits.poll_ms"),
-        ("[deposits]\nconfirmation = 3\n", "confirmation"),
-    ] {
-        let err = ServeConfig::from_toml(&format!("{TOML_BASE}{extra}")).unwrap_err();
-        assert!(err.contains(needle), "{extra}: {err}");
-    }
 }

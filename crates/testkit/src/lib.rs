@@ -1,0 +1,26 @@
+//! Test kit for x402-upto: what the tests, the benches and the demo share.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`devnet`] | a local anvil with the contracts deployed and funded accounts |
+//! | [`fixture`] | an engine over a sled store in a temp dir and an in-memory chain double, an axum app with priced routes, payload builders |
+//! | [`interop`] | the anvil rig with contracts at the stock SDK's canonical addresses, our server on it, the node peers |
+//!
+//! Test code: it panics (unwrap, expect) on setup failures instead of threading errors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+pub mod devnet;
+pub mod fixture;
+pub mod interop;
+
+/// The repository's root (where `.tools/`, `contracts/`, `interop/` and `scripts/` are).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
