@@ -5,7 +5,6 @@
 //! generator saw, and the table printed. It asserts nothing about speed (CI machines vary).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
