@@ -22,14 +22,23 @@ use crate::wire::Erc3009Authorization;
 /// A boxed, sendable future (keeps [`ChainAccess`] object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A chain operation failed; nothing was applied to the ledger.
+/// A [`ChainAccess`] call failed; nothing was applied to the ledger. The reason is the one
+/// the 402 carries (see `Engine::chain_reject`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainFailure {
+pub struct ChainAccessError {
     /// Reason code for the 402.
     pub reason: Reason,
     /// What happened (logged, and sent as the human-readable message).
     pub message: String,
 }
+
+impl fmt::Display for ChainAccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ChainAccessError {}
 
 /// A confirmed deposit or refund.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +54,8 @@ pub struct ChainOutcome {
 /// Chain access for the engine: reads, and the two transactions a client may ask for.
 pub trait ChainAccess: Send + Sync + fmt::Debug + 'static {
     /// `channels(id)`, `pendingWithdrawals(id)`, `refundNonce(id)`.
-    fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>>;
+    fn channel_state(&self, id: ChannelId)
+    -> BoxFuture<'_, Result<OnchainState, ChainAccessError>>;
 
     /// Submits the payer's ERC-3009 deposit through the collector and waits for the receipt.
     fn deposit<'a>(
@@ -53,7 +63,7 @@ pub trait ChainAccess: Send + Sync + fmt::Debug + 'static {
         config: &'a ChannelConfig,
         amount: u128,
         authorization: &'a Erc3009Authorization,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>>;
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainAccessError>>;
 
     /// Refunds `amount` to the payer (`refundWithSignature`), claiming `claim` in the same
     /// transaction when vouchers are outstanding, and waits for the receipt.
@@ -62,7 +72,7 @@ pub trait ChainAccess: Send + Sync + fmt::Debug + 'static {
         config: &'a ChannelConfig,
         amount: u128,
         claim: Option<&'a Claimable>,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>>;
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainAccessError>>;
 
     /// ERC-1271 `isValidSignature(digest, signature)` on a smart-wallet payer: `Ok(true)`
     /// only for the magic value, `Ok(false)` for "not signed" (a revert, a wallet without
@@ -76,10 +86,10 @@ pub trait ChainAccess: Send + Sync + fmt::Debug + 'static {
         wallet: Address,
         digest: B256,
         signature: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
+    ) -> BoxFuture<'a, Result<bool, ChainAccessError>> {
         let _ = (digest, signature);
         Box::pin(async move {
-            Err(ChainFailure {
+            Err(ChainAccessError {
                 reason: Reason::RpcReadFailed,
                 message: format!("no ERC-1271 check available for wallet {wallet}"),
             })
@@ -111,7 +121,10 @@ impl Erc1271Checker for ChainErc1271<'_> {
 
 /// The settlement engineer's escrow client, as the engine's chain access.
 impl ChainAccess for crate::chain::escrow::EscrowClient {
-    fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
+    fn channel_state(
+        &self,
+        id: ChannelId,
+    ) -> BoxFuture<'_, Result<OnchainState, ChainAccessError>> {
         Box::pin(async move {
             crate::chain::escrow::EscrowClient::channel_state(self, id)
                 .await
@@ -124,7 +137,7 @@ impl ChainAccess for crate::chain::escrow::EscrowClient {
         config: &'a ChannelConfig,
         amount: u128,
         authorization: &'a Erc3009Authorization,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainAccessError>> {
         Box::pin(async move {
             let auth = crate::chain::escrow::Erc3009Deposit {
                 valid_after: authorization.valid_after,
@@ -149,7 +162,7 @@ impl ChainAccess for crate::chain::escrow::EscrowClient {
         config: &'a ChannelConfig,
         amount: u128,
         claim: Option<&'a Claimable>,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainAccessError>> {
         Box::pin(async move {
             let out = crate::chain::escrow::EscrowClient::refund(self, config, amount, claim)
                 .await
@@ -167,11 +180,11 @@ impl ChainAccess for crate::chain::escrow::EscrowClient {
         wallet: Address,
         digest: B256,
         signature: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
+    ) -> BoxFuture<'a, Result<bool, ChainAccessError>> {
         Box::pin(async move {
             Erc1271Checker::is_valid_signature(self, wallet, digest, signature)
                 .await
-                .map_err(|e| ChainFailure {
+                .map_err(|e| ChainAccessError {
                     reason: Reason::RpcReadFailed,
                     message: format!("{e}: {}", e.source).chars().take(500).collect(),
                 })
@@ -179,7 +192,7 @@ impl ChainAccess for crate::chain::escrow::EscrowClient {
     }
 }
 
-fn failure(e: crate::chain::escrow::ChainError) -> ChainFailure {
+fn failure(e: crate::chain::escrow::ChainError) -> ChainAccessError {
     // The full cause chain, bounded: revert data can be long.
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -188,7 +201,7 @@ fn failure(e: crate::chain::escrow::ChainError) -> ChainFailure {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    ChainFailure {
+    ChainAccessError {
         reason: e.reason(),
         message: message.chars().take(500).collect(),
     }
@@ -236,8 +249,8 @@ impl Default for ColdReadLimits {
 }
 
 /// The refusal when the bucket is empty: not the client's fault, retry later.
-fn limited() -> ChainFailure {
-    ChainFailure {
+fn limited() -> ChainAccessError {
+    ChainAccessError {
         reason: Reason::RpcReadFailed,
         message: "too many chain reads for unknown channels right now; retry shortly".into(),
     }
@@ -358,7 +371,7 @@ impl ColdReads {
         chain: &dyn ChainAccess,
         id: ChannelId,
         negative: bool,
-    ) -> Result<OnchainState, ChainFailure> {
+    ) -> Result<OnchainState, ChainAccessError> {
         if negative && self.known_empty(&id) {
             return Ok(OnchainState::default());
         }
@@ -488,7 +501,10 @@ mod tests {
     struct Silent;
 
     impl ChainAccess for Silent {
-        fn channel_state(&self, _: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
+        fn channel_state(
+            &self,
+            _: ChannelId,
+        ) -> BoxFuture<'_, Result<OnchainState, ChainAccessError>> {
             Box::pin(std::future::pending())
         }
         fn deposit<'a>(
@@ -496,7 +512,7 @@ mod tests {
             _: &'a ChannelConfig,
             _: u128,
             _: &'a Erc3009Authorization,
-        ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        ) -> BoxFuture<'a, Result<ChainOutcome, ChainAccessError>> {
             Box::pin(std::future::pending())
         }
         fn refund<'a>(
@@ -504,7 +520,7 @@ mod tests {
             _: &'a ChannelConfig,
             _: u128,
             _: Option<&'a Claimable>,
-        ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        ) -> BoxFuture<'a, Result<ChainOutcome, ChainAccessError>> {
             Box::pin(std::future::pending())
         }
     }

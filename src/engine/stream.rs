@@ -13,6 +13,8 @@ use super::{Engine, Paid, Refusal, decode::decode, now, offer};
 use crate::ledger::Reject;
 use crate::reason::Reason;
 use crate::store::Store;
+use crate::typed_data::ChannelId;
+use crate::verify::VerifiedVoucher;
 use crate::wire::{BatchPayload, ResourceInfo, SettleResponse};
 
 impl<S: Store + 'static> Engine<S> {
@@ -33,35 +35,11 @@ impl<S: Store + 'static> Engine<S> {
         stream_charged: u128,
         resource: &ResourceInfo,
     ) -> Result<SettleResponse, Refusal> {
-        let offer = self.offer(increment);
-        let checked = decode(header, &offer, &self.inner.config, self.domain())
-            .map_err(|(reason, msg)| self.refuse(resource, increment, Some(reason), msg))?;
         let id = paid.channel_id();
-        let BatchPayload::Voucher { voucher, .. } = &checked.payload else {
-            // Deposits and refunds are separate requests; a renewal only extends the budget.
-            return Err(self.refuse(
-                resource,
-                increment,
-                Some(Reason::PayloadType),
-                "a stream renewal carries a voucher payload".into(),
-            ));
-        };
-        if checked.channel_id != id {
-            let reject = Reject::new(Reason::ChannelIdMismatch, Some(checked.channel_id));
-            return Err(self.reject(resource, increment, &reject));
-        }
-        // Same freshness gate as a paid request: a long stream must not keep extending its
-        // budget on a mirror that has not seen the chain (a withdrawal) for too long.
-        if self.stale(&id) {
-            return Err(self.stale_refusal(resource, increment, id));
-        }
-        // The stream's channel is held, so the ledger's verify-and-reserve path (which
-        // refuses held channels) cannot be used: the signature is checked under the channel's
-        // rule here (ECDSA in memory, ERC-1271 through the chain for smart wallets), and the
-        // reservation re-checks that the signer is the channel's.
         let verified = self
-            .verify_signature(&checked.config, voucher, id, increment, resource)
-            .await?;
+            .check_renewal(id, header, increment)
+            .await
+            .map_err(|r| self.payment_refusal(resource, increment, r))?;
         let staged = paid
             .reservation
             .stage_renewal(verified, increment, stream_charged, now())
@@ -70,7 +48,7 @@ impl<S: Store + 'static> Engine<S> {
                 Reason::ChargeExceedsSignedCumulative => {
                     self.failure(StatusCode::INTERNAL_SERVER_ERROR, &r)
                 }
-                _ => self.reject(resource, increment, &r),
+                _ => self.payment_refusal(resource, increment, r),
             })?;
         let store = &*self.inner.store;
         let written = match store
@@ -93,6 +71,41 @@ impl<S: Store + 'static> Engine<S> {
             self.failure(StatusCode::INTERNAL_SERVER_ERROR, &r)
         })?;
         Ok(offer::paid_response(&self.inner.config, &receipt, None))
+    }
+
+    /// The renewal's voucher for the stream's channel `id`, decoded and verified.
+    async fn check_renewal(
+        &self,
+        id: ChannelId,
+        header: &[u8],
+        increment: u128,
+    ) -> Result<VerifiedVoucher, Reject> {
+        let offer = self.offer(increment);
+        let checked = decode(header, &offer, &self.inner.config, self.domain())?;
+        let BatchPayload::Voucher { voucher, .. } = &checked.payload else {
+            // Deposits and refunds are separate requests; a renewal only extends the budget.
+            return Err(Reject::explained(
+                Reason::PayloadType,
+                None,
+                "a stream renewal carries a voucher payload",
+            ));
+        };
+        if checked.channel_id != id {
+            return Err(Reject::new(
+                Reason::ChannelIdMismatch,
+                Some(checked.channel_id),
+            ));
+        }
+        // Same freshness gate as a paid request: a long stream must not keep extending its
+        // budget on a mirror that has not seen the chain (a withdrawal) for too long.
+        if self.stale(&id) {
+            return Err(Self::stale_reject(id));
+        }
+        // The stream's channel is held, so the ledger's verify-and-reserve path (which
+        // refuses held channels) cannot be used: the signature is checked under the channel's
+        // rule here (ECDSA in memory, ERC-1271 through the chain for smart wallets), and the
+        // reservation re-checks that the signer is the channel's.
+        self.verify_signature(&checked.config, voucher, id).await
     }
 }
 

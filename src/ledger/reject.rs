@@ -62,6 +62,9 @@ pub enum Detail {
     Signature(SignatureFault),
     /// The channel's payer authorizer is zero: the voucher must go through ERC-1271.
     Erc1271Required,
+    /// A message for the client that says more than the reason (a chain failure, a server
+    /// limit, a malformed field); [`Reject::message`] answers it as is.
+    Message(String),
 }
 
 /// Context of a `cumulative_amount_mismatch`: `extra.channelState` and `extra.voucherState`.
@@ -113,6 +116,23 @@ impl Reject {
         Self::new(Reason::MissingChannel, Some(id))
     }
 
+    /// A rejection whose message for the client is `message` (see [`Reject::message`]).
+    pub fn explained(
+        reason: Reason,
+        channel_id: Option<ChannelId>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::with(reason, channel_id, Detail::Message(message.into()))
+    }
+
+    /// What the client is told: a [`Detail::Message`] as is, otherwise the display.
+    pub fn message(&self) -> String {
+        match &self.detail {
+            Detail::Message(message) => message.clone(),
+            _ => self.to_string(),
+        }
+    }
+
     /// A signature problem: `voucher_payload` for a wrong length, else `voucher_signature`.
     pub fn signature(id: Option<ChannelId>, fault: SignatureFault) -> Self {
         Self::with(fault.reason(), id, Detail::Signature(fault))
@@ -150,6 +170,7 @@ impl fmt::Display for Reject {
             }
             Detail::Signature(fault) => write!(f, ": {fault}"),
             Detail::Erc1271Required => f.write_str(": smart-wallet payer, use ERC-1271"),
+            Detail::Message(message) => write!(f, ": {message}"),
         }
     }
 }
@@ -188,6 +209,18 @@ mod tests {
                 Reason::VoucherSignature
             );
         }
+    }
+
+    #[test]
+    fn an_explained_reject_answers_its_message_as_is() {
+        let r = Reject::explained(Reason::RpcReadFailed, None, "retry later");
+        assert_eq!(r.message(), "retry later");
+        assert_eq!(
+            r.to_string(),
+            "invalid_batch_settlement_evm_rpc_read_failed: retry later"
+        );
+        let plain = Reject::new(Reason::ChannelBusy, None);
+        assert_eq!(plain.message(), plain.to_string());
     }
 
     #[test]
