@@ -36,17 +36,18 @@ fn settled(
     f: &Facilitator,
     transaction: String,
     amount: String,
-    after: Option<&Verified>,
+    after: Option<Verified>,
 ) -> SettleResponse {
     SettleResponse {
         success: true,
         error_reason: None,
         error_message: None,
-        payer: after.map(|v| v.config.payer.to_checksum(None)),
+        payer: after.as_ref().map(|v| v.config.payer.to_checksum(None)),
         transaction,
         network: f.network(),
         amount: Some(amount),
         extra: after
+            .as_ref()
             .and_then(|v| serde_json::from_value(json!({ "channelState": snapshot_json(v) })).ok()),
         extensions: None,
     }
@@ -154,7 +155,7 @@ async fn settle_deposit(f: &Facilitator, req: Value) -> Result<SettleResponse, R
         f,
         out.tx_hash.to_string(),
         out.amount.to_string(),
-        Some(&after),
+        Some(after),
     ))
 }
 
@@ -338,7 +339,7 @@ async fn settle_refund(f: &Facilitator, req: Value) -> Result<SettleResponse, Re
         f,
         out.tx_hash.to_string(),
         out.refunded.to_string(),
-        Some(&after),
+        Some(after),
     ))
 }
 
