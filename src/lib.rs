@@ -64,6 +64,7 @@
 
 pub mod chain;
 pub mod client;
+pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod facilitator;

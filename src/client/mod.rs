@@ -31,7 +31,7 @@ pub use stream::{PaidStream, StreamEvent};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use alloy::primitives::aliases::U40;
 use alloy::signers::local::PrivateKeySigner;
@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 
 pub use state::ChannelState;
 
+use crate::clock::unix_now as now;
 use crate::reason::Reason;
 use crate::typed_data::{
     ChannelConfig, ChannelId, EscrowDomain, ReceiveWithAuthorization, erc3009_deposit_nonce,
@@ -230,12 +231,6 @@ pub struct PayingClient {
     /// The offer each resource (URL without query) made last time it was paid: the next
     /// request there pays at once instead of asking first.
     offers: Mutex<HashMap<String, Target>>,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What [`PayingClient::send_paid`] got back.

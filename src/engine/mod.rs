@@ -36,14 +36,13 @@ mod stream;
 mod voucher;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256};
 use http::StatusCode;
 
-use crate::ledger::{Detail, Ledger, Reject, Reservation};
+use crate::clock::unix_now as now;
+use crate::ledger::{Detail, Freshness, Ledger, Reject, Reservation};
 use crate::reason::Reason;
-use crate::settlement::Freshness;
 use crate::store::{PersistError, Store, StoreError, persist};
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use crate::wire::{
@@ -143,12 +142,6 @@ pub enum Authorized {
     /// A cooperative refund was executed; answer with this `PAYMENT-RESPONSE` and do not run
     /// the handler.
     Refunded(SettleResponse),
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl<S: Store + 'static> Engine<S> {

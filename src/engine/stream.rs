@@ -9,7 +9,8 @@
 
 use http::StatusCode;
 
-use super::{Engine, Paid, Refusal, decode::decode, now, offer};
+use super::{Engine, Paid, Refusal, decode::decode, offer};
+use crate::clock::unix_now as now;
 use crate::ledger::Reject;
 use crate::reason::Reason;
 use crate::store::Store;

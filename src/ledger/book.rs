@@ -1,8 +1,9 @@
 //! The channel ledger: every channel in memory, sharded, with per-channel serialisation.
 //!
 //! A paid request is two-phase: [`Ledger::reserve`] (the voucher is checked and the channel is
-//! held) → handler → [`Reservation::commit`] with the actual charge, which *stages* the new
-//! record (still held) → the caller persists it → [`StagedCommit::apply`]. Memory never runs
+//! held; `reservation.rs`) → handler → [`Reservation::commit`] with the actual charge, which
+//! *stages* the new record (still held) → the caller persists it → [`StagedCommit::apply`].
+//! Memory never runs
 //! ahead of the store; a failed handler or a failed write releases the channel unchanged and
 //! the same voucher may be retried. A second request on a held channel gets `channel_busy`
 //! at once: no waiting, so nothing can wait forever (the client is meant to retry; it cannot
@@ -17,12 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::MutexGuard;
 
-use crate::ledger::channel::{ChannelRecord, ChannelSnapshot, OnchainState};
-use crate::ledger::reject::{Detail, LastVoucher, Reject};
-use crate::ledger::reservation::{Claimable, Reservation};
+use crate::ledger::channel::{
+    ChannelRecord, ChannelSnapshot, Claimable, LastVoucher, OnchainState,
+};
+use crate::ledger::reject::Reject;
 use crate::ledger::shards::{Shard, Shards, Slot};
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
-use crate::verify::{SignatureFault, SignedVoucher, VerifiedVoucher, VoucherSigner};
+use crate::verify::{SignatureFault, VerifiedVoucher, VoucherSigner};
+
+#[cfg(doc)]
+use crate::ledger::{Reservation, StagedCommit};
 
 /// Default number of shards: plenty for 2–64 cores; each is one `parking_lot` mutex.
 pub const DEFAULT_SHARDS: usize = 64;
@@ -117,13 +122,7 @@ impl Ledger {
         onchain: OnchainState,
         now: u64,
     ) -> Result<ChannelSnapshot, Reject> {
-        self.with_slot(id, |slot| {
-            slot.record.mirror(onchain, now);
-            if slot.hold.is_none() {
-                slot.record.rebase_if_claimed_beyond();
-            }
-            Ok(slot.record.snapshot())
-        })
+        self.update_mirror(id, |record| record.mirror(onchain, now))
     }
 
     /// Like [`Self::refresh`], for a read that may be older than what the ledger knows
@@ -135,8 +134,18 @@ impl Ledger {
         onchain: OnchainState,
         now: u64,
     ) -> Result<ChannelSnapshot, Reject> {
+        self.update_mirror(id, |record| record.mirror_monotonic(onchain, now))
+    }
+
+    /// Changes a known channel's on-chain mirror with `update`, even while it is held; the
+    /// rebase of `charged` (if chain claimed beyond it) waits for the hold to go.
+    fn update_mirror(
+        &self,
+        id: &ChannelId,
+        update: impl FnOnce(&mut ChannelRecord),
+    ) -> Result<ChannelSnapshot, Reject> {
         self.with_slot(id, |slot| {
-            slot.record.mirror_monotonic(onchain, now);
+            update(&mut slot.record);
             if slot.hold.is_none() {
                 slot.record.rebase_if_claimed_beyond();
             }
@@ -182,14 +191,9 @@ impl Ledger {
         total_claimed: u128,
         now: u64,
     ) -> Result<ChannelSnapshot, Reject> {
-        self.with_slot(id, |slot| {
-            let onchain = &mut slot.record.onchain;
-            onchain.total_claimed = onchain.total_claimed.max(total_claimed);
-            slot.record.onchain_synced_at = now;
-            if slot.hold.is_none() {
-                slot.record.rebase_if_claimed_beyond();
-            }
-            Ok(slot.record.snapshot())
+        self.update_mirror(id, |record| {
+            record.onchain.total_claimed = record.onchain.total_claimed.max(total_claimed);
+            record.onchain_synced_at = now;
         })
     }
 
@@ -214,51 +218,6 @@ impl Ledger {
             Some(_) => Err(Reject::busy(*id)),
             None => Ok(slot.record.signer()),
         })
-    }
-
-    /// The ECDSA fast path: look up the signer, recover outside any lock, then reserve.
-    /// Smart-wallet channels are refused with [`Detail::Erc1271Required`]; verify those with
-    /// [`SignedVoucher::verify`] and call [`Ledger::reserve`].
-    pub fn verify_and_reserve(
-        &self,
-        voucher: SignedVoucher,
-        price: u128,
-    ) -> Result<Reservation, Reject> {
-        let id = voucher.channel_id;
-        let VoucherSigner::Ecdsa(authorizer) = self.signer(&id)? else {
-            let reason = SignatureFault::WrongSigner.reason();
-            return Err(Reject::with(reason, Some(id), Detail::Erc1271Required));
-        };
-        let verified = voucher
-            .verify_ecdsa(&self.inner.domain, authorizer)
-            .map_err(|fault| Reject::signature(Some(id), fault))?;
-        self.reserve(verified, price)
-    }
-
-    /// Checks a verified voucher against the channel for a request of maximum price `price`
-    /// and holds the channel until the returned [`Reservation`] is committed or dropped.
-    pub fn reserve(&self, voucher: VerifiedVoucher, price: u128) -> Result<Reservation, Reject> {
-        let id = voucher.channel_id();
-        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
-        let (snapshot, payer) = self.with_slot(&id, |slot| {
-            if voucher.signer() != slot.record.signer() {
-                return Err(Reject::signature(Some(id), SignatureFault::WrongSigner));
-            }
-            if slot.hold.is_some() {
-                return Err(Reject::busy(id));
-            }
-            slot.record.check_voucher(voucher.max_claimable(), price)?;
-            slot.hold = Some(token);
-            Ok((slot.record.snapshot(), slot.record.payer()))
-        })?;
-        Ok(Reservation::new(
-            self.clone(),
-            token,
-            voucher,
-            price,
-            snapshot,
-            payer,
-        ))
     }
 
     /// The zero-charge refund-voucher check (`maxClaimableAmount == charged`). Does not hold
@@ -339,7 +298,12 @@ impl Ledger {
         self.inner.shards.shard(id).lock()
     }
 
-    fn with_slot<T>(
+    /// A fresh hold token (never 0, never reused in this process).
+    pub(super) fn next_token(&self) -> u64 {
+        self.inner.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn with_slot<T>(
         &self,
         id: &ChannelId,
         f: impl FnOnce(&mut Slot) -> Result<T, Reject>,

@@ -1,15 +1,12 @@
-//! One channel's state and the cumulative-voucher rules, as pure functions.
+//! One channel's state as data: the record the store persists, its on-chain mirror, the
+//! views handed out ([`ChannelSnapshot`], [`LastVoucher`], [`Claimable`]).
 //!
-//! Field names follow the spec's per-channel state table. The rules (spec "Request
-//! Processing"): a voucher pays for a request of maximum price `p` only if
-//! `maxClaimableAmount == chargedCumulativeAmount + p`, `maxClaimableAmount <= balance`,
-//! `maxClaimableAmount > totalClaimed`, and no timed withdrawal is pending.
+//! Field names follow the spec's per-channel state table. The voucher rules over this data
+//! are in `rules.rs`.
 
 use alloy_primitives::{Address, Bytes, U256};
 
-use crate::ledger::reject::{Detail, LastVoucher, Mismatch, Reject};
-use crate::reason::Reason;
-use crate::typed_data::{ChannelConfig, ChannelId};
+use crate::typed_data::{ChannelConfig, ChannelId, ClaimEntry};
 use crate::verify::VoucherSigner;
 
 /// Mirrored on-chain fields, as read from `channels(id)`, `pendingWithdrawals(id)` and
@@ -111,6 +108,15 @@ pub struct ChannelSnapshot {
     pub charged: u128,
 }
 
+/// The latest voucher the server holds for a channel (`voucherState` of the corrective 402).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastVoucher {
+    /// `signedMaxClaimable`.
+    pub signed_max_claimable: u128,
+    /// The client's signature over it (canonical: v = 27/28 for ECDSA).
+    pub signature: Bytes,
+}
+
 impl ChannelRecord {
     /// A channel first seen on chain. The charged baseline is on-chain `totalClaimed`
     /// (spec: "Server state loss"); there is no voucher yet.
@@ -169,115 +175,6 @@ impl ChannelRecord {
         self.charged.saturating_sub(self.onchain.total_claimed)
     }
 
-    /// The rules for a paid request of maximum price `price` carrying ceiling `max_claimable`.
-    pub fn check_voucher(&self, max_claimable: u128, price: u128) -> Result<(), Reject> {
-        let id = Some(self.channel_id);
-        if self.onchain.withdraw_requested_at != 0 {
-            // No spec code says "withdrawal pending"; the channel's effective balance for new
-            // vouchers is treated as exhausted, hence `cumulative_exceeds_balance`.
-            let requested_at = self.onchain.withdraw_requested_at;
-            return Err(Reject::with(
-                Reason::CumulativeExceedsBalance,
-                id,
-                Detail::WithdrawalPending { requested_at },
-            ));
-        }
-        let expected = self.charged.checked_add(price);
-        if expected != Some(max_claimable) {
-            return Err(self.mismatch(expected.unwrap_or(u128::MAX), max_claimable));
-        }
-        if max_claimable > self.onchain.balance {
-            let balance = self.onchain.balance;
-            return Err(Reject::with(
-                Reason::CumulativeExceedsBalance,
-                id,
-                Detail::ExceedsBalance {
-                    max_claimable,
-                    balance,
-                },
-            ));
-        }
-        if max_claimable <= self.onchain.total_claimed {
-            return Err(self.below_claimed(max_claimable));
-        }
-        Ok(())
-    }
-
-    /// The rules for renewing a held stream in place: the held voucher's ceiling `held` is
-    /// extended by exactly `increment` to `max_claimable`, within the balance, above
-    /// `totalClaimed`, with no withdrawal pending. A mismatch (a replayed or stale voucher)
-    /// carries this record as the corrective state.
-    pub fn check_extension(
-        &self,
-        held: u128,
-        max_claimable: u128,
-        increment: u128,
-    ) -> Result<(), Reject> {
-        if self.onchain.withdraw_requested_at != 0 {
-            let requested_at = self.onchain.withdraw_requested_at;
-            return Err(Reject::with(
-                Reason::CumulativeExceedsBalance,
-                Some(self.channel_id),
-                Detail::WithdrawalPending { requested_at },
-            ));
-        }
-        let expected = held.checked_add(increment);
-        if increment == 0 || expected != Some(max_claimable) {
-            return Err(self.mismatch(expected.unwrap_or(u128::MAX), max_claimable));
-        }
-        if max_claimable > self.onchain.balance {
-            let balance = self.onchain.balance;
-            return Err(Reject::with(
-                Reason::CumulativeExceedsBalance,
-                Some(self.channel_id),
-                Detail::ExceedsBalance {
-                    max_claimable,
-                    balance,
-                },
-            ));
-        }
-        if max_claimable <= self.onchain.total_claimed {
-            return Err(self.below_claimed(max_claimable));
-        }
-        Ok(())
-    }
-
-    /// The zero-charge refund-voucher rule: `max == charged` and `max >= totalClaimed`.
-    pub fn check_refund_voucher(&self, max_claimable: u128) -> Result<(), Reject> {
-        if max_claimable != self.charged {
-            return Err(self.mismatch(self.charged, max_claimable));
-        }
-        if max_claimable < self.onchain.total_claimed {
-            return Err(self.below_claimed(max_claimable));
-        }
-        Ok(())
-    }
-
-    fn mismatch(&self, expected: u128, got: u128) -> Reject {
-        Reject::with(
-            Reason::CumulativeAmountMismatch,
-            Some(self.channel_id),
-            Detail::CumulativeMismatch(Box::new(Mismatch {
-                expected,
-                got,
-                state: self.snapshot(),
-                last_voucher: self.last_voucher(),
-            })),
-        )
-    }
-
-    fn below_claimed(&self, max_claimable: u128) -> Reject {
-        let total_claimed = self.onchain.total_claimed;
-        Reject::with(
-            Reason::CumulativeBelowClaimed,
-            Some(self.channel_id),
-            Detail::BelowClaimed {
-                max_claimable,
-                total_claimed,
-            },
-        )
-    }
-
     /// Copies fresh on-chain state in.
     pub(crate) fn mirror(&mut self, onchain: OnchainState, now: u64) {
         self.onchain = onchain;
@@ -316,6 +213,50 @@ impl ChannelRecord {
     }
 }
 
+/// One channel ready to be claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimable {
+    /// Channel id.
+    pub channel_id: ChannelId,
+    /// Channel config (the contract takes the config, not the id).
+    pub config: ChannelConfig,
+    /// Voucher ceiling (`maxClaimableAmount`).
+    pub max_claimable: u128,
+    /// Voucher signature.
+    pub signature: Bytes,
+    /// The `totalClaimed` to claim: `charged`, never the ceiling.
+    pub claim_total: u128,
+    /// Mirrored on-chain `totalClaimed` (the claim adds `claim_total - this`).
+    pub onchain_total_claimed: u128,
+    /// Mirrored `withdrawRequestedAt`: non-zero means claim before the delay runs out.
+    pub withdraw_requested_at: u64,
+}
+
+impl Claimable {
+    pub(crate) fn of(record: &ChannelRecord) -> Option<Self> {
+        let has_value = record.charged > record.onchain.total_claimed;
+        let covered = record.signed_max_claimable >= record.charged;
+        (has_value && covered && !record.signature.is_empty()).then(|| Self {
+            channel_id: record.channel_id,
+            config: record.config.clone(),
+            max_claimable: record.signed_max_claimable,
+            signature: record.signature.clone(),
+            claim_total: record.charged,
+            onchain_total_claimed: record.onchain.total_claimed,
+            withdraw_requested_at: record.onchain.withdraw_requested_at,
+        })
+    }
+
+    /// The `ClaimEntry` row of a `ClaimBatch` for this channel.
+    pub fn entry(&self) -> ClaimEntry {
+        ClaimEntry {
+            channelId: self.channel_id.0,
+            maxClaimableAmount: self.max_claimable,
+            totalClaimed: self.claim_total,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,86 +277,6 @@ mod tests {
         r.charged = charged;
         r.signed_max_claimable = charged;
         r
-    }
-
-    #[test]
-    fn accepts_a_ceiling_of_exactly_charged_plus_price() {
-        assert_eq!(record(100, 1_000, 50).check_voucher(150, 50), Ok(()));
-    }
-
-    #[test]
-    fn rejects_any_other_ceiling_with_a_corrective_snapshot() {
-        let r = record(100, 1_000, 50);
-        for got in [149, 151, 0, u128::MAX] {
-            let err = r.check_voucher(got, 50).err();
-            assert_eq!(
-                err.as_ref().map(|e| e.reason),
-                Some(Reason::CumulativeAmountMismatch)
-            );
-            match err.map(|e| e.detail) {
-                Some(Detail::CumulativeMismatch(m)) => {
-                    assert_eq!(m.expected, 150);
-                    assert_eq!(m.state.charged, 100);
-                }
-                other => panic!("unexpected detail {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn an_overflowing_price_is_a_mismatch_not_a_panic() {
-        let r = record(u128::MAX, u128::MAX, 0);
-        let err = r.check_voucher(u128::MAX, 1).map_err(|e| e.reason);
-        assert_eq!(err, Err(Reason::CumulativeAmountMismatch));
-    }
-
-    #[test]
-    fn rejects_a_ceiling_above_balance() {
-        let err = record(100, 120, 0)
-            .check_voucher(150, 50)
-            .map_err(|e| e.reason);
-        assert_eq!(err, Err(Reason::CumulativeExceedsBalance));
-    }
-
-    #[test]
-    fn rejects_a_ceiling_not_above_claimed() {
-        let r = record(100, 1_000, 100);
-        assert_eq!(
-            r.check_voucher(100, 0).map_err(|e| e.reason),
-            Err(Reason::CumulativeBelowClaimed)
-        );
-    }
-
-    #[test]
-    fn a_pending_withdrawal_stops_service() {
-        let mut r = record(100, 1_000, 0);
-        r.onchain.withdraw_requested_at = 1_700_000_000;
-        let err = r.check_voucher(150, 50).err();
-        assert_eq!(
-            err.as_ref().map(|e| e.reason),
-            Some(Reason::CumulativeExceedsBalance)
-        );
-        assert!(matches!(
-            err.map(|e| e.detail),
-            Some(Detail::WithdrawalPending { .. })
-        ));
-    }
-
-    #[test]
-    fn refund_vouchers_must_equal_charged_and_may_equal_claimed() {
-        let r = record(100, 1_000, 100);
-        assert_eq!(r.check_refund_voucher(100), Ok(()));
-        assert_eq!(
-            r.check_refund_voucher(101).map_err(|e| e.reason),
-            Err(Reason::CumulativeAmountMismatch)
-        );
-        let mut stale = record(100, 1_000, 100);
-        stale.onchain.total_claimed = 120;
-        stale.charged = 100;
-        assert_eq!(
-            stale.check_refund_voucher(100).map_err(|e| e.reason),
-            Err(Reason::CumulativeBelowClaimed)
-        );
     }
 
     #[test]

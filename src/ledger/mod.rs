@@ -2,24 +2,29 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `channel.rs` | [`ChannelRecord`], [`OnchainState`], [`ChannelSnapshot`]; the voucher rules |
-//! | `book.rs` | [`Ledger`]: sharded map, reserve, chain hooks, claimable snapshot |
-//! | `reservation.rs` | [`Reservation`] → [`StagedCommit`] → [`Receipt`] (RAII release) |
+//! | `channel.rs` | the data: [`ChannelRecord`], [`OnchainState`], [`RefundMarks`], and the views [`ChannelSnapshot`], [`LastVoucher`], [`Claimable`] |
+//! | `rules.rs` | the voucher rules over a record (`check_voucher`, `check_extension`, `check_refund_voucher`) |
 //! | `reject.rs` | [`Reject`]: a reason code plus context, as data |
+//! | `book.rs` | [`Ledger`]: sharded map, chain hooks, claimable snapshot |
+//! | `reservation.rs` | [`Ledger::reserve`] → [`Reservation`] → [`StagedCommit`] → [`Receipt`] (RAII release) |
+//! | `freshness.rs` | [`Freshness`]: how old a channel's on-chain mirror may be when served on |
 //! | `shards.rs` | the keyed hasher and shard selection |
 
 mod book;
 mod channel;
+mod freshness;
 mod reject;
 mod reservation;
+mod rules;
 mod shards;
 
 pub use book::{DEFAULT_SHARDS, Ledger};
-pub use channel::{ChannelRecord, ChannelSnapshot, OnchainState, RefundMarks};
-pub use reject::{Detail, LastVoucher, Mismatch, Reject};
-pub use reservation::{
-    Claimable, CommitRefused, Receipt, Reservation, StagedCommit, StagedRenewal,
+pub use channel::{
+    ChannelRecord, ChannelSnapshot, Claimable, LastVoucher, OnchainState, RefundMarks,
 };
+pub use freshness::Freshness;
+pub use reject::{Detail, Mismatch, Reject};
+pub use reservation::{CommitRefused, Receipt, Reservation, StagedCommit, StagedRenewal};
 
 // The guards live across the handler's `.await`s in the server: they must be `Send`.
 const _: () = {

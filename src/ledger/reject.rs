@@ -6,9 +6,7 @@
 
 use std::fmt;
 
-use alloy_primitives::Bytes;
-
-use crate::ledger::channel::ChannelSnapshot;
+use crate::ledger::channel::{ChannelSnapshot, LastVoucher};
 use crate::reason::Reason;
 use crate::typed_data::ChannelId;
 use crate::verify::SignatureFault;
@@ -78,15 +76,6 @@ pub struct Mismatch {
     pub state: ChannelSnapshot,
     /// Latest accepted voucher (`voucherState`), if any.
     pub last_voucher: Option<LastVoucher>,
-}
-
-/// The latest voucher the server holds for a channel (`voucherState` of the corrective 402).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LastVoucher {
-    /// `signedMaxClaimable`.
-    pub signed_max_claimable: u128,
-    /// The client's signature over it (canonical: v = 27/28 for ECDSA).
-    pub signature: Bytes,
 }
 
 impl Reject {

@@ -1,4 +1,5 @@
-//! The held side of a paid request: [`Reservation`] → [`StagedCommit`] → [`Receipt`].
+//! The held side of a paid request: [`Ledger::reserve`] → [`Reservation`] → [`StagedCommit`] →
+//! [`Receipt`].
 //!
 //! Both guards release the channel when dropped, so an early return, a panic in the handler
 //! or a failed store write can never leave a channel held, and never changes its state.
@@ -10,14 +11,61 @@
 
 use std::fmt;
 
-use alloy_primitives::{Address, Bytes};
+use alloy_primitives::Address;
 
 use crate::ledger::book::Ledger;
 use crate::ledger::channel::{ChannelRecord, ChannelSnapshot};
 use crate::ledger::reject::{Detail, Reject};
 use crate::reason::Reason;
-use crate::typed_data::{ChannelConfig, ChannelId, ClaimEntry};
-use crate::verify::{SignatureFault, VerifiedVoucher};
+use crate::typed_data::{ChannelConfig, ChannelId};
+use crate::verify::{SignatureFault, SignedVoucher, VerifiedVoucher, VoucherSigner};
+
+impl Ledger {
+    /// The ECDSA fast path: look up the signer, recover outside any lock, then reserve.
+    /// Smart-wallet channels are refused with [`Detail::Erc1271Required`]; verify those with
+    /// [`SignedVoucher::verify`] and call [`Ledger::reserve`].
+    pub fn verify_and_reserve(
+        &self,
+        voucher: SignedVoucher,
+        price: u128,
+    ) -> Result<Reservation, Reject> {
+        let id = voucher.channel_id;
+        let VoucherSigner::Ecdsa(authorizer) = self.signer(&id)? else {
+            let reason = SignatureFault::WrongSigner.reason();
+            return Err(Reject::with(reason, Some(id), Detail::Erc1271Required));
+        };
+        let verified = voucher
+            .verify_ecdsa(self.domain(), authorizer)
+            .map_err(|fault| Reject::signature(Some(id), fault))?;
+        self.reserve(verified, price)
+    }
+
+    /// Checks a verified voucher against the channel for a request of maximum price `price`
+    /// and holds the channel until the returned [`Reservation`] is committed or dropped.
+    pub fn reserve(&self, voucher: VerifiedVoucher, price: u128) -> Result<Reservation, Reject> {
+        let id = voucher.channel_id();
+        let token = self.next_token();
+        let (snapshot, payer) = self.with_slot(&id, |slot| {
+            if voucher.signer() != slot.record.signer() {
+                return Err(Reject::signature(Some(id), SignatureFault::WrongSigner));
+            }
+            if slot.hold.is_some() {
+                return Err(Reject::busy(id));
+            }
+            slot.record.check_voucher(voucher.max_claimable(), price)?;
+            slot.hold = Some(token);
+            Ok((slot.record.snapshot(), slot.record.payer()))
+        })?;
+        Ok(Reservation::new(
+            self.clone(),
+            token,
+            voucher,
+            price,
+            snapshot,
+            payer,
+        ))
+    }
+}
 
 /// A held channel with a checked voucher for a request of maximum price `price`.
 pub struct Reservation {
@@ -389,48 +437,4 @@ impl Drop for StagedCommit {
 
 fn placeholder(id: ChannelId) -> ChannelRecord {
     ChannelRecord::from_chain(id, ChannelConfig::default(), Default::default(), 0)
-}
-
-/// One channel ready to be claimed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claimable {
-    /// Channel id.
-    pub channel_id: ChannelId,
-    /// Channel config (the contract takes the config, not the id).
-    pub config: ChannelConfig,
-    /// Voucher ceiling (`maxClaimableAmount`).
-    pub max_claimable: u128,
-    /// Voucher signature.
-    pub signature: Bytes,
-    /// The `totalClaimed` to claim: `charged`, never the ceiling.
-    pub claim_total: u128,
-    /// Mirrored on-chain `totalClaimed` (the claim adds `claim_total - this`).
-    pub onchain_total_claimed: u128,
-    /// Mirrored `withdrawRequestedAt`: non-zero means claim before the delay runs out.
-    pub withdraw_requested_at: u64,
-}
-
-impl Claimable {
-    pub(crate) fn of(record: &ChannelRecord) -> Option<Self> {
-        let has_value = record.charged > record.onchain.total_claimed;
-        let covered = record.signed_max_claimable >= record.charged;
-        (has_value && covered && !record.signature.is_empty()).then(|| Self {
-            channel_id: record.channel_id,
-            config: record.config.clone(),
-            max_claimable: record.signed_max_claimable,
-            signature: record.signature.clone(),
-            claim_total: record.charged,
-            onchain_total_claimed: record.onchain.total_claimed,
-            withdraw_requested_at: record.onchain.withdraw_requested_at,
-        })
-    }
-
-    /// The `ClaimEntry` row of a `ClaimBatch` for this channel.
-    pub fn entry(&self) -> ClaimEntry {
-        ClaimEntry {
-            channelId: self.channel_id.0,
-            maxClaimableAmount: self.max_claimable,
-            totalClaimed: self.claim_total,
-        }
-    }
 }

@@ -23,20 +23,17 @@ mod watcher;
 pub use journal::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry};
 pub use refunds::{RefundPolicy, Refunded, refund_idle};
 pub use scheduler::{RoundReport, Settlement, SettlementConfig, SettlementHandle};
-pub use watcher::{Freshness, PollReport, WatchError, Watcher, WatcherConfig};
+pub use watcher::{PollReport, WatchError, Watcher, WatcherConfig};
+
+// Old homes, kept for callers: the freshness policy lives in the ledger, the clock in
+// `crate::clock`.
+pub use crate::clock::unix_now;
+pub use crate::ledger::Freshness;
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::ledger::{ChannelSnapshot, Claimable, Ledger};
 use crate::reason::Reason;
 use crate::typed_data::ChannelConfig;
-
-/// Unix seconds now (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Why an unknown channel could not be loaded from chain.
 #[derive(Debug, thiserror::Error)]

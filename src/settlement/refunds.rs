@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chain::escrow::{ChainError, EscrowClient};
+use crate::clock::unix_now;
 use crate::ledger::{Claimable, Ledger, OnchainState};
-use crate::settlement::unix_now;
 use crate::store::{SledStore, Store};
 use crate::typed_data::ChannelId;
 

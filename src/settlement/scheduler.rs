@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::chain::tx::TxError;
+use crate::clock::unix_now;
 use crate::ledger::{Claimable, Ledger};
 use crate::settlement::journal::{BatchState, ClaimJournal, JournalEntry};
-use crate::settlement::{RefundPolicy, refund_idle, sync_all, unclaimed_of, unix_now};
+use crate::settlement::{RefundPolicy, refund_idle, sync_all, unclaimed_of};
 use crate::store::SledStore;
 use crate::telemetry;
 use crate::typed_data::ChannelId;
