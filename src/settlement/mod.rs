@@ -1,9 +1,9 @@
-//! Turning durable vouchers into money on chain: batched claims, sweeps, and the journal
-//! that makes both survive a crash.
+//! Turning durable vouchers into money on chain: batched claims, sweeps and idle refunds,
+//! over any backend that keeps channel records ([`crate::store::Store`]) and the claim
+//! journal ([`crate::store::JournalStore`], [`crate::store::ClaimJournal`]).
 //!
 //! | file | holds |
 //! |---|---|
-//! | `journal.rs` | [`ClaimJournal`]: batches written durably before they are sent |
 //! | `scheduler.rs` | [`Settlement`] / [`SettlementHandle`]: when to claim and sweep |
 //! | `refunds.rs` | [`refund_idle`]: cooperative refunds of idle channels |
 //! | `watcher.rs` | [`Watcher`]: escrow events → ledger mirror, confirmations, reorgs |
@@ -14,21 +14,20 @@
 //! already refuses new vouchers on such a channel; [`SettlementHandle::wake`] makes the
 //! scheduler look now). Claims never exceed what was charged ([`Claimable::claim_total`]).
 
-mod journal;
 #[doc(hidden)]
 mod refunds;
 mod scheduler;
 mod watcher;
 
-pub use journal::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry};
 pub use refunds::{RefundPolicy, Refunded, refund_idle};
 pub use scheduler::{RoundReport, Settlement, SettlementConfig, SettlementHandle};
 pub use watcher::{PollReport, WatchError, Watcher, WatcherConfig};
 
-// Old homes, kept for callers: the freshness policy lives in the ledger, the clock in
-// `crate::clock`.
+// Old homes, kept for callers: the claim journal lives in the store, the freshness policy
+// in the ledger, the clock in `crate::clock`.
 pub use crate::clock::unix_now;
 pub use crate::ledger::Freshness;
+pub use crate::store::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry};
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::ledger::{ChannelSnapshot, Claimable, Ledger};

@@ -3,13 +3,12 @@
 //! charge first in the same transaction, so the payer's money is not parked in escrow
 //! forever and nothing owed is given back.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::clock::unix_now;
 use crate::ledger::{Claimable, Ledger, OnchainState};
-use crate::store::{SledStore, Store};
+use crate::store::Store;
 use crate::typed_data::ChannelId;
 
 /// When an idle channel is refunded.
@@ -49,9 +48,9 @@ pub struct Refunded {
 /// mirrored balance is lowered to what was charged, so no new voucher fits) and skipped if
 /// a request holds it; after the refund its mirror is re-read, and a channel left with
 /// nothing is removed from the ledger and the store.
-pub async fn refund_idle(
+pub async fn refund_idle<S: Store + ?Sized>(
     ledger: &Ledger,
-    store: &Arc<SledStore>,
+    store: &S,
     client: &EscrowClient,
     policy: &RefundPolicy,
 ) -> Vec<Result<Refunded, (ChannelId, ChainError)>> {

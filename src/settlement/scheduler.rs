@@ -23,9 +23,8 @@ use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::chain::tx::TxError;
 use crate::clock::unix_now;
 use crate::ledger::{Claimable, Ledger};
-use crate::settlement::journal::{BatchState, ClaimJournal, JournalEntry};
 use crate::settlement::{RefundPolicy, refund_idle, sync_all, unclaimed_of};
-use crate::store::SledStore;
+use crate::store::{BatchState, ClaimJournal, JournalEntry, SettlementStore, SledStore};
 use crate::telemetry;
 use crate::typed_data::ChannelId;
 
@@ -86,20 +85,20 @@ pub struct RoundReport {
 
 /// The scheduler's state; shared by the task and the handle.
 #[derive(Debug)]
-pub struct Settlement {
+pub struct Settlement<S: SettlementStore = SledStore> {
     ledger: Ledger,
     client: Arc<EscrowClient>,
-    journal: ClaimJournal,
+    journal: ClaimJournal<S>,
     config: SettlementConfig,
     wake: Arc<Notify>,
     timers: Mutex<Timers>,
-    refunds: Option<Refunds>,
+    refunds: Option<Refunds<S>>,
 }
 
 /// Idle-channel refunds run by the scheduler task (so never concurrently with a claim).
 #[derive(Debug)]
-struct Refunds {
-    store: Arc<SledStore>,
+struct Refunds<S> {
+    store: Arc<S>,
     policy: RefundPolicy,
     every: Duration,
 }
@@ -112,12 +111,12 @@ struct Timers {
     backoff: HashMap<ChannelId, Instant>,
 }
 
-impl Settlement {
+impl<S: SettlementStore> Settlement<S> {
     /// A scheduler for `ledger`'s channels that name `client`'s key as receiver authorizer.
     pub fn new(
         ledger: Ledger,
         client: Arc<EscrowClient>,
-        journal: ClaimJournal,
+        journal: ClaimJournal<S>,
         config: SettlementConfig,
     ) -> Self {
         let now = Instant::now();
@@ -139,12 +138,7 @@ impl Settlement {
 
     /// Also refunds idle channels per `policy` every `every` (see [`refund_idle`]); the
     /// store is where refunded-out channels are deleted.
-    pub fn with_refunds(
-        mut self,
-        store: Arc<SledStore>,
-        policy: RefundPolicy,
-        every: Duration,
-    ) -> Self {
+    pub fn with_refunds(mut self, store: Arc<S>, policy: RefundPolicy, every: Duration) -> Self {
         self.refunds = Some(Refunds {
             store,
             policy,
@@ -154,7 +148,7 @@ impl Settlement {
     }
 
     /// The journal (tests and tooling inspect it).
-    pub fn journal(&self) -> &ClaimJournal {
+    pub fn journal(&self) -> &ClaimJournal<S> {
         &self.journal
     }
 
@@ -445,7 +439,7 @@ impl Settlement {
     /// Starts the scheduler task: reconcile the journal, re-read every channel (a
     /// withdrawal may have started while we were down), claim what is due at once, then
     /// loop on ticks and wake-ups.
-    pub fn spawn(self) -> SettlementHandle {
+    pub fn spawn(self) -> SettlementHandle<S> {
         let inner = Arc::new(self);
         let stop = CancellationToken::new();
         let task = {
@@ -502,13 +496,13 @@ fn row_time(ledger: &Ledger, row: &Claimable) -> u64 {
 
 /// A running scheduler.
 #[derive(Debug)]
-pub struct SettlementHandle {
-    inner: Arc<Settlement>,
+pub struct SettlementHandle<S: SettlementStore = SledStore> {
+    inner: Arc<Settlement<S>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
-impl SettlementHandle {
+impl<S: SettlementStore> SettlementHandle<S> {
     /// Makes the scheduler run a round now (e.g. the watcher or the HTTP layer saw a
     /// withdrawal being initiated).
     pub fn wake(&self) {
@@ -521,7 +515,7 @@ impl SettlementHandle {
     }
 
     /// The scheduler itself (forced rounds, journal inspection).
-    pub fn settlement(&self) -> &Arc<Settlement> {
+    pub fn settlement(&self) -> &Arc<Settlement<S>> {
         &self.inner
     }
 

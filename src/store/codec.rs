@@ -1,6 +1,7 @@
-//! On-disk encoding of a [`ChannelRecord`].
+//! On-disk encoding of a [`ChannelRecord`] and of a claim-journal [`JournalEntry`].
 //!
-//! `value = [format: u8][version: u64 big-endian][bincode 2 (serde, standard config)]`.
+//! Channel record: `value = [format: u8][version: u64 big-endian][bincode 2 (serde, standard
+//! config)]`.
 //! The record version sits in a fixed header so compare-and-set reads it without decoding.
 //! The payload is a private plain-data struct, not the alloy types, so that the format does
 //! not change if alloy's serde representation does. A new layout gets a new format byte.
@@ -12,13 +13,19 @@
 //!
 //! Records are written in the newest format; older ones are still read (a format-1 record
 //! has no refund marks: nothing was remembered of refunds before format 2).
+//!
+//! Journal entry: `value = [JOURNAL_FORMAT_V1][bincode 2 of EntryV1]`, keyed by the batch id
+//! as a big-endian `u64`. Both layouts spell a channel config the same way ([`DiskConfig`]);
+//! bincode writes a nested struct as its fields in order, so the bytes are those of the
+//! flat layouts written before the config was shared.
 
 use alloy_primitives::aliases::U40;
 use alloy_primitives::{Address, B256, Bytes, U256, hex};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{ChannelRecord, OnchainState, RefundMarks};
+use crate::ledger::{ChannelRecord, Claimable, OnchainState, RefundMarks};
 use crate::store::StoreError;
+use crate::store::journal::{BatchState, JOURNAL_FORMAT_V1, JournalEntry};
 use crate::typed_data::{ChannelConfig, ChannelId};
 
 /// Format byte of the first layout (still read).
@@ -27,9 +34,9 @@ pub const FORMAT_V1: u8 = 1;
 pub const FORMAT_V2: u8 = 2;
 const HEADER: usize = 9;
 
+/// A [`ChannelConfig`] as plain data, in the field order of every layout.
 #[derive(Serialize, Deserialize)]
-struct DiskRecordV1 {
-    channel_id: [u8; 32],
+struct DiskConfig {
     payer: [u8; 20],
     payer_authorizer: [u8; 20],
     receiver: [u8; 20],
@@ -37,6 +44,43 @@ struct DiskRecordV1 {
     token: [u8; 20],
     withdraw_delay: u64,
     salt: [u8; 32],
+}
+
+impl DiskConfig {
+    fn of(c: &ChannelConfig) -> Self {
+        Self {
+            payer: c.payer.0.0,
+            payer_authorizer: c.payerAuthorizer.0.0,
+            receiver: c.receiver.0.0,
+            receiver_authorizer: c.receiverAuthorizer.0.0,
+            token: c.token.0.0,
+            withdraw_delay: c.withdrawDelay.to::<u64>(),
+            salt: c.salt.0,
+        }
+    }
+
+    /// The stored `withdrawDelay`, `None` when it is above uint40 (corruption).
+    fn withdraw_delay(&self) -> Option<U40> {
+        U40::try_from(self.withdraw_delay).ok()
+    }
+
+    fn into_config(self, withdraw_delay: U40) -> ChannelConfig {
+        ChannelConfig {
+            payer: Address::from(self.payer),
+            payerAuthorizer: Address::from(self.payer_authorizer),
+            receiver: Address::from(self.receiver),
+            receiverAuthorizer: Address::from(self.receiver_authorizer),
+            token: Address::from(self.token),
+            withdrawDelay: withdraw_delay,
+            salt: B256::from(self.salt),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct DiskRecordV1 {
+    channel_id: [u8; 32],
+    config: DiskConfig,
     charged: u128,
     signed_max_claimable: u128,
     signature: Vec<u8>,
@@ -63,16 +107,9 @@ fn config() -> bincode::config::Configuration {
 
 /// Encodes `record` with its version in the header.
 pub(crate) fn encode(record: &ChannelRecord) -> Result<Vec<u8>, bincode::error::EncodeError> {
-    let c = &record.config;
     let base = DiskRecordV1 {
         channel_id: record.channel_id.0.0,
-        payer: c.payer.0.0,
-        payer_authorizer: c.payerAuthorizer.0.0,
-        receiver: c.receiver.0.0,
-        receiver_authorizer: c.receiverAuthorizer.0.0,
-        token: c.token.0.0,
-        withdraw_delay: c.withdrawDelay.to::<u64>(),
-        salt: c.salt.0,
+        config: DiskConfig::of(&record.config),
         charged: record.charged,
         signed_max_claimable: record.signed_max_claimable,
         signature: record.signature.to_vec(),
@@ -133,20 +170,13 @@ pub(crate) fn decode(key: &[u8], value: &[u8]) -> Result<ChannelRecord, StoreErr
     if key != d.channel_id.as_slice() {
         return Err(corrupt(key, "record belongs to another channel", None));
     }
-    let withdraw_delay = U40::try_from(d.withdraw_delay)
-        .map_err(|_| corrupt(key, "withdrawDelay above uint40", None))?;
-    let config = ChannelConfig {
-        payer: Address::from(d.payer),
-        payerAuthorizer: Address::from(d.payer_authorizer),
-        receiver: Address::from(d.receiver),
-        receiverAuthorizer: Address::from(d.receiver_authorizer),
-        token: Address::from(d.token),
-        withdrawDelay: withdraw_delay,
-        salt: B256::from(d.salt),
-    };
+    let withdraw_delay = d
+        .config
+        .withdraw_delay()
+        .ok_or_else(|| corrupt(key, "withdrawDelay above uint40", None))?;
     Ok(ChannelRecord {
         channel_id: ChannelId(B256::from(d.channel_id)),
-        config,
+        config: d.config.into_config(withdraw_delay),
         charged: d.charged,
         signed_max_claimable: d.signed_max_claimable,
         signature: Bytes::from(d.signature),
@@ -183,6 +213,103 @@ fn corrupt(
         what,
         source,
     }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RowV1 {
+    channel_id: [u8; 32],
+    config: DiskConfig,
+    max_claimable: u128,
+    signature: Vec<u8>,
+    claim_total: u128,
+    onchain_total_claimed: u128,
+    withdraw_requested_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryV1 {
+    state: BatchState,
+    rows: Vec<RowV1>,
+    tx_hashes: Vec<[u8; 32]>,
+    created_at: u64,
+}
+
+fn row_to_disk(r: &Claimable) -> RowV1 {
+    RowV1 {
+        channel_id: r.channel_id.0.0,
+        config: DiskConfig::of(&r.config),
+        max_claimable: r.max_claimable,
+        signature: r.signature.to_vec(),
+        claim_total: r.claim_total,
+        onchain_total_claimed: r.onchain_total_claimed,
+        withdraw_requested_at: r.withdraw_requested_at,
+    }
+}
+
+fn row_from_disk(r: RowV1) -> Claimable {
+    // The journal has always saturated an out-of-range delay rather than refusing the row.
+    let withdraw_delay = r.config.withdraw_delay().unwrap_or(U40::MAX);
+    Claimable {
+        channel_id: ChannelId(B256::from(r.channel_id)),
+        config: r.config.into_config(withdraw_delay),
+        max_claimable: r.max_claimable,
+        signature: Bytes::from(r.signature),
+        claim_total: r.claim_total,
+        onchain_total_claimed: r.onchain_total_claimed,
+        withdraw_requested_at: r.withdraw_requested_at,
+    }
+}
+
+/// Encodes a journal entry (the key is its id, big-endian).
+pub(crate) fn encode_entry(entry: &JournalEntry) -> Result<Vec<u8>, StoreError> {
+    let disk = EntryV1 {
+        state: entry.state,
+        rows: entry.rows.iter().map(row_to_disk).collect(),
+        tx_hashes: entry.tx_hashes.iter().map(|h| h.0).collect(),
+        created_at: entry.created_at,
+    };
+    let mut out = vec![JOURNAL_FORMAT_V1];
+    bincode::serde::encode_into_std_write(&disk, &mut out, config()).map_err(|source| {
+        StoreError::Encode {
+            channel_id: entry
+                .rows
+                .first()
+                .map(|r| r.channel_id)
+                .unwrap_or(ChannelId(B256::ZERO)),
+            source,
+        }
+    })?;
+    Ok(out)
+}
+
+/// Decodes a journal entry stored under `key`.
+pub(crate) fn decode_entry(key: &[u8], value: &[u8]) -> Result<JournalEntry, StoreError> {
+    let corrupt = |what, source| StoreError::Corrupt {
+        key: hex::encode(key),
+        what,
+        source,
+    };
+    let id = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt("journal key is not 8 bytes", None))?;
+    let (format, payload) = value
+        .split_first()
+        .ok_or_else(|| corrupt("empty journal entry", None))?;
+    if *format != JOURNAL_FORMAT_V1 {
+        return Err(corrupt("unknown journal format byte", None));
+    }
+    let (disk, used): (EntryV1, usize) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| corrupt("journal entry does not decode", Some(e)))?;
+    if used != payload.len() {
+        return Err(corrupt("trailing bytes after journal entry", None));
+    }
+    Ok(JournalEntry {
+        id,
+        state: disk.state,
+        rows: disk.rows.into_iter().map(row_from_disk).collect(),
+        tx_hashes: disk.tx_hashes.into_iter().map(B256::from).collect(),
+        created_at: disk.created_at,
+    })
 }
 
 #[cfg(test)]
@@ -277,5 +404,14 @@ mod tests {
         }
         let other_key = B256::repeat_byte(8);
         assert!(decode(other_key.as_slice(), &good).is_err());
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_an_error_not_a_panic() {
+        let key = 5u64.to_be_bytes();
+        assert!(decode_entry(&key, &[]).is_err());
+        assert!(decode_entry(&key, &[9, 1, 2]).is_err());
+        assert!(decode_entry(&key, &[JOURNAL_FORMAT_V1, 0xff, 0xff]).is_err());
+        assert!(decode_entry(&[1, 2], &[JOURNAL_FORMAT_V1]).is_err());
     }
 }

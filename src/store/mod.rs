@@ -10,11 +10,16 @@
 //! |---|---|
 //! | `sled_store.rs` | [`SledStore`], tree names, open options |
 //! | `group_commit.rs` | the store thread: queued writes applied as one batch, flushed, waiters woken |
-//! | `codec.rs` | on-disk format: format byte, record version, bincode 2 payload |
+//! | `codec.rs` | on-disk format of channel records and journal entries: format byte, bincode 2 payload |
 //! | `persist.rs` | [`persist`]: staged commit → compare-and-set → durable → apply |
+//! | `journal.rs` | [`ClaimJournal`] over the [`JournalStore`] trait: claim batches written durably before they are sent |
+//!
+//! A backend serves the settlement side through two traits: [`Store`] (channel records;
+//! idle refunds delete through it) and [`JournalStore`] (the claim journal).
 
 mod codec;
 mod group_commit;
+mod journal;
 mod persist;
 mod sled_store;
 
@@ -26,6 +31,7 @@ use crate::ledger::ChannelRecord;
 use crate::typed_data::ChannelId;
 
 pub use codec::{FORMAT_V1, FORMAT_V2};
+pub use journal::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry, JournalStore};
 pub use persist::{PersistError, persist};
 pub use sled_store::{
     CHANNELS_TREE, CLAIM_JOURNAL_TREE, DEFAULT_GROUP_LINGER, SledOptions, SledStore,
@@ -101,6 +107,49 @@ pub trait Store: Send + Sync {
 
     /// Every record, for [`crate::ledger::Ledger::restore`] on start.
     fn load_all(&self) -> impl Future<Output = Result<Vec<ChannelRecord>, StoreError>> + Send;
+}
+
+/// Everything the settlement side (claims, the journal, idle refunds) needs of a backend:
+/// its channel records and its claim journal.
+pub trait SettlementStore: Store + JournalStore + 'static {}
+
+impl<S: Store + JournalStore + 'static> SettlementStore for S {}
+
+/// A shared store is a store: the engine and the settlement task hold the same one.
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn compare_and_set(
+        &self,
+        expected: Option<u64>,
+        record: &ChannelRecord,
+    ) -> impl Future<Output = Result<WriteTicket, StoreError>> + Send {
+        (**self).compare_and_set(expected, record)
+    }
+
+    fn remove(
+        &self,
+        channel_id: ChannelId,
+        expected: u64,
+    ) -> impl Future<Output = Result<WriteTicket, StoreError>> + Send {
+        (**self).remove(channel_id, expected)
+    }
+
+    fn wait_durable(
+        &self,
+        ticket: WriteTicket,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).wait_durable(ticket)
+    }
+
+    fn load(
+        &self,
+        channel_id: ChannelId,
+    ) -> impl Future<Output = Result<Option<ChannelRecord>, StoreError>> + Send {
+        (**self).load(channel_id)
+    }
+
+    fn load_all(&self) -> impl Future<Output = Result<Vec<ChannelRecord>, StoreError>> + Send {
+        (**self).load_all()
+    }
 }
 
 /// A store operation failed.

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use alloy_primitives::hex;
@@ -20,6 +21,7 @@ use parking_lot::Mutex;
 use crate::ledger::ChannelRecord;
 use crate::store::codec;
 use crate::store::group_commit::GroupCommit;
+use crate::store::journal::{JournalEntry, JournalStore};
 use crate::store::{Durability, FlushError, Store, StoreError, WriteTicket};
 use crate::typed_data::ChannelId;
 
@@ -76,6 +78,9 @@ pub struct SledStore {
     options: SledOptions,
     data_file: Option<(PathBuf, File)>,
     group: Option<GroupCommit<WriteOp>>,
+    /// The claim journal's tree, opened on first use (a store never used for claims gets
+    /// none).
+    journal: OnceLock<sled::Tree>,
 }
 
 /// A write handed to the group-commit store thread.
@@ -138,6 +143,7 @@ impl SledStore {
             options,
             data_file,
             group,
+            journal: OnceLock::new(),
         })
     }
 
@@ -148,7 +154,15 @@ impl SledStore {
 
     /// The tree reserved for the claim journal ([`CLAIM_JOURNAL_TREE`]).
     pub fn claim_journal(&self) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(CLAIM_JOURNAL_TREE)?)
+        self.journal_tree().cloned()
+    }
+
+    fn journal_tree(&self) -> Result<&sled::Tree, StoreError> {
+        if let Some(tree) = self.journal.get() {
+            return Ok(tree);
+        }
+        let tree = self.db.open_tree(CLAIM_JOURNAL_TREE)?;
+        Ok(self.journal.get_or_init(|| tree))
     }
 
     /// Flushes (and syncs, if enabled) now, whatever the mode. Used at shutdown.
@@ -290,6 +304,48 @@ impl Store for SledStore {
             out.push(codec::decode(&key, &value)?);
         }
         Ok(out)
+    }
+}
+
+impl JournalStore for SledStore {
+    fn put_entry(&self, entry: &JournalEntry, durable: bool) -> Result<(), StoreError> {
+        let value = codec::encode_entry(entry)?;
+        self.journal_tree()?.insert(entry.id.to_be_bytes(), value)?;
+        if durable { self.flush_now() } else { Ok(()) }
+    }
+
+    fn entry(&self, id: u64) -> Result<Option<JournalEntry>, StoreError> {
+        let key = id.to_be_bytes();
+        self.journal_tree()?
+            .get(key)?
+            .map(|v| codec::decode_entry(&key, &v))
+            .transpose()
+    }
+
+    fn remove_entry(&self, id: u64) -> Result<(), StoreError> {
+        self.journal_tree()?.remove(id.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn entries(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.journal_tree()?.iter() {
+            let (k, v) = item?;
+            out.push(codec::decode_entry(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry_id(&self) -> Result<Option<u64>, StoreError> {
+        // A key that is not 8 bytes counts as id 0, as it always has; decoding reports it.
+        Ok(self
+            .journal_tree()?
+            .last()?
+            .map(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes)))
+    }
+
+    fn entry_count(&self) -> usize {
+        self.journal_tree().map_or(0, sled::Tree::len)
     }
 }
 
