@@ -258,30 +258,30 @@ impl Claimable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use alloy_primitives::B256;
-
-    fn record(charged: u128, balance: u128, total_claimed: u128) -> ChannelRecord {
+impl ChannelRecord {
+    /// A record with `charged` (and a matching ceiling, no voucher) over a mirror of
+    /// `balance` and `total_claimed`, for the ledger's unit tests.
+    pub(crate) fn for_test(charged: u128, balance: u128, total_claimed: u128) -> Self {
         let onchain = OnchainState {
             balance,
             total_claimed,
             ..Default::default()
         };
-        let mut r = ChannelRecord::from_chain(
-            ChannelId(B256::repeat_byte(1)),
-            ChannelConfig::default(),
-            onchain,
-            0,
-        );
+        let id = ChannelId(alloy_primitives::B256::repeat_byte(1));
+        let mut r = Self::from_chain(id, ChannelConfig::default(), onchain, 0);
         r.charged = charged;
         r.signed_max_claimable = charged;
         r
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn rebases_when_more_was_claimed_than_charged() {
-        let mut r = record(100, 1_000, 0);
+        let mut r = ChannelRecord::for_test(100, 1_000, 0);
         r.signature = Bytes::from_static(&[1; 65]);
         r.signed_max_claimable = 150;
         r.onchain.total_claimed = 120;

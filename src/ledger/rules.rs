@@ -12,36 +12,12 @@ use crate::reason::Reason;
 impl ChannelRecord {
     /// The rules for a paid request of maximum price `price` carrying ceiling `max_claimable`.
     pub fn check_voucher(&self, max_claimable: u128, price: u128) -> Result<(), Reject> {
-        let id = Some(self.channel_id);
-        if self.onchain.withdraw_requested_at != 0 {
-            // No spec code says "withdrawal pending"; the channel's effective balance for new
-            // vouchers is treated as exhausted, hence `cumulative_exceeds_balance`.
-            let requested_at = self.onchain.withdraw_requested_at;
-            return Err(Reject::with(
-                Reason::CumulativeExceedsBalance,
-                id,
-                Detail::WithdrawalPending { requested_at },
-            ));
-        }
+        self.no_withdrawal_pending()?;
         let expected = self.charged.checked_add(price);
         if expected != Some(max_claimable) {
             return Err(self.mismatch(expected.unwrap_or(u128::MAX), max_claimable));
         }
-        if max_claimable > self.onchain.balance {
-            let balance = self.onchain.balance;
-            return Err(Reject::with(
-                Reason::CumulativeExceedsBalance,
-                id,
-                Detail::ExceedsBalance {
-                    max_claimable,
-                    balance,
-                },
-            ));
-        }
-        if max_claimable <= self.onchain.total_claimed {
-            return Err(self.below_claimed(max_claimable));
-        }
-        Ok(())
+        self.within_balance_above_claimed(max_claimable)
     }
 
     /// The rules for renewing a held stream in place: the held voucher's ceiling `held` is
@@ -54,18 +30,40 @@ impl ChannelRecord {
         max_claimable: u128,
         increment: u128,
     ) -> Result<(), Reject> {
-        if self.onchain.withdraw_requested_at != 0 {
-            let requested_at = self.onchain.withdraw_requested_at;
-            return Err(Reject::with(
-                Reason::CumulativeExceedsBalance,
-                Some(self.channel_id),
-                Detail::WithdrawalPending { requested_at },
-            ));
-        }
+        self.no_withdrawal_pending()?;
         let expected = held.checked_add(increment);
         if increment == 0 || expected != Some(max_claimable) {
             return Err(self.mismatch(expected.unwrap_or(u128::MAX), max_claimable));
         }
+        self.within_balance_above_claimed(max_claimable)
+    }
+
+    /// The zero-charge refund-voucher rule: `max == charged` and `max >= totalClaimed`.
+    pub fn check_refund_voucher(&self, max_claimable: u128) -> Result<(), Reject> {
+        if max_claimable != self.charged {
+            return Err(self.mismatch(self.charged, max_claimable));
+        }
+        if max_claimable < self.onchain.total_claimed {
+            return Err(self.below_claimed(max_claimable));
+        }
+        Ok(())
+    }
+
+    fn no_withdrawal_pending(&self) -> Result<(), Reject> {
+        if self.onchain.withdraw_requested_at == 0 {
+            return Ok(());
+        }
+        // No spec code says "withdrawal pending"; the channel's effective balance for new
+        // vouchers is treated as exhausted, hence `cumulative_exceeds_balance`.
+        let requested_at = self.onchain.withdraw_requested_at;
+        Err(Reject::with(
+            Reason::CumulativeExceedsBalance,
+            Some(self.channel_id),
+            Detail::WithdrawalPending { requested_at },
+        ))
+    }
+
+    fn within_balance_above_claimed(&self, max_claimable: u128) -> Result<(), Reject> {
         if max_claimable > self.onchain.balance {
             let balance = self.onchain.balance;
             return Err(Reject::with(
@@ -78,17 +76,6 @@ impl ChannelRecord {
             ));
         }
         if max_claimable <= self.onchain.total_claimed {
-            return Err(self.below_claimed(max_claimable));
-        }
-        Ok(())
-    }
-
-    /// The zero-charge refund-voucher rule: `max == charged` and `max >= totalClaimed`.
-    pub fn check_refund_voucher(&self, max_claimable: u128) -> Result<(), Reject> {
-        if max_claimable != self.charged {
-            return Err(self.mismatch(self.charged, max_claimable));
-        }
-        if max_claimable < self.onchain.total_claimed {
             return Err(self.below_claimed(max_claimable));
         }
         Ok(())
@@ -123,25 +110,9 @@ impl ChannelRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::OnchainState;
-    use crate::typed_data::{ChannelConfig, ChannelId};
-    use alloy_primitives::B256;
 
     fn record(charged: u128, balance: u128, total_claimed: u128) -> ChannelRecord {
-        let onchain = OnchainState {
-            balance,
-            total_claimed,
-            ..Default::default()
-        };
-        let mut r = ChannelRecord::from_chain(
-            ChannelId(B256::repeat_byte(1)),
-            ChannelConfig::default(),
-            onchain,
-            0,
-        );
-        r.charged = charged;
-        r.signed_max_claimable = charged;
-        r
+        ChannelRecord::for_test(charged, balance, total_claimed)
     }
 
     #[test]

@@ -312,20 +312,26 @@ pub(crate) fn decode_entry(key: &[u8], value: &[u8]) -> Result<JournalEntry, Sto
     })
 }
 
+/// A config with every field set (distinct bytes), for the store's unit tests.
+#[cfg(test)]
+pub(crate) fn test_config() -> ChannelConfig {
+    ChannelConfig {
+        payer: Address::repeat_byte(1),
+        payerAuthorizer: Address::repeat_byte(2),
+        receiver: Address::repeat_byte(3),
+        receiverAuthorizer: Address::repeat_byte(4),
+        token: Address::repeat_byte(5),
+        withdrawDelay: U40::from(900u64),
+        salt: B256::repeat_byte(6),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> ChannelRecord {
-        let config = ChannelConfig {
-            payer: Address::repeat_byte(1),
-            payerAuthorizer: Address::repeat_byte(2),
-            receiver: Address::repeat_byte(3),
-            receiverAuthorizer: Address::repeat_byte(4),
-            token: Address::repeat_byte(5),
-            withdrawDelay: U40::from(900u64),
-            salt: B256::repeat_byte(6),
-        };
+        let config = test_config();
         ChannelRecord {
             channel_id: ChannelId(B256::repeat_byte(7)),
             config,

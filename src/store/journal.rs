@@ -172,24 +172,15 @@ impl<S: JournalStore> ClaimJournal<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::codec::{decode_entry, encode_entry};
+    use crate::store::codec::{decode_entry, encode_entry, test_config};
     use crate::store::{Durability, SledOptions};
-    use crate::typed_data::{ChannelConfig, ChannelId};
-    use alloy_primitives::aliases::U40;
-    use alloy_primitives::{Address, Bytes};
+    use crate::typed_data::ChannelId;
+    use alloy_primitives::Bytes;
 
     fn row(n: u8) -> Claimable {
         Claimable {
             channel_id: ChannelId(B256::repeat_byte(n)),
-            config: ChannelConfig {
-                payer: Address::repeat_byte(1),
-                payerAuthorizer: Address::repeat_byte(2),
-                receiver: Address::repeat_byte(3),
-                receiverAuthorizer: Address::repeat_byte(4),
-                token: Address::repeat_byte(5),
-                withdrawDelay: U40::from(900u64),
-                salt: B256::repeat_byte(6),
-            },
+            config: test_config(),
             max_claimable: 1_000 + u128::from(n),
             signature: Bytes::from(vec![n; 65]),
             claim_total: 900,
@@ -234,39 +225,21 @@ mod tests {
     /// are written byte for byte as before.
     #[test]
     fn a_journal_entry_keeps_its_flat_layout() {
-        #[derive(serde::Serialize)]
-        struct FlatRowV1 {
-            channel_id: [u8; 32],
-            payer: [u8; 20],
-            payer_authorizer: [u8; 20],
-            receiver: [u8; 20],
-            receiver_authorizer: [u8; 20],
-            token: [u8; 20],
-            withdraw_delay: u64,
-            salt: [u8; 32],
-            max_claimable: u128,
-            signature: Vec<u8>,
-            claim_total: u128,
-            onchain_total_claimed: u128,
-            withdraw_requested_at: u64,
-        }
         let row = row(3);
+        // The flat row, field by field (bincode writes a tuple like a struct: its fields in
+        // order, nothing around them).
         let c = &row.config;
-        let flat = FlatRowV1 {
-            channel_id: row.channel_id.0.0,
-            payer: c.payer.0.0,
-            payer_authorizer: c.payerAuthorizer.0.0,
-            receiver: c.receiver.0.0,
-            receiver_authorizer: c.receiverAuthorizer.0.0,
-            token: c.token.0.0,
-            withdraw_delay: 900,
-            salt: c.salt.0,
-            max_claimable: row.max_claimable,
-            signature: row.signature.to_vec(),
-            claim_total: row.claim_total,
-            onchain_total_claimed: row.onchain_total_claimed,
-            withdraw_requested_at: row.withdraw_requested_at,
-        };
+        let flat = (
+            (
+                row.channel_id.0.0,
+                c.payer.0.0,
+                c.payerAuthorizer.0.0,
+                c.receiver.0.0,
+            ),
+            (c.receiverAuthorizer.0.0, c.token.0.0, 900_u64, c.salt.0),
+            (row.max_claimable, row.signature.to_vec(), row.claim_total),
+            (row.onchain_total_claimed, row.withdraw_requested_at),
+        );
         let mut old = vec![JOURNAL_FORMAT_V1];
         let old_entry = (BatchState::Sent, vec![flat], vec![[0xaa_u8; 32]], 11_u64);
         bincode::serde::encode_into_std_write(&old_entry, &mut old, bincode::config::standard())
