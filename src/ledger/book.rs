@@ -156,7 +156,7 @@ impl Ledger {
     /// Records a cooperative refund executed at the channel's current `charged` (see
     /// [`crate::ledger::RefundMarks`]), in memory at once, so a replay is refused even if
     /// the write below fails. Returns the record to persist (version bumped) and the
-    /// version the store must hold; call [`Self::persisted`] once it is durable.
+    /// version the store must hold; call `Ledger::persisted` once it is durable.
     pub fn note_refund(
         &self,
         id: &ChannelId,
