@@ -24,6 +24,7 @@
 //! its voucher mid-stream when the server asks, within a caller's `max_total`, checking each
 //! checkpoint (`src/client/stream.rs`, `docs/protocol.md` §10).
 
+mod checks;
 mod state;
 mod stream;
 
@@ -47,12 +48,12 @@ use crate::typed_data::{
     ChannelConfig, ChannelId, EscrowDomain, ReceiveWithAuthorization, erc3009_deposit_nonce,
     sign_receive_with_authorization, sign_voucher, token_domain,
 };
-use crate::verify::recover_signer;
 use crate::wire::{
     BATCH_SETTLEMENT, BatchSettlementExtra, ChannelConfigWire, MAX_PAYMENT_HEADER_BYTES,
     PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, PaymentRequired, PaymentRequirements,
     SettleResponse, decode_header, encode_header,
 };
+use checks::{Response, Terms};
 
 /// Escrow address the stock SDK uses on every chain.
 pub const CANONICAL_ESCROW: Address = address!("0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");
@@ -340,11 +341,8 @@ impl PayingClient {
             if deposit.is_some()
                 && let Ok(settle) = read_response(&res)
             {
-                let charged = settle.extra.as_ref().and_then(|e| e.charged_amount);
-                if charged.is_some_and(|c| c != 0) {
-                    return Err(self.cheated(&target, "charged a failed request"));
-                }
-                self.check_settle(&target, settle, deposit)?;
+                let settle = &settle;
+                self.apply_checked(&target, Response::Failed { settle, deposit })?;
             }
             return answer(res, None).await;
         }
@@ -871,83 +869,37 @@ impl PayingClient {
 
     /// Adopts a corrective 402's state only if it proves itself with our own signature.
     fn resync(&self, t: &Target, required: &PaymentRequired) -> Result<(), ClientError> {
-        let extra = required
-            .accepts
-            .iter()
-            .find(|o| o.scheme == BATCH_SETTLEMENT)
-            .and_then(|o| o.batch_extra().ok())
-            .ok_or_else(|| self.cheated(t, "corrective 402 without an offer"))?;
-        let cs = extra
-            .channel_state
-            .ok_or_else(|| self.cheated(t, "corrective 402 without channelState"))?;
-        if cs.channel_id != t.id.0 {
-            return Err(self.cheated(t, "corrective 402 for another channel"));
-        }
-        let charged = cs.charged_cumulative_amount.unwrap_or(cs.total_claimed);
-        let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
-        if charged > state.charged {
-            // The server claims more than we know of: it must show our signature over a
-            // ceiling covering it, or the on-chain claimed amount must.
-            let proven = extra.voucher_state.as_ref().is_some_and(|v| {
-                let (Some(max), Some(sig)) = (v.signed_max_claimable, v.signature.as_ref()) else {
-                    return false;
-                };
-                let digest = t.domain.voucher_digest(t.id, max);
-                max >= charged
-                    && recover_signer(&digest, sig).ok()
-                        == Some(self.config.voucher_key().address())
-            });
-            if !proven && charged > cs.total_claimed {
-                return Err(self.cheated(t, "corrective 402 claims charges we never signed"));
-            }
-        }
-        state.charged = charged;
-        state.balance = cs.balance;
-        self.store(state)
+        self.apply_checked(t, Response::Corrective(required))
     }
 
+    /// Checks a paid request's `PAYMENT-RESPONSE` and records it in the channel state.
     fn check_settle(
         &self,
         t: &Target,
         settle: SettleResponse,
         deposit: Option<u128>,
     ) -> Result<SettleResponse, ClientError> {
-        let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
-        let extra = settle.extra.clone().unwrap_or_default();
-        let (Some(charged), Some(cs)) = (extra.charged_amount, extra.channel_state) else {
-            return Err(self.cheated(t, "PAYMENT-RESPONSE without chargedAmount/channelState"));
+        let paid = Response::Paid {
+            settle: &settle,
+            deposit,
         };
-        let cumulative = cs.charged_cumulative_amount.unwrap_or(0);
-        let rules = [
-            (settle.success, "success is false on a paid response"),
-            (settle.network == t.offer.network, "network differs"),
-            (
-                cs.channel_id == t.id.0,
-                "channelState is for another channel",
-            ),
-            (charged <= t.price, "charged more than the offered maximum"),
-            (
-                cumulative == state.charged.saturating_add(charged),
-                "cumulative is not previous + charge",
-            ),
-            (
-                cumulative <= state.charged.saturating_add(t.price),
-                "cumulative above the signed voucher",
-            ),
-            (
-                deposit.is_none_or(|d| settle.amount.as_deref() == Some(d.to_string().as_str())),
-                "deposit amount differs",
-            ),
-        ];
-        if let Some((_, what)) = rules.iter().find(|(ok, _)| !ok) {
-            return Err(self.cheated(t, what));
-        }
-        state.charged = cumulative;
-        state.balance = cs.balance;
-        state.deposited = state.deposited.saturating_add(deposit.unwrap_or(0));
-        state.requests += 1;
-        self.store(state)?;
+        self.apply_checked(t, paid)?;
         Ok(settle)
+    }
+
+    /// Runs [`checks::check`] on `t`'s channel: stores the next state, or marks the server
+    /// as cheating.
+    fn apply_checked(&self, t: &Target, response: Response<'_>) -> Result<(), ClientError> {
+        let state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
+        let terms = Terms {
+            network: &t.offer.network,
+            channel: t.id,
+            price: t.price,
+            domain: &t.domain,
+            voucher_signer: self.config.voucher_key().address(),
+        };
+        let next = checks::check(&state, &terms, response).map_err(|c| self.cheated(t, c.0))?;
+        self.store(next)
     }
 
     fn cheated(&self, t: &Target, what: &str) -> ClientError {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::checks::{Response, StreamProgress};
 use super::{ClientError, PayingClient, Sent, Target, is_sse, read_required, read_response};
 use crate::server::{RENEWAL_EVENT, STREAM_ID_HEADER};
 use crate::wire::{
@@ -309,51 +310,24 @@ impl<'a> PaidStream<'a> {
 
     /// Checks a checkpoint or the final settlement and records it in the channel state.
     fn check(&mut self, settle: SettleResponse, last: bool) -> Result<SettleResponse, ClientError> {
-        let client = self.client;
         let Some(pay) = self.pay.as_mut() else {
             return Ok(settle);
         };
-        let t = &pay.target;
-        let extra = settle.extra.clone().unwrap_or_default();
-        let (Some(charged), Some(cs)) = (extra.charged_amount, extra.channel_state) else {
-            return Err(client.cheated(t, "PAYMENT-RESPONSE without chargedAmount/channelState"));
+        let progress = StreamProgress {
+            base: pay.base,
+            signed: pay.signed,
+            confirmed: pay.confirmed,
+            deposit: pay.deposit,
         };
-        let cumulative = cs.charged_cumulative_amount.unwrap_or(0);
-        let rules = [
-            (settle.success, "success is false on a paid response"),
-            (settle.network == t.offer.network, "network differs"),
-            (
-                cs.channel_id == t.id.0,
-                "channelState is for another channel",
-            ),
-            (charged >= pay.confirmed, "the stream's charge went down"),
-            (
-                charged <= pay.signed - pay.base,
-                "charged more than the vouchers signed for this stream",
-            ),
-            (
-                cumulative == pay.base.saturating_add(charged),
-                "cumulative is not previous + charge",
-            ),
-            (
-                !last
-                    || pay
-                        .deposit
-                        .is_none_or(|d| settle.amount.as_deref() == Some(d.to_string().as_str())),
-                "deposit amount differs",
-            ),
-        ];
-        if let Some((_, what)) = rules.iter().find(|(ok, _)| !ok) {
-            return Err(client.cheated(t, what));
+        let checked = Response::Stream {
+            settle: &settle,
+            progress,
+            last,
+        };
+        self.client.apply_checked(&pay.target, checked)?;
+        if let Some(charged) = settle.extra.as_ref().and_then(|e| e.charged_amount) {
+            pay.confirmed = charged;
         }
-        let mut state = client.state(t)?.unwrap_or_else(|| client.fresh(t));
-        state.charged = cumulative;
-        state.balance = cs.balance;
-        if last {
-            state.requests += 1;
-        }
-        client.store(state)?;
-        pay.confirmed = charged;
         Ok(settle)
     }
 
