@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::checks::{Response, StreamProgress};
-use super::{ClientError, PayingClient, Sent, Target, is_sse, read_required, read_response};
+use super::payment::Target;
+use super::request::{Sent, is_sse, read_required, read_response};
+use super::{ClientError, PayingClient};
 use crate::server::{RENEWAL_EVENT, STREAM_ID_HEADER};
 use crate::wire::{
     MAX_PAYMENT_HEADER_BYTES, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SettleResponse, decode_header,
