@@ -314,6 +314,18 @@ impl PayingClient {
     /// as cheating.
     fn apply_checked(&self, t: &Target, response: Response<'_>) -> Result<(), ClientError> {
         let state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
+        let next = self.checked(t, &state, response)?;
+        self.store(next)
+    }
+
+    /// [`checks::check`] of `response` against `state` under `t`'s terms; a cheat marks the
+    /// server.
+    fn checked(
+        &self,
+        t: &Target,
+        state: &ChannelState,
+        response: Response<'_>,
+    ) -> Result<ChannelState, ClientError> {
         let terms = Terms {
             network: &t.offer.network,
             channel: t.id,
@@ -321,8 +333,7 @@ impl PayingClient {
             domain: &t.domain,
             voucher_signer: self.config.voucher_key().address(),
         };
-        let next = checks::check(&state, &terms, response).map_err(|c| self.cheated(t, c.0))?;
-        self.store(next)
+        checks::check(state, &terms, response).map_err(|c| self.cheated(t, c.0))
     }
 
     fn cheated(&self, t: &Target, what: &str) -> ClientError {

@@ -244,14 +244,7 @@ impl PayingClient {
                     message: settle.error_message.unwrap_or_default(),
                 });
             }
-            let cs = settle.extra.as_ref().and_then(|e| e.channel_state.clone());
-            let mut state = state;
-            if let Some(cs) = cs {
-                if cs.channel_id != target.id.0 {
-                    return Err(self.cheated(&target, "refund response for another channel"));
-                }
-                state.balance = cs.balance;
-            }
+            let state = self.checked(&target, &state, Response::Refund(&settle))?;
             if state.balance <= state.charged {
                 self.channels.lock().remove(&target.id);
                 self.dir.remove(&target.id)?;

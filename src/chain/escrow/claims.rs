@@ -76,12 +76,8 @@ impl EscrowClient {
         }
         let call = UptoEscrow::settleCall { receiver, token };
         let (tx_hash, receipt) = self.send(Op::Settle, call.abi_encode(), "settle").await?;
-        let amount = receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|log| log.address() == self.escrow)
-            .filter_map(|log| UptoEscrow::Settled::decode_log_data(log.data()).ok())
+        let amount = self
+            .events::<UptoEscrow::Settled>(&receipt)
             .map(|e| e.amount)
             .sum();
         tracing::info!(%receiver, %token, amount, tx = %tx_hash, "settle mined");

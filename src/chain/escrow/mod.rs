@@ -29,7 +29,7 @@ use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{Address, B256};
-use alloy_sol_types::SolCall;
+use alloy_sol_types::{SolCall, SolEvent};
 
 use crate::chain::tx::TxSender;
 use crate::typed_data::EscrowDomain;
@@ -135,6 +135,21 @@ impl EscrowClient {
                 })
             }
         }
+    }
+
+    /// The `E` events the escrow itself emitted in `receipt` (another contract in the same
+    /// transaction may emit an event of the same signature).
+    fn events<'r, E: SolEvent + 'r>(
+        &self,
+        receipt: &'r TransactionReceipt,
+    ) -> impl Iterator<Item = E> + 'r {
+        let escrow = self.escrow;
+        receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(move |log| log.address() == escrow)
+            .filter_map(|log| E::decode_log_data(log.data()).ok())
     }
 
     async fn read<C: SolCall>(&self, call: C, name: &'static str) -> Result<C::Return, ChainError> {

@@ -2,7 +2,7 @@
 //! claim of what is charged, in the same transaction).
 
 use alloy_primitives::{B256, Bytes};
-use alloy_sol_types::{SolCall, SolEvent};
+use alloy_sol_types::SolCall;
 
 use super::{ChainError, EscrowClient, Op};
 use crate::chain::bindings::UptoEscrow;
@@ -66,12 +66,8 @@ impl EscrowClient {
             }
         };
         let (tx_hash, receipt) = self.send(Op::Refund, input, "refund").await?;
-        let refunded = receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|log| log.address() == self.escrow)
-            .filter_map(|log| UptoEscrow::Refunded::decode_log_data(log.data()).ok())
+        let refunded = self
+            .events::<UptoEscrow::Refunded>(&receipt)
             .filter(|e| e.channelId == id.0)
             .map(|e| e.amount)
             .sum();

@@ -1,15 +1,15 @@
 //! The rules that catch a cheating server, as one pure function: [`check`] takes the
 //! client's channel state, the [`Terms`] it paid under and the server's decoded answer (a
-//! `PAYMENT-RESPONSE`, a stream checkpoint or a corrective 402), and returns the next
+//! `PAYMENT-RESPONSE`, a stream checkpoint, a corrective 402 or a refund), and returns the next
 //! channel state or the [`Cheat`] it caught. No I/O: the caller loads and stores the state
 //! and marks the server (`PayingClient::cheated`).
 //!
-//! The request path, the stream path (renewal checkpoints and the final settlement) and
-//! the corrective-402 resync all come here, so one rule is written once.
+//! The request path, the stream path (renewal checkpoints and the final settlement), the
+//! corrective-402 resync and the refund all come here, so one rule is written once.
 
 use alloy_primitives::Address;
 
-use super::ChannelState;
+use super::state::ChannelState;
 use crate::typed_data::{ChannelId, EscrowDomain};
 use crate::verify::recover_signer;
 use crate::wire::{BATCH_SETTLEMENT, ChannelStateWire, PaymentRequired, SettleResponse};
@@ -64,6 +64,8 @@ pub(super) enum Response<'a> {
     },
     /// A corrective 402 (`cumulative_amount_mismatch`) offering the server's view.
     Corrective(&'a PaymentRequired),
+    /// The successful answer to a cooperative refund.
+    Refund(&'a SettleResponse),
 }
 
 /// What the server did wrong: the `what` the client reports in `ServerCheated`.
@@ -91,6 +93,7 @@ pub(super) fn check(
             last,
         } => check_stream(state, terms, settle, &progress, last),
         Response::Corrective(required) => check_corrective(state, terms, required),
+        Response::Refund(settle) => check_refund(state, terms, settle),
     }
 }
 
@@ -239,6 +242,23 @@ fn check_corrective(
     let mut next = state.clone();
     next.charged = charged;
     next.balance = cs.balance;
+    Ok(next)
+}
+
+/// A refund answer names our channel (when it carries the channel at all); its balance is
+/// the channel's after the refund.
+fn check_refund(
+    state: &ChannelState,
+    terms: &Terms<'_>,
+    settle: &SettleResponse,
+) -> Result<ChannelState, Cheat> {
+    let mut next = state.clone();
+    if let Some(cs) = settle.extra.as_ref().and_then(|e| e.channel_state.as_ref()) {
+        if cs.channel_id != terms.channel.0 {
+            return Err(Cheat("refund response for another channel"));
+        }
+        next.balance = cs.balance;
+    }
     Ok(next)
 }
 

@@ -457,3 +457,30 @@ fn a_corrective_402_without_an_offer_or_state_or_for_another_channel_is_cheating
         "corrective 402 for another channel"
     );
 }
+
+#[test]
+fn a_refund_answer_for_another_channel_is_cheating() {
+    let f = Fixture::new();
+    let state = f.state(300, 1_000);
+    let refund = |settle: &SettleResponse| check(&state, &f.terms(), Response::Refund(settle));
+    let mut settle = f.receipt(300, 0);
+    if let Some(cs) = settle.extra.as_mut().and_then(|e| e.channel_state.as_mut()) {
+        cs.balance = 300;
+    }
+    assert_eq!(refund(&settle).map(|s| s.balance), Ok(300));
+    let mut elsewhere = settle.clone();
+    if let Some(cs) = elsewhere
+        .extra
+        .as_mut()
+        .and_then(|e| e.channel_state.as_mut())
+    {
+        cs.channel_id = B256::repeat_byte(8);
+    }
+    assert_eq!(
+        cheat(refund(&elsewhere)),
+        "refund response for another channel"
+    );
+    let mut bare = settle;
+    bare.extra = None;
+    assert_eq!(refund(&bare), Ok(state.clone()));
+}
