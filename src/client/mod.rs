@@ -336,6 +336,8 @@ impl PayingClient {
         checks::check(state, &terms, response).map_err(|c| self.cheated(t, c.0))
     }
 
+    /// Marks `t`'s receiver as cheating (persisted, its remembered offers dropped) and
+    /// returns the error that reports `what` it did.
     fn cheated(&self, t: &Target, what: &str) -> ClientError {
         tracing::warn!(pay_to = %t.pay_to, "{what}");
         // Saved under the lock (rare, small): concurrent saves cannot land out of order.
