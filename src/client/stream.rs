@@ -54,16 +54,11 @@ pub enum StreamEvent {
 /// The payment side of a stream.
 struct StreamPay {
     target: Target,
-    /// `chargedCumulativeAmount` before the stream.
-    base: u128,
     /// Ceiling of the latest voucher the server accepted.
     accepted: u128,
-    /// Highest ceiling signed for this stream (bounds what the server may report).
-    signed: u128,
-    /// The stream's charge as last confirmed by the server.
-    confirmed: u128,
-    /// Deposit made with the first request.
-    deposit: Option<u128>,
+    /// Baseline, highest ceiling signed, confirmed charge and first deposit: what each
+    /// checkpoint is checked against.
+    progress: StreamProgress,
 }
 
 /// A metered Server-Sent-Events response being read and paid for; see
@@ -137,11 +132,13 @@ impl PayingClient {
         let first = base.saturating_add(target.price);
         let pay = StreamPay {
             target,
-            base,
             accepted: first,
-            signed: first,
-            confirmed: 0,
-            deposit,
+            progress: StreamProgress {
+                base,
+                signed: first,
+                confirmed: 0,
+                deposit,
+            },
         };
         Ok(PaidStream::new(self, url, res, max_total, Some(pay)))
     }
@@ -178,12 +175,14 @@ impl<'a> PaidStream<'a> {
 
     /// The stream's budget as authorized by the vouchers the server accepted.
     pub fn authorized(&self) -> u128 {
-        self.pay.as_ref().map_or(0, |p| p.accepted - p.base)
+        self.pay
+            .as_ref()
+            .map_or(0, |p| p.accepted - p.progress.base)
     }
 
     /// The stream's charge as last confirmed by the server (a checkpoint or the end).
     pub fn charged(&self) -> u128 {
-        self.pay.as_ref().map_or(0, |p| p.confirmed)
+        self.pay.as_ref().map_or(0, |p| p.progress.confirmed)
     }
 
     /// The next event; `None` once the stream is over. Renewals happen inside this call. An
@@ -266,7 +265,7 @@ impl<'a> PaidStream<'a> {
         };
         // Our own ceiling, never the one the event announces: we sign only what we decide.
         let next = pay.accepted.saturating_add(pay.target.price);
-        if next - pay.base > self.max_total {
+        if next - pay.progress.base > self.max_total {
             return Ok(skipped("max_total reached"));
         }
         let mut state = client
@@ -278,7 +277,7 @@ impl<'a> PaidStream<'a> {
         // Remember what we signed before it leaves.
         state.signed_max = state.signed_max.max(next);
         client.store(state)?;
-        pay.signed = pay.signed.max(next);
+        pay.progress.signed = pay.progress.signed.max(next);
         let res = client
             .http
             .get(&self.url)
@@ -315,20 +314,14 @@ impl<'a> PaidStream<'a> {
         let Some(pay) = self.pay.as_mut() else {
             return Ok(settle);
         };
-        let progress = StreamProgress {
-            base: pay.base,
-            signed: pay.signed,
-            confirmed: pay.confirmed,
-            deposit: pay.deposit,
-        };
         let checked = Response::Stream {
             settle: &settle,
-            progress,
+            progress: pay.progress,
             last,
         };
         self.client.apply_checked(&pay.target, checked)?;
         if let Some(charged) = settle.extra.as_ref().and_then(|e| e.charged_amount) {
-            pay.confirmed = charged;
+            pay.progress.confirmed = charged;
         }
         Ok(settle)
     }
