@@ -7,7 +7,8 @@ use alloy_primitives::Address;
 
 use serde::{Deserialize, Serialize};
 
-use crate::typed_data::ChannelId;
+use super::{ClientError, PayingClient, Target};
+use crate::typed_data::{ChannelConfig, ChannelId};
 use crate::wire::{ChannelConfigWire, decimal_u128};
 
 /// The client's view of one channel.
@@ -72,7 +73,7 @@ impl StateDir {
         std::fs::rename(&tmp, &path)
     }
 
-    fn path(&self, id: &ChannelId) -> Option<PathBuf> {
+    pub(super) fn path(&self, id: &ChannelId) -> Option<PathBuf> {
         self.0.as_ref().map(|d| d.join(format!("{}.json", id.0)))
     }
 
@@ -143,4 +144,52 @@ impl StateDir {
 /// `Path` helper so callers can pass `&str` or `PathBuf`.
 pub(crate) fn dir(p: Option<&Path>) -> StateDir {
     StateDir(p.map(Path::to_path_buf))
+}
+
+impl PayingClient {
+    /// `t`'s channel state: from memory, else from the state dir; `None` if unknown.
+    pub(super) fn state(&self, t: &Target) -> Result<Option<ChannelState>, ClientError> {
+        if let Some(s) = self.channels.lock().get(&t.id) {
+            return Ok(Some(s.clone()));
+        }
+        let loaded = self.dir.load(&t.id)?;
+        if let Some(s) = &loaded {
+            self.channels.lock().insert(t.id, s.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// Saves `s` to the state dir, then keeps it in memory.
+    pub(super) fn store(&self, s: ChannelState) -> Result<(), ClientError> {
+        self.dir.save(&s)?;
+        self.channels.lock().insert(s.channel_id, s);
+        Ok(())
+    }
+
+    /// The state of a channel we know nothing of yet.
+    pub(super) fn fresh(&self, t: &Target) -> ChannelState {
+        ChannelState {
+            channel_id: t.id,
+            network: t.offer.network.clone(),
+            config: wire_config(&t.config),
+            charged: 0,
+            balance: 0,
+            deposited: 0,
+            signed_max: 0,
+            requests: 0,
+        }
+    }
+}
+
+/// `config` as its JSON form.
+fn wire_config(c: &ChannelConfig) -> ChannelConfigWire {
+    ChannelConfigWire {
+        payer: c.payer,
+        payer_authorizer: c.payerAuthorizer,
+        receiver: c.receiver,
+        receiver_authorizer: c.receiverAuthorizer,
+        token: c.token,
+        withdraw_delay: c.withdrawDelay.to::<u64>(),
+        salt: c.salt,
+    }
 }

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{ClientError, PayingClient, Sent, Target, is_sse, read_required, read_response};
+use super::checks::{Response, StreamProgress};
+use super::payment::Target;
+use super::request::{Sent, is_sse, read_required, read_response};
+use super::{ClientError, PayingClient};
 use crate::server::{RENEWAL_EVENT, STREAM_ID_HEADER};
 use crate::wire::{
     MAX_PAYMENT_HEADER_BYTES, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, SettleResponse, decode_header,
@@ -51,16 +54,11 @@ pub enum StreamEvent {
 /// The payment side of a stream.
 struct StreamPay {
     target: Target,
-    /// `chargedCumulativeAmount` before the stream.
-    base: u128,
     /// Ceiling of the latest voucher the server accepted.
     accepted: u128,
-    /// Highest ceiling signed for this stream (bounds what the server may report).
-    signed: u128,
-    /// The stream's charge as last confirmed by the server.
-    confirmed: u128,
-    /// Deposit made with the first request.
-    deposit: Option<u128>,
+    /// Baseline, highest ceiling signed, confirmed charge and first deposit: what each
+    /// checkpoint is checked against.
+    progress: StreamProgress,
 }
 
 /// A metered Server-Sent-Events response being read and paid for; see
@@ -134,11 +132,13 @@ impl PayingClient {
         let first = base.saturating_add(target.price);
         let pay = StreamPay {
             target,
-            base,
             accepted: first,
-            signed: first,
-            confirmed: 0,
-            deposit,
+            progress: StreamProgress {
+                base,
+                signed: first,
+                confirmed: 0,
+                deposit,
+            },
         };
         Ok(PaidStream::new(self, url, res, max_total, Some(pay)))
     }
@@ -175,12 +175,14 @@ impl<'a> PaidStream<'a> {
 
     /// The stream's budget as authorized by the vouchers the server accepted.
     pub fn authorized(&self) -> u128 {
-        self.pay.as_ref().map_or(0, |p| p.accepted - p.base)
+        self.pay
+            .as_ref()
+            .map_or(0, |p| p.accepted - p.progress.base)
     }
 
     /// The stream's charge as last confirmed by the server (a checkpoint or the end).
     pub fn charged(&self) -> u128 {
-        self.pay.as_ref().map_or(0, |p| p.confirmed)
+        self.pay.as_ref().map_or(0, |p| p.progress.confirmed)
     }
 
     /// The next event; `None` once the stream is over. Renewals happen inside this call. An
@@ -263,7 +265,7 @@ impl<'a> PaidStream<'a> {
         };
         // Our own ceiling, never the one the event announces: we sign only what we decide.
         let next = pay.accepted.saturating_add(pay.target.price);
-        if next - pay.base > self.max_total {
+        if next - pay.progress.base > self.max_total {
             return Ok(skipped("max_total reached"));
         }
         let mut state = client
@@ -275,7 +277,7 @@ impl<'a> PaidStream<'a> {
         // Remember what we signed before it leaves.
         state.signed_max = state.signed_max.max(next);
         client.store(state)?;
-        pay.signed = pay.signed.max(next);
+        pay.progress.signed = pay.progress.signed.max(next);
         let res = client
             .http
             .get(&self.url)
@@ -309,51 +311,18 @@ impl<'a> PaidStream<'a> {
 
     /// Checks a checkpoint or the final settlement and records it in the channel state.
     fn check(&mut self, settle: SettleResponse, last: bool) -> Result<SettleResponse, ClientError> {
-        let client = self.client;
         let Some(pay) = self.pay.as_mut() else {
             return Ok(settle);
         };
-        let t = &pay.target;
-        let extra = settle.extra.clone().unwrap_or_default();
-        let (Some(charged), Some(cs)) = (extra.charged_amount, extra.channel_state) else {
-            return Err(client.cheated(t, "PAYMENT-RESPONSE without chargedAmount/channelState"));
+        let checked = Response::Stream {
+            settle: &settle,
+            progress: pay.progress,
+            last,
         };
-        let cumulative = cs.charged_cumulative_amount.unwrap_or(0);
-        let rules = [
-            (settle.success, "success is false on a paid response"),
-            (settle.network == t.offer.network, "network differs"),
-            (
-                cs.channel_id == t.id.0,
-                "channelState is for another channel",
-            ),
-            (charged >= pay.confirmed, "the stream's charge went down"),
-            (
-                charged <= pay.signed - pay.base,
-                "charged more than the vouchers signed for this stream",
-            ),
-            (
-                cumulative == pay.base.saturating_add(charged),
-                "cumulative is not previous + charge",
-            ),
-            (
-                !last
-                    || pay
-                        .deposit
-                        .is_none_or(|d| settle.amount.as_deref() == Some(d.to_string().as_str())),
-                "deposit amount differs",
-            ),
-        ];
-        if let Some((_, what)) = rules.iter().find(|(ok, _)| !ok) {
-            return Err(client.cheated(t, what));
+        self.client.apply_checked(&pay.target, checked)?;
+        if let Some(charged) = settle.extra.as_ref().and_then(|e| e.charged_amount) {
+            pay.progress.confirmed = charged;
         }
-        let mut state = client.state(t)?.unwrap_or_else(|| client.fresh(t));
-        state.charged = cumulative;
-        state.balance = cs.balance;
-        if last {
-            state.requests += 1;
-        }
-        client.store(state)?;
-        pay.confirmed = charged;
         Ok(settle)
     }
 
