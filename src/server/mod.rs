@@ -271,16 +271,7 @@ impl<S, I> Layer<I> for PaymentLayer<S> {
 
     fn layer(&self, inner: I) -> Self::Service {
         PaymentService {
-            layer: Arc::new(PaymentLayer {
-                engine: self.engine.clone(),
-                price: self.price.clone(),
-                description: self.description.clone(),
-                mime_type: self.mime_type.clone(),
-                base_url: self.base_url.clone(),
-                streaming: self.streaming,
-                renew_at_percent: self.renew_at_percent,
-                streams: Arc::clone(&self.streams),
-            }),
+            layer: Arc::new(self.clone()),
             inner,
         }
     }
