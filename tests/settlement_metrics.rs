@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::{B256, Bytes};
-use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::telemetry;
 use x402_upto::typed_data::sign_voucher;
@@ -40,14 +39,7 @@ async fn claim_and_sweep_metrics_are_exported_for_prometheus() {
         .deposit(&payer, &config, 1_000_000, B256::repeat_byte(1))
         .await
         .expect("deposit");
-    let client = Arc::new(EscrowClient::new(
-        net.provider.clone(),
-        net.escrow,
-        net.collector,
-        Arc::new(net.tx_sender(net.key(5).expect("key"))),
-        Some(authorizer),
-        net.domain(),
-    ));
+    let client = Arc::new(net.escrow_client(net.key(5).expect("key"), Some(authorizer)));
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(
         SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group))

@@ -6,6 +6,7 @@
 //! how to install it; nothing here silently skips.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::network::EthereumWallet;
@@ -18,6 +19,7 @@ use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::Eip712Domain;
 
 use x402_upto::chain::bindings::{Erc3009DepositCollector, IUptoEscrow, MockUSDC, UptoEscrow};
+use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
 use x402_upto::typed_data::{
     ChannelConfig, ChannelId, EscrowDomain, ReceiveWithAuthorization, SigningError,
@@ -210,6 +212,38 @@ impl Devnet {
             ..TxPolicy::default()
         };
         TxSender::new(self.provider.clone(), signer, self.chain_id, policy)
+    }
+
+    /// The escrow client on this chain: transactions sent by `relayer` (through
+    /// [`Devnet::tx_sender`]), claims and refunds signed by `authorizer`.
+    pub fn escrow_client(
+        &self,
+        relayer: PrivateKeySigner,
+        authorizer: Option<PrivateKeySigner>,
+    ) -> EscrowClient {
+        self.escrow_client_over(
+            self.provider.clone(),
+            Arc::new(self.tx_sender(relayer)),
+            authorizer,
+        )
+    }
+
+    /// [`Devnet::escrow_client`] over another provider and sender (a proxied or dead RPC, a
+    /// sender with its own policy).
+    pub fn escrow_client_over(
+        &self,
+        provider: DynProvider,
+        sender: Arc<TxSender>,
+        authorizer: Option<PrivateKeySigner>,
+    ) -> EscrowClient {
+        EscrowClient::new(
+            provider,
+            self.escrow,
+            self.collector,
+            sender,
+            authorizer,
+            self.domain(),
+        )
     }
 
     /// Mints `amount` MockUSDC (6 decimals) to `to`.

@@ -2,6 +2,7 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`anvil_fixture`] | the engine fixture on anvil: the real escrow client as chain access, ERC-3009 authorizations |
 //! | [`devnet`] | a local anvil with the contracts deployed and funded accounts |
 //! | [`fixture`] | an engine over a sled store in a temp dir and an in-memory chain double, an axum app with priced routes, payload builders |
 //! | [`interop`] | the anvil rig with contracts at the stock SDK's canonical addresses, our server on it, the node peers |
@@ -13,6 +14,7 @@
     missing_debug_implementations
 )]
 
+pub mod anvil_fixture;
 pub mod devnet;
 pub mod fixture;
 pub mod interop;
