@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{B256, Bytes, U256};
+use alloy_primitives::{B256, U256};
 use alloy_sol_types::{SolEvent, SolStruct};
 use rand::{Rng, SeedableRng};
 use x402_upto::chain::bindings::{MockUSDC, UptoEscrow};
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
-use x402_upto::typed_data::{ChannelId, sign_digest, sign_voucher};
-use x402_upto::verify::SignedVoucher;
+use x402_upto::typed_data::{ChannelId, sign_digest};
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::settlement_fixture::signed_voucher;
 
 const PRICE: u128 = 10_000;
 
@@ -197,12 +197,7 @@ async fn fifty_channels_times_two_hundred_requests_settle_to_the_exact_charged_s
             for _ in 0..n_requests {
                 let actual = rng.random_range(0..=PRICE);
                 let max = charged + PRICE;
-                let sig = sign_voucher(&payer, ledger.domain(), id, max).expect("sign");
-                let voucher = SignedVoucher {
-                    channel_id: id,
-                    max_claimable: max,
-                    signature: Bytes::copy_from_slice(&sig.as_bytes()),
-                };
+                let voucher = signed_voucher(&payer, ledger.domain(), id, max);
                 let reservation = ledger.verify_and_reserve(voucher, PRICE).expect("accepted");
                 let staged = reservation.commit(actual, 1).expect("within price");
                 let receipt = x402_upto::store::persist(store.as_ref(), staged)

@@ -6,116 +6,77 @@
 use std::sync::Arc;
 
 use alloy::providers::{Provider, ProviderBuilder};
-use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{Address, B256, Bytes, U256};
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
-use x402_upto::chain::escrow::{ChainError, Erc3009Deposit, EscrowClient};
+use x402_upto::chain::escrow::{ChainError, Erc3009Deposit};
 use x402_upto::ledger::Claimable;
 use x402_upto::typed_data::{
     ChannelConfig, ChannelId, ReceiveWithAuthorization, erc3009_deposit_nonce,
-    sign_receive_with_authorization, sign_voucher,
+    sign_receive_with_authorization,
 };
-use x402_upto::verify::{Erc1271Checker, SignedVoucher};
+use x402_upto::verify::Erc1271Checker;
 use x402_upto::{Ledger, Reason};
-use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::settlement_fixture::{SettlementFixture as Fixture, signed_voucher};
 
 const DEPOSIT: u128 = 1_000_000;
 
-struct Fixture {
-    net: Devnet,
-    client: EscrowClient,
-    payer: PrivateKeySigner,
-    receiver: Address,
-    authorizer: PrivateKeySigner,
-}
-
 async fn fixture() -> Fixture {
-    let net = Devnet::start().await.expect("devnet");
-    let payer = net.key(1).expect("key");
-    let receiver = net.key(2).expect("key").address();
-    let authorizer = net.key(3).expect("key");
-    let relayer = net.key(5).expect("key");
-    net.mint(payer.address(), 10 * DEPOSIT).await.expect("mint");
-    let client = net.escrow_client(relayer, Some(authorizer.clone()));
-    Fixture {
-        net,
-        client,
-        payer,
-        receiver,
-        authorizer,
+    Fixture::start(10 * DEPOSIT).await
+}
+
+fn authorization(f: &Fixture, config: &ChannelConfig, amount: u128, salt: u8) -> Erc3009Deposit {
+    let id = f.net.domain().channel_id(config);
+    let salt = B256::repeat_byte(salt);
+    let auth = ReceiveWithAuthorization {
+        from: f.payer.address(),
+        to: f.net.collector,
+        value: U256::from(amount),
+        validAfter: U256::ZERO,
+        validBefore: U256::from(u64::MAX),
+        nonce: erc3009_deposit_nonce(id, salt),
+    };
+    let sig =
+        sign_receive_with_authorization(&f.payer, &f.net.token_domain(), &auth).expect("sign");
+    Erc3009Deposit {
+        valid_after: U256::ZERO,
+        valid_before: U256::from(u64::MAX),
+        salt,
+        signature: Bytes::copy_from_slice(&sig.as_bytes()),
     }
 }
 
-impl Fixture {
-    fn config(&self, salt: u8) -> ChannelConfig {
-        self.net.channel_config(
-            self.payer.address(),
-            self.payer.address(),
-            self.receiver,
-            self.authorizer.address(),
-            B256::repeat_byte(salt),
-        )
+/// Opens a channel through the client and serves requests costing `charges` (price
+/// 10_000 each) through a fresh ledger; returns the ledger and channel id.
+async fn open_and_serve(f: &Fixture, salt: u8, charges: &[u128]) -> (Ledger, ChannelId) {
+    let config = f.config(salt);
+    let auth = authorization(f, &config, DEPOSIT, salt);
+    let out = f
+        .client
+        .deposit_erc3009(&config, DEPOSIT, &auth)
+        .await
+        .expect("deposit");
+    let ledger = Ledger::new(f.net.domain());
+    let (id, _) = ledger.upsert_from_chain(config, out.state, 0);
+    for &actual in charges {
+        let charged = ledger.snapshot(&id).expect("known").charged;
+        let max = charged + 10_000;
+        let voucher = signed_voucher(&f.payer, ledger.domain(), id, max);
+        let r = ledger
+            .verify_and_reserve(voucher, 10_000)
+            .expect("accepted");
+        r.commit(actual, 1)
+            .expect("within price")
+            .apply()
+            .expect("held");
     }
-
-    fn authorization(&self, config: &ChannelConfig, amount: u128, salt: u8) -> Erc3009Deposit {
-        let id = self.net.domain().channel_id(config);
-        let salt = B256::repeat_byte(salt);
-        let auth = ReceiveWithAuthorization {
-            from: self.payer.address(),
-            to: self.net.collector,
-            value: U256::from(amount),
-            validAfter: U256::ZERO,
-            validBefore: U256::from(u64::MAX),
-            nonce: erc3009_deposit_nonce(id, salt),
-        };
-        let sig = sign_receive_with_authorization(&self.payer, &self.net.token_domain(), &auth)
-            .expect("sign");
-        Erc3009Deposit {
-            valid_after: U256::ZERO,
-            valid_before: U256::from(u64::MAX),
-            salt,
-            signature: Bytes::copy_from_slice(&sig.as_bytes()),
-        }
-    }
-
-    /// Opens a channel through the client and serves requests costing `charges` (price
-    /// 10_000 each) through a fresh ledger; returns the ledger and channel id.
-    async fn open_and_serve(&self, salt: u8, charges: &[u128]) -> (Ledger, ChannelId) {
-        let config = self.config(salt);
-        let auth = self.authorization(&config, DEPOSIT, salt);
-        let out = self
-            .client
-            .deposit_erc3009(&config, DEPOSIT, &auth)
-            .await
-            .expect("deposit");
-        let ledger = Ledger::new(self.net.domain());
-        let (id, _) = ledger.upsert_from_chain(config, out.state, 0);
-        for &actual in charges {
-            let charged = ledger.snapshot(&id).expect("known").charged;
-            let max = charged + 10_000;
-            let sig = sign_voucher(&self.payer, ledger.domain(), id, max).expect("sign");
-            let voucher = SignedVoucher {
-                channel_id: id,
-                max_claimable: max,
-                signature: Bytes::copy_from_slice(&sig.as_bytes()),
-            };
-            let r = ledger
-                .verify_and_reserve(voucher, 10_000)
-                .expect("accepted");
-            r.commit(actual, 1)
-                .expect("within price")
-                .apply()
-                .expect("held");
-        }
-        (ledger, id)
-    }
+    (ledger, id)
 }
 
 #[tokio::test]
 async fn a_deposit_signed_in_rust_opens_the_channel_and_reads_back() {
     let f = fixture().await;
     let config = f.config(1);
-    let auth = f.authorization(&config, DEPOSIT, 1);
+    let auth = authorization(&f, &config, DEPOSIT, 1);
     let out = f
         .client
         .deposit_erc3009(&config, DEPOSIT, &auth)
@@ -137,7 +98,7 @@ async fn a_deposit_signed_in_rust_opens_the_channel_and_reads_back() {
 async fn a_replayed_or_forged_deposit_fails_simulation_without_sending() {
     let f = fixture().await;
     let config = f.config(1);
-    let auth = f.authorization(&config, DEPOSIT, 1);
+    let auth = authorization(&f, &config, DEPOSIT, 1);
     f.client
         .deposit_erc3009(&config, DEPOSIT, &auth)
         .await
@@ -147,7 +108,7 @@ async fn a_replayed_or_forged_deposit_fails_simulation_without_sending() {
     assert_eq!(err.reason(), Reason::DepositSimulationFailed);
     assert!(err.nothing_sent());
 
-    let mut forged = f.authorization(&config, DEPOSIT, 2);
+    let mut forged = authorization(&f, &config, DEPOSIT, 2);
     forged.salt = B256::repeat_byte(3);
     let err = f
         .client
@@ -165,7 +126,7 @@ async fn a_replayed_or_forged_deposit_fails_simulation_without_sending() {
 #[tokio::test]
 async fn claims_charged_not_the_ceiling_and_a_replay_is_a_no_op() {
     let f = fixture().await;
-    let (ledger, id) = f.open_and_serve(1, &[3_000, 7_000, 1]).await;
+    let (ledger, id) = open_and_serve(&f, 1, &[3_000, 7_000, 1]).await;
     let rows = ledger.claimable();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].claim_total, 10_001);
@@ -216,7 +177,7 @@ async fn one_transaction_claims_many_channels() {
     let f = fixture().await;
     let mut rows: Vec<Claimable> = Vec::new();
     for salt in 1..=5u8 {
-        let (ledger, _) = f.open_and_serve(salt, &[u128::from(salt) * 100]).await;
+        let (ledger, _) = open_and_serve(&f, salt, &[u128::from(salt) * 100]).await;
         rows.extend(ledger.claimable());
     }
     let out = f.client.claim(&rows).await.expect("claim");
@@ -237,7 +198,7 @@ async fn one_transaction_claims_many_channels() {
 #[tokio::test]
 async fn a_claim_for_another_receiver_authorizer_is_refused_before_sending() {
     let f = fixture().await;
-    let (ledger, _) = f.open_and_serve(1, &[500]).await;
+    let (ledger, _) = open_and_serve(&f, 1, &[500]).await;
     let mut rows = ledger.claimable();
     rows[0].config.receiverAuthorizer = Address::repeat_byte(9);
     let err = f.client.claim(&rows).await.expect_err("not ours");
@@ -251,7 +212,7 @@ async fn a_claim_for_another_receiver_authorizer_is_refused_before_sending() {
 #[tokio::test]
 async fn refund_without_claim_returns_the_unclaimed_balance() {
     let f = fixture().await;
-    let (_, id) = f.open_and_serve(1, &[]).await;
+    let (_, id) = open_and_serve(&f, 1, &[]).await;
     let config = f.config(1);
     let out = f
         .client
@@ -278,7 +239,7 @@ async fn refund_without_claim_returns_the_unclaimed_balance() {
 #[tokio::test]
 async fn refund_with_claim_pays_the_receiver_first_then_returns_the_rest() {
     let f = fixture().await;
-    let (ledger, id) = f.open_and_serve(1, &[2_500, 2_500]).await;
+    let (ledger, id) = open_and_serve(&f, 1, &[2_500, 2_500]).await;
     let rows = ledger.claimable();
     let config = f.config(1);
     let out = f
@@ -307,7 +268,7 @@ async fn refund_with_claim_pays_the_receiver_first_then_returns_the_rest() {
 #[tokio::test]
 async fn a_pending_withdrawal_shows_in_channel_state() {
     let f = fixture().await;
-    let (_, id) = f.open_and_serve(1, &[]).await;
+    let (_, id) = open_and_serve(&f, 1, &[]).await;
     let as_payer = UptoEscrow::new(f.net.escrow, f.net.provider_for(&f.payer));
     let receipt = as_payer
         .initiateWithdraw(IUptoEscrow::ChannelConfig::from(&f.config(1)), 1_000)

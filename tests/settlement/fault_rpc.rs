@@ -8,17 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use alloy::providers::{Provider, ProviderBuilder};
-use alloy_primitives::{B256, Bytes};
+use alloy_primitives::B256;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
 use x402_upto::settlement::{
     ClaimJournal, Freshness, Settlement, SettlementConfig, Watcher, WatcherConfig, unix_now,
 };
-use x402_upto::typed_data::sign_voucher;
-use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::settlement_fixture::signed_voucher;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;
@@ -156,12 +155,7 @@ async fn serving_continues_on_fresh_mirrors_during_an_rpc_outage_and_claims_resu
     let mut charged = 0u128;
     let serve = |charged: u128| {
         let max = charged + PRICE;
-        let sig = sign_voucher(&payer, ledger.domain(), id, max).expect("sign");
-        let voucher = SignedVoucher {
-            channel_id: id,
-            max_claimable: max,
-            signature: Bytes::copy_from_slice(&sig.as_bytes()),
-        };
+        let voucher = signed_voucher(&payer, ledger.domain(), id, max);
         ledger
             .verify_and_reserve(voucher, PRICE)
             .expect("accepted")

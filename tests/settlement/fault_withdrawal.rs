@@ -5,14 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{B256, Bytes};
+use alloy_primitives::B256;
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
-use x402_upto::typed_data::sign_voucher;
-use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, Reason, SledOptions, SledStore, Store};
 use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::settlement_fixture::signed_voucher;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;
@@ -67,12 +66,7 @@ async fn a_withdrawal_started_while_the_server_was_down_is_claimed_before_it_can
         let mut charged = 0;
         for _ in 0..20 {
             let max = charged + PRICE;
-            let sig = sign_voucher(&payer, ledger.domain(), id, max).expect("sign");
-            let voucher = SignedVoucher {
-                channel_id: id,
-                max_claimable: max,
-                signature: Bytes::copy_from_slice(&sig.as_bytes()),
-            };
+            let voucher = signed_voucher(&payer, ledger.domain(), id, max);
             let staged = ledger
                 .verify_and_reserve(voucher, PRICE)
                 .expect("accepted")
@@ -144,16 +138,8 @@ async fn a_withdrawal_started_while_the_server_was_down_is_claimed_before_it_can
 
     // No more service on this channel.
     let max = charged + PRICE;
-    let sig = sign_voucher(&payer, ledger.domain(), id, max).expect("sign");
     let refused = ledger
-        .verify_and_reserve(
-            SignedVoucher {
-                channel_id: id,
-                max_claimable: max,
-                signature: Bytes::copy_from_slice(&sig.as_bytes()),
-            },
-            PRICE,
-        )
+        .verify_and_reserve(signed_voucher(&payer, ledger.domain(), id, max), PRICE)
         .expect_err("withdrawal pending");
     assert_eq!(refused.reason, Reason::CumulativeExceedsBalance);
     assert!(matches!(refused.detail, Detail::WithdrawalPending { .. }));

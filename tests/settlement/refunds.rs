@@ -5,103 +5,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{B256, Bytes};
-use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::settlement::{RefundPolicy, refund_idle, unix_now};
-use x402_upto::typed_data::{ChannelConfig, ChannelId, sign_voucher};
-use x402_upto::verify::SignedVoucher;
-use x402_upto::{Durability, Ledger, Reservation, SledOptions, SledStore, Store};
-use x402_upto_testkit::devnet::Devnet;
+use x402_upto::typed_data::ChannelId;
+use x402_upto::{Reservation, Store};
+use x402_upto_testkit::settlement_fixture::SettlementFixture as Fixture;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;
 
-struct Fixture {
-    net: Devnet,
-    client: EscrowClient,
-    payer: PrivateKeySigner,
-    authorizer: PrivateKeySigner,
-    ledger: Ledger,
-    store: Arc<SledStore>,
-    _dir: tempfile::TempDir,
-}
-
 async fn fixture() -> Fixture {
-    let net = Devnet::start().await.expect("devnet");
-    let payer = net.key(1).expect("key");
-    let authorizer = net.key(3).expect("key");
-    net.mint(payer.address(), 10 * DEPOSIT).await.expect("mint");
-    let client = net.escrow_client(net.key(5).expect("key"), Some(authorizer.clone()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(
-        SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group))
-            .expect("store"),
-    );
-    let ledger = Ledger::new(net.domain());
-    Fixture {
-        net,
-        client,
-        payer,
-        authorizer,
-        ledger,
-        store,
-        _dir: dir,
-    }
+    Fixture::start(10 * DEPOSIT).await
 }
 
-impl Fixture {
-    fn config(&self, salt: u8) -> ChannelConfig {
-        self.net.channel_config(
-            self.payer.address(),
-            self.payer.address(),
-            self.net.key(2).expect("key").address(),
-            self.authorizer.address(),
-            B256::repeat_byte(salt),
-        )
-    }
+async fn open(f: &Fixture, salt: u8) -> ChannelId {
+    f.open(salt, DEPOSIT, unix_now()).await
+}
 
-    async fn open(&self, salt: u8) -> ChannelId {
-        let config = self.config(salt);
-        let id = self
-            .net
-            .deposit(&self.payer, &config, DEPOSIT, B256::repeat_byte(salt))
-            .await
-            .expect("deposit");
-        let state = self.client.channel_state(id).await.expect("read");
-        self.ledger.upsert_from_chain(config, state, unix_now());
-        id
-    }
+fn reserve(f: &Fixture, id: ChannelId) -> Reservation {
+    let max = f.ledger.snapshot(&id).expect("known").charged + PRICE;
+    f.ledger
+        .verify_and_reserve(f.voucher(id, max), PRICE)
+        .expect("accepted")
+}
 
-    fn reserve(&self, id: ChannelId) -> Reservation {
-        let max = self.ledger.snapshot(&id).expect("known").charged + PRICE;
-        let sig = sign_voucher(&self.payer, self.ledger.domain(), id, max).expect("sign");
-        self.ledger
-            .verify_and_reserve(
-                SignedVoucher {
-                    channel_id: id,
-                    max_claimable: max,
-                    signature: Bytes::copy_from_slice(&sig.as_bytes()),
-                },
-                PRICE,
-            )
-            .expect("accepted")
-    }
-
-    async fn serve(&self, id: ChannelId, actual: u128, at: u64) {
-        let staged = self.reserve(id).commit(actual, at).expect("within price");
-        x402_upto::store::persist(self.store.as_ref(), staged)
-            .await
-            .expect("durable");
-    }
+async fn serve(f: &Fixture, id: ChannelId, actual: u128, at: u64) {
+    let staged = reserve(f, id).commit(actual, at).expect("within price");
+    x402_upto::store::persist(f.store.as_ref(), staged)
+        .await
+        .expect("durable");
 }
 
 #[tokio::test]
 async fn an_idle_channel_is_claimed_and_refunded_in_one_transaction_and_forgotten() {
     let f = fixture().await;
-    let id = f.open(1).await;
-    f.serve(id, 4_000, 1).await;
-    f.serve(id, 3_000, 1).await;
+    let id = open(&f, 1).await;
+    serve(&f, id, 4_000, 1).await;
+    serve(&f, id, 3_000, 1).await;
     let done = refund_idle(&f.ledger, &f.store, &f.client, &RefundPolicy::default()).await;
     assert_eq!(done.len(), 1);
     let done = done
@@ -123,14 +62,14 @@ async fn an_idle_channel_is_claimed_and_refunded_in_one_transaction_and_forgotte
 #[tokio::test]
 async fn recent_unused_unclaimed_by_policy_and_busy_channels_are_left_alone() {
     let f = fixture().await;
-    let recent = f.open(1).await;
-    f.serve(recent, 1_000, unix_now()).await;
-    let unused = f.open(2).await;
-    let unclaimed = f.open(3).await;
-    f.serve(unclaimed, 1_000, 1).await;
-    let busy = f.open(4).await;
-    f.serve(busy, 1_000, 1).await;
-    let held = f.reserve(busy);
+    let recent = open(&f, 1).await;
+    serve(&f, recent, 1_000, unix_now()).await;
+    let unused = open(&f, 2).await;
+    let unclaimed = open(&f, 3).await;
+    serve(&f, unclaimed, 1_000, 1).await;
+    let busy = open(&f, 4).await;
+    serve(&f, busy, 1_000, 1).await;
+    let held = reserve(&f, busy);
 
     let policy = RefundPolicy {
         idle_after: Duration::from_secs(3_600),
@@ -164,16 +103,16 @@ async fn recent_unused_unclaimed_by_policy_and_busy_channels_are_left_alone() {
     x402_upto::store::persist(f.store.as_ref(), staged)
         .await
         .expect("durable");
-    f.serve(busy, 1_000, 1).await;
+    serve(&f, busy, 1_000, 1).await;
     assert_eq!(f.ledger.snapshot(&busy).expect("known").charged, 4_000);
 }
 
 #[tokio::test]
 async fn the_scheduler_task_refunds_idle_channels_on_its_own() {
     let f = fixture().await;
-    let id = f.open(1).await;
-    f.serve(id, 2_500, 1).await;
-    let client = Arc::new(f.client.clone());
+    let id = open(&f, 1).await;
+    serve(&f, id, 2_500, 1).await;
+    let client = Arc::clone(&f.client);
     let handle = x402_upto::settlement::Settlement::new(
         f.ledger.clone(),
         client,

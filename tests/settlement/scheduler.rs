@@ -6,127 +6,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::providers::Provider;
-use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{Address, B256, Bytes};
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
-use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
-use x402_upto::typed_data::{ChannelConfig, ChannelId, sign_voucher};
-use x402_upto::verify::SignedVoucher;
-use x402_upto::{Durability, Ledger, Reason, SledOptions, SledStore};
-use x402_upto_testkit::devnet::Devnet;
+use x402_upto::typed_data::ChannelId;
+use x402_upto::{Ledger, Reason};
+use x402_upto_testkit::settlement_fixture::SettlementFixture as Fixture;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;
 
-struct Fixture {
-    net: Devnet,
-    client: Arc<EscrowClient>,
-    payer: PrivateKeySigner,
-    receiver: Address,
-    authorizer: PrivateKeySigner,
-    relayer: Address,
-    ledger: Ledger,
-    store: Arc<SledStore>,
-    _dir: tempfile::TempDir,
-}
-
 async fn fixture() -> Fixture {
-    let net = Devnet::start().await.expect("devnet");
-    let payer = net.key(1).expect("key");
-    let receiver = net.key(2).expect("key").address();
-    let authorizer = net.key(3).expect("key");
-    let relayer = net.key(5).expect("key");
-    net.mint(payer.address(), 100 * DEPOSIT)
-        .await
-        .expect("mint");
-    let client = Arc::new(net.escrow_client(relayer.clone(), Some(authorizer.clone())));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(
-        SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group))
-            .expect("store"),
-    );
-    let ledger = Ledger::new(net.domain());
-    Fixture {
-        net,
-        client,
-        payer,
-        receiver,
-        authorizer,
-        relayer: relayer.address(),
-        ledger,
-        store,
-        _dir: dir,
-    }
+    Fixture::start(100 * DEPOSIT).await
 }
 
-impl Fixture {
-    fn config(&self, salt: u8) -> ChannelConfig {
-        self.net.channel_config(
-            self.payer.address(),
-            self.payer.address(),
-            self.receiver,
-            self.authorizer.address(),
-            B256::repeat_byte(salt),
-        )
-    }
+async fn open(f: &Fixture, salt: u8) -> ChannelId {
+    f.open(salt, DEPOSIT, 0).await
+}
 
-    async fn open(&self, salt: u8) -> ChannelId {
-        let config = self.config(salt);
-        self.net
-            .deposit(&self.payer, &config, DEPOSIT, B256::repeat_byte(salt))
-            .await
-            .expect("deposit");
-        let id = self.net.domain().channel_id(&config);
-        let state = self.client.channel_state(id).await.expect("read");
-        self.ledger.upsert_from_chain(config, state, 0);
-        id
-    }
+/// One paid request of maximum price `PRICE` costing `actual`, persisted durably.
+async fn serve(f: &Fixture, id: ChannelId, actual: u128) -> Result<u128, x402_upto::Reject> {
+    let charged = f.ledger.snapshot(&id).expect("known").charged;
+    let r = f
+        .ledger
+        .verify_and_reserve(f.voucher(id, charged + PRICE), PRICE)?;
+    let staged = r.commit(actual, 1).expect("within price");
+    let receipt = x402_upto::store::persist(f.store.as_ref(), staged)
+        .await
+        .expect("durable");
+    Ok(receipt.snapshot.charged)
+}
 
-    /// One paid request of maximum price `PRICE` costing `actual`, persisted durably.
-    async fn serve(&self, id: ChannelId, actual: u128) -> Result<u128, x402_upto::Reject> {
-        let charged = self.ledger.snapshot(&id).expect("known").charged;
-        let max = charged + PRICE;
-        let sig = sign_voucher(&self.payer, self.ledger.domain(), id, max).expect("sign");
-        let voucher = SignedVoucher {
-            channel_id: id,
-            max_claimable: max,
-            signature: Bytes::copy_from_slice(&sig.as_bytes()),
-        };
-        let r = self.ledger.verify_and_reserve(voucher, PRICE)?;
-        let staged = r.commit(actual, 1).expect("within price");
-        let receipt = x402_upto::store::persist(self.store.as_ref(), staged)
-            .await
-            .expect("durable");
-        Ok(receipt.snapshot.charged)
-    }
-
-    fn settlement(&self, config: SettlementConfig) -> Settlement {
-        let journal = ClaimJournal::open(&self.store).expect("journal");
-        Settlement::new(
-            self.ledger.clone(),
-            Arc::clone(&self.client),
-            journal,
-            config,
-        )
-    }
-
-    async fn total_claimed(&self, id: ChannelId) -> u128 {
-        self.client
-            .channel_state(id)
-            .await
-            .expect("read")
-            .total_claimed
-    }
-
-    async fn relayer_nonce(&self) -> u64 {
-        self.net
-            .provider
-            .get_transaction_count(self.relayer)
-            .await
-            .expect("nonce")
-    }
+fn settlement(f: &Fixture, config: SettlementConfig) -> Settlement {
+    let journal = ClaimJournal::open(&f.store).expect("journal");
+    Settlement::new(f.ledger.clone(), Arc::clone(&f.client), journal, config)
 }
 
 fn quiet(config: SettlementConfig) -> SettlementConfig {
@@ -149,14 +62,17 @@ fn quiet0(config: SettlementConfig) -> SettlementConfig {
 #[tokio::test]
 async fn claims_only_channels_whose_unclaimed_charge_reaches_the_threshold() {
     let f = fixture().await;
-    let small = f.open(1).await;
-    let big = f.open(2).await;
-    f.serve(small, 4_000).await.expect("served");
-    f.serve(big, 6_000).await.expect("served");
-    let s = f.settlement(quiet0(SettlementConfig {
-        claim_threshold: 5_000,
-        ..SettlementConfig::default()
-    }));
+    let small = open(&f, 1).await;
+    let big = open(&f, 2).await;
+    serve(&f, small, 4_000).await.expect("served");
+    serve(&f, big, 6_000).await.expect("served");
+    let s = settlement(
+        &f,
+        quiet0(SettlementConfig {
+            claim_threshold: 5_000,
+            ..SettlementConfig::default()
+        }),
+    );
     let report = s.claim_round(false).await;
     assert_eq!((report.batches, report.rows, report.claimed), (1, 1, 6_000));
     assert_eq!(f.total_claimed(big).await, 6_000);
@@ -164,7 +80,7 @@ async fn claims_only_channels_whose_unclaimed_charge_reaches_the_threshold() {
     assert_eq!(f.ledger.snapshot(&big).expect("known").total_claimed, 6_000);
     assert!(s.journal().is_empty());
 
-    f.serve(small, 1_000).await.expect("served");
+    serve(&f, small, 1_000).await.expect("served");
     let report = s.claim_round(false).await;
     assert_eq!(report.claimed, 5_000);
     assert_eq!(f.total_claimed(small).await, 5_000);
@@ -173,16 +89,19 @@ async fn claims_only_channels_whose_unclaimed_charge_reaches_the_threshold() {
 #[tokio::test]
 async fn the_interval_claims_every_channel_with_any_charge_exactly_what_was_charged() {
     let f = fixture().await;
-    let a = f.open(1).await;
-    let b = f.open(2).await;
-    f.serve(a, 1).await.expect("served");
-    f.serve(b, 9_999).await.expect("served");
-    f.serve(b, 0).await.expect("served");
-    let s = f.settlement(SettlementConfig {
-        claim_threshold: u128::MAX,
-        claim_interval: Duration::from_millis(200),
-        ..quiet(SettlementConfig::default())
-    });
+    let a = open(&f, 1).await;
+    let b = open(&f, 2).await;
+    serve(&f, a, 1).await.expect("served");
+    serve(&f, b, 9_999).await.expect("served");
+    serve(&f, b, 0).await.expect("served");
+    let s = settlement(
+        &f,
+        SettlementConfig {
+            claim_threshold: u128::MAX,
+            claim_interval: Duration::from_millis(200),
+            ..quiet(SettlementConfig::default())
+        },
+    );
     assert_eq!(s.claim_round(false).await.batches, 0);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let report = s.claim_round(false).await;
@@ -198,14 +117,17 @@ async fn the_interval_claims_every_channel_with_any_charge_exactly_what_was_char
 async fn batches_hold_at_most_batch_size_channels() {
     let f = fixture().await;
     for salt in 1..=7u8 {
-        let id = f.open(salt).await;
-        f.serve(id, u128::from(salt)).await.expect("served");
+        let id = open(&f, salt).await;
+        serve(&f, id, u128::from(salt)).await.expect("served");
     }
-    let s = f.settlement(quiet0(SettlementConfig {
-        batch_size: 3,
-        claim_threshold: 1,
-        ..SettlementConfig::default()
-    }));
+    let s = settlement(
+        &f,
+        quiet0(SettlementConfig {
+            batch_size: 3,
+            claim_threshold: 1,
+            ..SettlementConfig::default()
+        }),
+    );
     let before = f.relayer_nonce().await;
     let report = s.claim_round(false).await;
     assert_eq!((report.batches, report.rows, report.claimed), (3, 7, 28));
@@ -216,14 +138,16 @@ async fn batches_hold_at_most_batch_size_channels() {
 #[tokio::test]
 async fn a_withdrawal_wakes_the_scheduler_which_claims_at_once_and_service_stops() {
     let f = fixture().await;
-    let id = f.open(1).await;
-    f.serve(id, 7_000).await.expect("served");
-    let handle = f
-        .settlement(quiet(SettlementConfig {
+    let id = open(&f, 1).await;
+    serve(&f, id, 7_000).await.expect("served");
+    let handle = settlement(
+        &f,
+        quiet(SettlementConfig {
             claim_threshold: u128::MAX,
             ..SettlementConfig::default()
-        }))
-        .spawn();
+        }),
+    )
+    .spawn();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(f.total_claimed(id).await, 0, "below threshold: not claimed");
 
@@ -245,7 +169,7 @@ async fn a_withdrawal_wakes_the_scheduler_which_claims_at_once_and_service_stops
     f.ledger.refresh(&id, state, 1).expect("known");
     handle.wake();
 
-    let err = f.serve(id, 1).await.expect_err("withdrawal pending");
+    let err = serve(&f, id, 1).await.expect_err("withdrawal pending");
     assert_eq!(err.reason, Reason::CumulativeExceedsBalance);
     assert!(matches!(err.detail, Detail::WithdrawalPending { .. }));
 
@@ -265,8 +189,8 @@ async fn a_channel_that_cannot_be_claimed_is_isolated_and_the_rest_of_its_batch_
     let f = fixture().await;
     let mut ids = Vec::new();
     for salt in 1..=4u8 {
-        let id = f.open(salt).await;
-        f.serve(id, 1_000).await.expect("served");
+        let id = open(&f, salt).await;
+        serve(&f, id, 1_000).await.expect("served");
         ids.push(id);
     }
     // Channel 3's balance leaves behind the ledger's back (refunded by the receiver side
@@ -275,10 +199,13 @@ async fn a_channel_that_cannot_be_claimed_is_isolated_and_the_rest_of_its_batch_
         .refund(&f.config(3), u128::MAX, None)
         .await
         .expect("refund");
-    let s = f.settlement(quiet0(SettlementConfig {
-        claim_threshold: 1,
-        ..SettlementConfig::default()
-    }));
+    let s = settlement(
+        &f,
+        quiet0(SettlementConfig {
+            claim_threshold: 1,
+            ..SettlementConfig::default()
+        }),
+    );
     let report = s.claim_round(false).await;
     assert_eq!(report.failed_rows, 1);
     assert_eq!(report.rows, 3);
@@ -294,10 +221,10 @@ async fn a_channel_that_cannot_be_claimed_is_isolated_and_the_rest_of_its_batch_
 #[tokio::test]
 async fn a_restart_reconciles_a_journalled_batch_that_was_mined_and_does_not_claim_twice() {
     let f = fixture().await;
-    let a = f.open(1).await;
-    let b = f.open(2).await;
-    f.serve(a, 3_000).await.expect("served");
-    f.serve(b, 4_000).await.expect("served");
+    let a = open(&f, 1).await;
+    let b = open(&f, 2).await;
+    serve(&f, a, 3_000).await.expect("served");
+    serve(&f, b, 4_000).await.expect("served");
     let rows = f.ledger.claimable();
     {
         // The process journals the batch, the claim is mined, and the process dies before
@@ -338,18 +265,21 @@ async fn a_restart_reconciles_a_journalled_batch_that_was_mined_and_does_not_cla
 #[tokio::test]
 async fn a_restart_re_sends_a_journalled_batch_that_never_reached_the_chain() {
     let f = fixture().await;
-    let a = f.open(1).await;
-    f.serve(a, 3_000).await.expect("served");
+    let a = open(&f, 1).await;
+    serve(&f, a, 3_000).await.expect("served");
     ClaimJournal::open(&f.store)
         .expect("journal")
         .begin(&f.ledger.claimable(), 1)
         .expect("journalled");
     // Died before the broadcast; more was charged meanwhile.
-    f.serve(a, 2_000).await.expect("served");
-    let s = f.settlement(quiet0(SettlementConfig {
-        claim_threshold: 1,
-        ..SettlementConfig::default()
-    }));
+    serve(&f, a, 2_000).await.expect("served");
+    let s = settlement(
+        &f,
+        quiet0(SettlementConfig {
+            claim_threshold: 1,
+            ..SettlementConfig::default()
+        }),
+    );
     let report = s.claim_round(false).await;
     assert_eq!(
         (report.reconciled, report.batches, report.claimed),
@@ -362,13 +292,16 @@ async fn a_restart_re_sends_a_journalled_batch_that_never_reached_the_chain() {
 #[tokio::test]
 async fn a_claim_dropped_by_a_reorg_is_sent_again_once_its_block_should_have_been_confirmed() {
     let f = fixture().await;
-    let a = f.open(1).await;
-    f.serve(a, 3_000).await.expect("served");
-    let s = f.settlement(quiet(SettlementConfig {
-        claim_threshold: 1,
-        confirmations: 2,
-        ..SettlementConfig::default()
-    }));
+    let a = open(&f, 1).await;
+    serve(&f, a, 3_000).await.expect("served");
+    let s = settlement(
+        &f,
+        quiet(SettlementConfig {
+            claim_threshold: 1,
+            confirmations: 2,
+            ..SettlementConfig::default()
+        }),
+    );
     assert_eq!(s.claim_round(false).await.batches, 1);
     assert_eq!(f.total_claimed(a).await, 3_000);
     assert_eq!(s.journal().len(), 1, "kept until confirmed");
@@ -409,8 +342,8 @@ async fn a_claim_dropped_by_a_reorg_is_sent_again_once_its_block_should_have_bee
 #[tokio::test]
 async fn after_a_reorg_drops_our_claim_the_same_process_recovers_its_nonce_and_claims_again() {
     let f = fixture().await;
-    let a = f.open(1).await;
-    f.serve(a, 3_000).await.expect("served");
+    let a = open(&f, 1).await;
+    serve(&f, a, 3_000).await.expect("served");
     // Short timeouts, so the send stuck behind the dropped nonce gives up quickly.
     let sender = x402_upto::chain::tx::TxSender::new(
         f.net.provider.clone(),

@@ -15,6 +15,7 @@ use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::settlement::{Watcher, WatcherConfig};
 use x402_upto::typed_data::{ChannelConfig, ChannelId};
 use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::settlement_fixture::SettlementFixture;
 
 const DEPOSIT: u128 = 100_000;
 
@@ -28,32 +29,15 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let net = Devnet::start().await.expect("devnet");
-    let payer = net.key(1).expect("key");
-    let authorizer = net.key(3).expect("key");
-    net.mint(payer.address(), 10 * DEPOSIT).await.expect("mint");
-    let client = Arc::new(net.escrow_client(net.key(5).expect("key"), Some(authorizer.clone())));
-    let config = net.channel_config(
-        payer.address(),
-        payer.address(),
-        net.key(2).expect("key").address(),
-        authorizer.address(),
-        B256::repeat_byte(1),
-    );
-    let id = net
-        .deposit(&payer, &config, DEPOSIT, B256::repeat_byte(1))
-        .await
-        .expect("deposit");
-    let ledger = Ledger::new(net.domain());
-    let state = client.channel_state(id).await.expect("read");
-    ledger.upsert_from_chain(config.clone(), state, 0);
+    let kit = SettlementFixture::start(10 * DEPOSIT).await;
+    let id = kit.open(1, DEPOSIT, 0).await;
     Fixture {
-        net,
-        client,
-        payer,
-        config,
+        config: kit.config(1),
         id,
-        ledger,
+        net: kit.net,
+        client: kit.client,
+        payer: kit.payer,
+        ledger: kit.ledger,
     }
 }
 
