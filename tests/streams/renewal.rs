@@ -25,7 +25,7 @@ use tower::ServiceExt as _;
 use x402_upto::client::{ClientConfig, PayingClient, StreamEvent};
 use x402_upto::engine::{Engine, EngineConfig};
 use x402_upto::server::{Charge, PaymentLayer, STREAM_ID_HEADER};
-use x402_upto::typed_data::{ChannelConfig, EscrowDomain, sign_voucher};
+use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain, sign_voucher};
 use x402_upto::verify::recover_signer;
 use x402_upto::wire::encode_header;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore, Store};
@@ -175,22 +175,29 @@ async fn renew(f: &Fixture, stream_id: &str, payload: Option<&Value>) -> Answer 
     if let Some(p) = payload {
         req = req.header("PAYMENT-SIGNATURE", encode_header(p));
     }
-    let res = f
-        .app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    f.send_request(req).await
+}
+
+/// A channel (`salt`) funded with `balance`, and a stream on `path` opened with its first
+/// voucher (1000, one budget).
+async fn open_stream(
+    f: &Fixture,
+    salt: u8,
+    balance: u128,
+    path: &str,
+) -> (ChannelConfig, ChannelId, Sse) {
+    let config = f.config(salt);
+    let id = f.fund(&config, balance);
+    let sse = Sse::open(f, path, &f.voucher_payload(&config, 1000)).await;
+    (config, id, sse)
+}
+
+/// A client paying the fixture from its payer (contracts at the chain double's addresses).
+fn paying_client(f: &Fixture) -> PayingClient {
+    PayingClient::new(
+        ClientConfig::new(f.payer.clone())
+            .with_contracts(Address::repeat_byte(0xee), Address::repeat_byte(0xcc)),
+    )
 }
 
 fn amount(v: &Value) -> u128 {
@@ -200,14 +207,7 @@ fn amount(v: &Value) -> u128 {
 #[tokio::test]
 async fn a_renewed_stream_delivers_more_than_one_budget_and_charges_exactly_what_it_delivered() {
     let f = rig().await;
-    let config = f.config(1);
-    let id = f.fund(&config, 10_000);
-    let mut sse = Sse::open(
-        &f,
-        "/gpu?tokens=25&grace_ms=2000",
-        &f.voucher_payload(&config, 1000),
-    )
-    .await;
+    let (config, id, mut sse) = open_stream(&f, 1, 10_000, "/gpu?tokens=25&grace_ms=2000").await;
 
     // 75% of the first budget used: the server asks for the next voucher.
     let (event, tokens) = sse.until_renewal().await;
@@ -282,10 +282,8 @@ async fn a_renewed_stream_delivers_more_than_one_budget_and_charges_exactly_what
 #[tokio::test]
 async fn a_stream_that_is_not_renewed_stops_at_its_budget() {
     let f = rig().await;
-    let config = f.config(2);
-    let id = f.fund(&config, 10_000);
     // Without a grace period the handler stops as soon as the budget is used up.
-    let mut sse = Sse::open(&f, "/gpu?tokens=25", &f.voucher_payload(&config, 1000)).await;
+    let (config, id, mut sse) = open_stream(&f, 2, 10_000, "/gpu?tokens=25").await;
     let (tokens, renewals, last) = sse.finish().await;
     assert_eq!(tokens, 10);
     assert_eq!(renewals.len(), 1, "asked once, never answered");
@@ -322,28 +320,33 @@ async fn refused(f: &Fixture, stream_id: &str, payload: Option<&Value>, reason: 
     a
 }
 
+/// [`refused`] for the payer's voucher at `max` on `config`.
+async fn refused_voucher(
+    f: &Fixture,
+    stream_id: &str,
+    config: &ChannelConfig,
+    max: u128,
+    reason: &str,
+) -> Answer {
+    refused(f, stream_id, Some(&f.voucher_payload(config, max)), reason).await
+}
+
 #[tokio::test]
 async fn bad_renewals_are_refused_with_the_spec_reason_and_change_nothing() {
     let f = rig().await;
-    let config = f.config(3);
-    let id = f.fund(&config, 10_000);
     let other = f.config(4);
     f.fund(&other, 10_000);
-    let mut sse = Sse::open(
-        &f,
-        "/gpu?tokens=25&grace_ms=50",
-        &f.voucher_payload(&config, 1000),
-    )
-    .await;
+    let (config, id, mut sse) = open_stream(&f, 3, 10_000, "/gpu?tokens=25&grace_ms=50").await;
     let (_, tokens) = sse.until_renewal().await;
     assert_eq!(tokens, 8);
     let sid = sse.stream_id.clone();
 
     // Wrong amount (not held ceiling + price): a corrective 402 proving the held voucher.
-    let a = refused(
+    let a = refused_voucher(
         &f,
         &sid,
-        Some(&f.voucher_payload(&config, 2500)),
+        &config,
+        2500,
         "invalid_batch_settlement_evm_cumulative_amount_mismatch",
     )
     .await;
@@ -359,10 +362,11 @@ async fn bad_renewals_are_refused_with_the_spec_reason_and_change_nothing() {
     let digest = f.domain().voucher_digest(id, 1000);
     assert_eq!(recover_signer(&digest, &sig).unwrap(), f.payer.address());
     // Replay of the voucher the stream already holds: not strictly increasing.
-    refused(
+    refused_voucher(
         &f,
         &sid,
-        Some(&f.voucher_payload(&config, 1000)),
+        &config,
+        1000,
         "invalid_batch_settlement_evm_cumulative_amount_mismatch",
     )
     .await;
@@ -379,10 +383,11 @@ async fn bad_renewals_are_refused_with_the_spec_reason_and_change_nothing() {
     )
     .await;
     // A valid voucher for another channel of the same payer.
-    refused(
+    refused_voucher(
         &f,
         &sid,
-        Some(&f.voucher_payload(&other, 1000)),
+        &other,
+        1000,
         "invalid_batch_settlement_evm_channel_id_mismatch",
     )
     .await;
@@ -421,10 +426,11 @@ async fn bad_renewals_are_refused_with_the_spec_reason_and_change_nothing() {
     let a = renew(&f, &sid, Some(&f.voucher_payload(&config, 2000))).await;
     assert_eq!(a.status, StatusCode::OK);
     // ...and the voucher it replaced is now a replay.
-    refused(
+    refused_voucher(
         &f,
         &sid,
-        Some(&f.voucher_payload(&config, 2000)),
+        &config,
+        2000,
         "invalid_batch_settlement_evm_cumulative_amount_mismatch",
     )
     .await;
@@ -439,20 +445,14 @@ async fn bad_renewals_are_refused_with_the_spec_reason_and_change_nothing() {
 #[tokio::test]
 async fn renewals_over_the_balance_or_during_a_withdrawal_are_refused() {
     let f = rig().await;
-    let config = f.config(5);
-    let id = f.fund(&config, 1500);
-    let mut sse = Sse::open(
-        &f,
-        "/gpu?tokens=25&grace_ms=100",
-        &f.voucher_payload(&config, 1000),
-    )
-    .await;
+    let (config, id, mut sse) = open_stream(&f, 5, 1500, "/gpu?tokens=25&grace_ms=100").await;
     sse.until_renewal().await;
     let sid = sse.stream_id.clone();
-    refused(
+    refused_voucher(
         &f,
         &sid,
-        Some(&f.voucher_payload(&config, 2000)),
+        &config,
+        2000,
         "invalid_batch_settlement_evm_cumulative_exceeds_balance",
     )
     .await;
@@ -464,10 +464,11 @@ async fn renewals_over_the_balance_or_during_a_withdrawal_are_refused() {
     f.engine.ledger().refresh(&id, onchain, 1).unwrap();
     onchain.withdraw_requested_at = 1_700_000_000;
     f.engine.ledger().refresh(&id, onchain, 2).unwrap();
-    refused(
+    refused_voucher(
         &f,
         &sid,
-        Some(&f.voucher_payload(&config, 2000)),
+        &config,
+        2000,
         "invalid_batch_settlement_evm_cumulative_exceeds_balance",
     )
     .await;
@@ -492,14 +493,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test]
 async fn a_checkpoint_survives_a_crash_mid_stream() {
     let f = rig().await;
-    let config = f.config(6);
-    let id = f.fund(&config, 10_000);
-    let mut sse = Sse::open(
-        &f,
-        "/gpu?tokens=25&grace_ms=50",
-        &f.voucher_payload(&config, 1000),
-    )
-    .await;
+    let (config, id, mut sse) = open_stream(&f, 6, 10_000, "/gpu?tokens=25&grace_ms=50").await;
     sse.until_renewal().await;
     let a = renew(&f, &sse.stream_id, Some(&f.voucher_payload(&config, 2000))).await;
     assert_eq!(a.status, StatusCode::OK);
@@ -540,14 +534,7 @@ async fn a_checkpoint_survives_a_crash_mid_stream() {
 #[tokio::test]
 async fn a_client_leaving_after_a_renewal_pays_what_was_delivered() {
     let f = rig().await;
-    let config = f.config(7);
-    let id = f.fund(&config, 10_000);
-    let mut sse = Sse::open(
-        &f,
-        "/gpu?tokens=25&grace_ms=2000",
-        &f.voucher_payload(&config, 1000),
-    )
-    .await;
+    let (config, id, mut sse) = open_stream(&f, 7, 10_000, "/gpu?tokens=25&grace_ms=2000").await;
     sse.until_renewal().await;
     let sid = sse.stream_id.clone();
     let a = renew(&f, &sid, Some(&f.voucher_payload(&config, 2000))).await;
@@ -579,11 +566,7 @@ async fn served(f: &Fixture) -> (String, PayingClient) {
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
     });
-    let client = PayingClient::new(
-        ClientConfig::new(f.payer.clone())
-            .with_contracts(Address::repeat_byte(0xee), Address::repeat_byte(0xcc)),
-    );
-    (base, client)
+    (base, paying_client(f))
 }
 
 fn client_channel(f: &Fixture) -> ChannelConfig {
@@ -771,10 +754,7 @@ async fn paying_client_stops_paying_a_server_that_overcharges_a_stream() {
         tokio::spawn(async move {
             let _ = axum::serve(l, app).await;
         });
-        let client = PayingClient::new(
-            ClientConfig::new(f.payer.clone())
-                .with_contracts(Address::repeat_byte(0xee), Address::repeat_byte(0xcc)),
-        );
+        let client = paying_client(&f);
         let mut s = client.stream(&url, 5000).await.unwrap();
         assert!(matches!(s.next().await, Some(Ok(StreamEvent::Data { .. }))));
         match s.next().await {

@@ -322,6 +322,11 @@ impl Fixture {
         if let Some(h) = header {
             req = req.header("PAYMENT-SIGNATURE", h);
         }
+        self.send_request(req).await
+    }
+
+    /// Sends a request built by the caller (with an empty body) and reads the answer.
+    pub async fn send_request(&self, req: http::request::Builder) -> Answer {
         let res = self
             .app
             .clone()

@@ -69,22 +69,13 @@ async fn until(body: &mut Body, buf: &mut String, want: &str) -> Vec<String> {
 }
 
 async fn renew(f: &Fixture, stream_id: &str, payload: &Value) -> Answer {
-    let req = Request::get("/gpu")
-        .header("host", "localhost")
-        .header(STREAM_ID_HEADER, stream_id)
-        .header("PAYMENT-SIGNATURE", encode_header(payload))
-        .body(Body::empty())
-        .unwrap();
-    let res = f.app.clone().oneshot(req).await.unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    f.send_request(
+        Request::get("/gpu")
+            .header("host", "localhost")
+            .header(STREAM_ID_HEADER, stream_id)
+            .header("PAYMENT-SIGNATURE", encode_header(payload)),
+    )
+    .await
 }
 
 fn unix_now() -> u64 {
