@@ -9,7 +9,7 @@ use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::telemetry;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 use x402_upto_testkit::devnet::Devnet;
-use x402_upto_testkit::settlement_fixture::signed_voucher;
+use x402_upto_testkit::offchain::signed_voucher;
 
 #[tokio::test]
 async fn claim_and_sweep_metrics_are_exported_for_prometheus() {

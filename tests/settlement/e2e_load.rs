@@ -18,7 +18,7 @@ use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::typed_data::{ChannelId, sign_digest};
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 use x402_upto_testkit::devnet::Devnet;
-use x402_upto_testkit::settlement_fixture::signed_voucher;
+use x402_upto_testkit::offchain::signed_voucher;
 
 const PRICE: u128 = 10_000;
 

@@ -16,7 +16,8 @@ use x402_upto::typed_data::{
 };
 use x402_upto::verify::Erc1271Checker;
 use x402_upto::{Ledger, Reason};
-use x402_upto_testkit::settlement_fixture::{SettlementFixture as Fixture, signed_voucher};
+use x402_upto_testkit::offchain::signed_voucher;
+use x402_upto_testkit::settlement_fixture::SettlementFixture as Fixture;
 
 const DEPOSIT: u128 = 1_000_000;
 

@@ -17,7 +17,7 @@ use x402_upto::settlement::{
 };
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 use x402_upto_testkit::devnet::Devnet;
-use x402_upto_testkit::settlement_fixture::signed_voucher;
+use x402_upto_testkit::offchain::signed_voucher;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;

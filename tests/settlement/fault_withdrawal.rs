@@ -11,7 +11,7 @@ use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::{Durability, Ledger, Reason, SledOptions, SledStore, Store};
 use x402_upto_testkit::devnet::Devnet;
-use x402_upto_testkit::settlement_fixture::signed_voucher;
+use x402_upto_testkit::offchain::signed_voucher;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;

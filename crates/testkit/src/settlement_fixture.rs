@@ -1,17 +1,18 @@
 //! The settlement tests' rig on a [`Devnet`]: the parties of a channel, the escrow client the
-//! relayer sends with, a ledger and a durable store; and the signed voucher they all build.
+//! relayer sends with, a ledger and a durable store.
 
 use std::sync::Arc;
 
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{Address, B256, Bytes};
+use alloy_primitives::{Address, B256};
 use x402_upto::chain::escrow::EscrowClient;
-use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain, sign_voucher};
+use x402_upto::typed_data::{ChannelConfig, ChannelId};
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 
 use crate::devnet::Devnet;
+use crate::offchain::signed_voucher;
 
 /// Keys: payer anvil:1 (also its own payer authorizer), receiver anvil:2, receiver authorizer
 /// anvil:3, relayer anvil:5. The store is sled with group commit in a temp dir.
@@ -110,20 +111,5 @@ impl SettlementFixture {
             .get_transaction_count(self.relayer)
             .await
             .expect("nonce")
-    }
-}
-
-/// `payer`'s signed voucher for `max` on channel `id`.
-pub fn signed_voucher(
-    payer: &PrivateKeySigner,
-    domain: &EscrowDomain,
-    id: ChannelId,
-    max: u128,
-) -> SignedVoucher {
-    let sig = sign_voucher(payer, domain, id, max).expect("sign");
-    SignedVoucher {
-        channel_id: id,
-        max_claimable: max,
-        signature: Bytes::copy_from_slice(&sig.as_bytes()),
     }
 }
