@@ -38,32 +38,17 @@ async fn serve_get_status_and_refund_through_the_binary() {
     let config = dir.path().join("serve.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-upstream = "{upstream}"
-rpc = "{rpc}"
-chain_id = 31337
-escrow = "{escrow}"
-collector = "{collector}"
-asset = "{token}"
-asset_name = "USDC"
-asset_version = "2"
-pay_to = "{pay_to}"
-store = "{store}"
-[[route]]
+        chain.serve_toml(
+            &format!("127.0.0.1:{port}"),
+            &upstream,
+            &dir.path().join("store").display().to_string(),
+        ) + r#"[[route]]
 prefix = "/v1/"
 price = 1000
 # anvil mines only on transactions: no blocks would come to confirm a deposit.
 [deposits]
 confirmations = 0
 "#,
-            rpc = chain.rpc,
-            escrow = chain.escrow,
-            collector = chain.collector,
-            token = chain.token,
-            pay_to = chain.net.key(7).unwrap().address(),
-            store = dir.path().join("store").display(),
-        ),
     )
     .unwrap();
     let _server = Command::new(BIN)

@@ -264,20 +264,11 @@ async fn a_small_claim_threshold_makes_the_running_proxy_claim() {
         let _ = axum::serve(upstream, app).await;
     });
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-listen = "127.0.0.1:0"
-upstream = "{upstream_url}"
-rpc = "{rpc}"
-chain_id = 31337
-escrow = "{escrow}"
-collector = "{collector}"
-asset = "{token}"
-asset_name = "USDC"
-asset_version = "2"
-pay_to = "{pay_to}"
-store = "{store}"
-[[route]]
+    let toml = chain.serve_toml(
+        "127.0.0.1:0",
+        &upstream_url,
+        &dir.path().join("channels").display().to_string(),
+    ) + r#"[[route]]
 prefix = "/api/"
 price = 1000
 [settlement]
@@ -292,14 +283,7 @@ confirmations = 0
 # anvil mines only on transactions: no blocks would come to confirm a deposit.
 [deposits]
 confirmations = 0
-"#,
-        rpc = chain.rpc,
-        escrow = chain.escrow,
-        collector = chain.collector,
-        token = chain.token,
-        pay_to = chain.net.key(7).unwrap().address(),
-        store = dir.path().join("channels").display(),
-    );
+"#;
     let cfg = ServeConfig::from_toml(&toml).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = format!("http://{}", listener.local_addr().unwrap());
@@ -356,25 +340,10 @@ async fn the_binary_stops_gracefully_on_sigterm() {
     let config = dir.path().join("serve.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-upstream = "http://127.0.0.1:9"
-rpc = "{rpc}"
-chain_id = 31337
-escrow = "{escrow}"
-collector = "{collector}"
-asset = "{token}"
-asset_name = "USDC"
-asset_version = "2"
-pay_to = "{pay_to}"
-store = "{store}"
-"#,
-            rpc = chain.rpc,
-            escrow = chain.escrow,
-            collector = chain.collector,
-            token = chain.token,
-            pay_to = chain.net.key(7).unwrap().address(),
-            store = dir.path().join("store").display(),
+        chain.serve_toml(
+            &format!("127.0.0.1:{port}"),
+            "http://127.0.0.1:9",
+            &dir.path().join("store").display().to_string(),
         ),
     )
     .unwrap();
@@ -413,25 +382,10 @@ store = "{store}"
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
-const REFUNDS_BASE: &str = r#"
-listen = "127.0.0.1:8080"
-upstream = "http://127.0.0.1:9000"
-rpc = "http://127.0.0.1:8545"
-chain_id = 31337
-escrow = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
-collector = "0x4020806089470a89826cB9fB1f4059150b550004"
-asset = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
-asset_name = "USDC"
-asset_version = "2"
-pay_to = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-store = "./data/channels"
-"#;
-
 /// `serve`'s `[refunds]` knobs: defaults are the engine's, both are read, and a rate of 0
 /// (which would refuse every refund) is refused at start-up.
 #[test]
 fn serve_reads_the_refund_limits_from_its_refunds_section() {
-    let parse = |extra: &str| ServeConfig::from_toml(&format!("{REFUNDS_BASE}{extra}"));
     let d = parse("").unwrap().refunds.limits();
     assert_eq!(d, RefundLimits::default());
     assert_eq!((d.min_partial, d.max_per_window), (1_000, 4));

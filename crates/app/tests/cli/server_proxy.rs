@@ -43,31 +43,13 @@ async fn the_proxy_charges_what_the_upstream_reports() {
             .route("/health", get(|| async { "ok" })),
     )
     .await;
-    let toml = format!(
-        r#"
-listen = "127.0.0.1:0"
-upstream = "{upstream}"
-rpc = "{rpc}"
-chain_id = 31337
-escrow = "{escrow}"
-collector = "{collector}"
-asset = "{token}"
-asset_name = "USDC"
-asset_version = "2"
-pay_to = "{pay_to}"
-store = "/unused"
-min_deposit = "20000"
+    let toml = chain.serve_toml("127.0.0.1:0", &upstream, "/unused")
+        + r#"min_deposit = "20000"
 [[route]]
 prefix = "/api/"
 price = 1000
 description = "GPU minutes"
-"#,
-        rpc = chain.rpc,
-        escrow = chain.escrow,
-        collector = chain.collector,
-        token = chain.token,
-        pay_to = chain.net.key(7).unwrap().address(),
-    );
+"#;
     let cfg: ServeConfig = toml::from_str(&toml).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store =
