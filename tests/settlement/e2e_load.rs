@@ -17,7 +17,7 @@ use x402_upto::chain::bindings::{MockUSDC, UptoEscrow};
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::typed_data::{ChannelId, sign_digest};
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
-use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::devnet::{Devnet, mined};
 use x402_upto_testkit::offchain::signed_voucher;
 
 const PRICE: u128 = 10_000;
@@ -62,23 +62,16 @@ async fn exact_gas(net: &Devnet, payer: &PrivateKeySigner, n: u8) -> Vec<u64> {
             nonce: B256::repeat_byte(i),
         };
         let sig = sign_digest(payer, &auth.eip712_signing_hash(&net.token_domain())).expect("sign");
-        let receipt = usdc
-            .transferWithAuthorization_0(
-                auth.from,
-                auth.to,
-                auth.value,
-                auth.validAfter,
-                auth.validBefore,
-                auth.nonce,
-                sig.as_bytes().into(),
-            )
-            .send()
-            .await
-            .expect("send")
-            .get_receipt()
-            .await
-            .expect("receipt");
-        assert!(receipt.status());
+        let receipt = mined(usdc.transferWithAuthorization_0(
+            auth.from,
+            auth.to,
+            auth.value,
+            auth.validAfter,
+            auth.validBefore,
+            auth.nonce,
+            sig.as_bytes().into(),
+        ))
+        .await;
         out.push(receipt.gas_used);
     }
     out

@@ -16,6 +16,7 @@ use x402_upto::typed_data::{
 };
 use x402_upto::verify::Erc1271Checker;
 use x402_upto::{Ledger, Reason};
+use x402_upto_testkit::devnet::mined;
 use x402_upto_testkit::offchain::signed_voucher;
 use x402_upto_testkit::settlement_fixture::SettlementFixture as Fixture;
 
@@ -271,15 +272,7 @@ async fn a_pending_withdrawal_shows_in_channel_state() {
     let f = fixture().await;
     let (_, id) = open_and_serve(&f, 1, &[]).await;
     let as_payer = UptoEscrow::new(f.net.escrow, f.net.provider_for(&f.payer));
-    let receipt = as_payer
-        .initiateWithdraw(IUptoEscrow::ChannelConfig::from(&f.config(1)), 1_000)
-        .send()
-        .await
-        .expect("send")
-        .get_receipt()
-        .await
-        .expect("receipt");
-    assert!(receipt.status());
+    mined(as_payer.initiateWithdraw(IUptoEscrow::ChannelConfig::from(&f.config(1)), 1_000)).await;
     let state = f.client.channel_state(id).await.expect("read");
     assert!(state.withdraw_requested_at > 0);
     assert_eq!(state.balance, DEPOSIT);

@@ -10,7 +10,7 @@ use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::{Durability, Ledger, Reason, SledOptions, SledStore, Store};
-use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::devnet::{Devnet, mined};
 use x402_upto_testkit::offchain::signed_voucher;
 
 const DEPOSIT: u128 = 1_000_000;
@@ -88,15 +88,7 @@ async fn a_withdrawal_started_while_the_server_was_down_is_claimed_before_it_can
     // Down: the payer starts withdrawing everything; half the delay (900 s) passes.
     let as_payer = UptoEscrow::new(net.escrow, net.provider_for(&payer));
     let onchain_config = IUptoEscrow::ChannelConfig::from(&config);
-    let receipt = as_payer
-        .initiateWithdraw(onchain_config.clone(), DEPOSIT)
-        .send()
-        .await
-        .expect("send")
-        .get_receipt()
-        .await
-        .expect("receipt");
-    assert!(receipt.status());
+    mined(as_payer.initiateWithdraw(onchain_config.clone(), DEPOSIT)).await;
     net.increase_time(450).await.expect("time");
     assert!(
         as_payer
@@ -146,15 +138,7 @@ async fn a_withdrawal_started_while_the_server_was_down_is_claimed_before_it_can
 
     // The delay runs out: the payer gets back exactly what was not charged.
     net.increase_time(500).await.expect("time");
-    let receipt = as_payer
-        .finalizeWithdraw(onchain_config)
-        .send()
-        .await
-        .expect("send")
-        .get_receipt()
-        .await
-        .expect("receipt");
-    assert!(receipt.status());
+    mined(as_payer.finalizeWithdraw(onchain_config)).await;
     assert_eq!(
         net.balance_of(payer.address()).await.expect("bal"),
         DEPOSIT - charged

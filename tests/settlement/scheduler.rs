@@ -11,6 +11,7 @@ use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::typed_data::ChannelId;
 use x402_upto::{Ledger, Reason};
+use x402_upto_testkit::devnet::mined;
 use x402_upto_testkit::settlement_fixture::SettlementFixture as Fixture;
 
 const DEPOSIT: u128 = 1_000_000;
@@ -152,18 +153,11 @@ async fn a_withdrawal_wakes_the_scheduler_which_claims_at_once_and_service_stops
     assert_eq!(f.total_claimed(id).await, 0, "below threshold: not claimed");
 
     let as_payer = UptoEscrow::new(f.net.escrow, f.net.provider_for(&f.payer));
-    let receipt = as_payer
-        .initiateWithdraw(
-            IUptoEscrow::ChannelConfig::from(&f.config(1)),
-            DEPOSIT - 7_000,
-        )
-        .send()
-        .await
-        .expect("send")
-        .get_receipt()
-        .await
-        .expect("receipt");
-    assert!(receipt.status());
+    mined(as_payer.initiateWithdraw(
+        IUptoEscrow::ChannelConfig::from(&f.config(1)),
+        DEPOSIT - 7_000,
+    ))
+    .await;
     // What the watcher does on `WithdrawInitiated`: refresh the mirror, wake the scheduler.
     let state = f.client.channel_state(id).await.expect("read");
     f.ledger.refresh(&id, state, 1).expect("known");

@@ -14,7 +14,7 @@ use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::settlement::{Watcher, WatcherConfig};
 use x402_upto::typed_data::{ChannelConfig, ChannelId};
-use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::devnet::{Devnet, mined};
 use x402_upto_testkit::settlement_fixture::SettlementFixture;
 
 const DEPOSIT: u128 = 100_000;
@@ -126,15 +126,7 @@ async fn an_unconfirmed_withdrawal_stops_service_and_wakes_the_scheduler_at_once
     let wake = Arc::new(Notify::new());
     let mut w = f.watcher(10, Some(Arc::clone(&wake))).await;
     let as_payer = UptoEscrow::new(f.net.escrow, f.net.provider_for(&f.payer));
-    let receipt = as_payer
-        .initiateWithdraw(IUptoEscrow::ChannelConfig::from(&f.config), DEPOSIT)
-        .send()
-        .await
-        .expect("send")
-        .get_receipt()
-        .await
-        .expect("receipt");
-    assert!(receipt.status());
+    mined(as_payer.initiateWithdraw(IUptoEscrow::ChannelConfig::from(&f.config), DEPOSIT)).await;
     let woken = wake.notified();
     let report = w.poll_once().await.expect("poll");
     assert_eq!(report.withdrawals, 1);

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{Address, B256, U256};
 use serde_json::{Value, json};
@@ -104,10 +103,6 @@ impl AnvilFixture {
 
     /// Transactions the relayer has sent (mined or pending).
     pub async fn relayer_nonce(&self) -> u64 {
-        self.net
-            .provider
-            .get_transaction_count(self.relayer)
-            .await
-            .expect("nonce")
+        self.net.nonce(self.relayer).await
     }
 }

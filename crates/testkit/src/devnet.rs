@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alloy::contract::{CallBuilder, CallDecoder};
 use alloy::network::EthereumWallet;
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::{RpcError, TransportErrorKind};
 use alloy_primitives::aliases::U40;
@@ -246,6 +248,14 @@ impl Devnet {
         )
     }
 
+    /// Transactions `who` has sent (mined or pending).
+    pub async fn nonce(&self, who: Address) -> u64 {
+        self.provider
+            .get_transaction_count(who)
+            .await
+            .expect("nonce")
+    }
+
     /// Mints `amount` MockUSDC (6 decimals) to `to`.
     pub async fn mint(&self, to: Address, amount: u128) -> Result<(), DevnetError> {
         let usdc = MockUSDC::new(self.token, self.provider.clone());
@@ -379,6 +389,19 @@ fn provider_for(url: &reqwest::Url, signer: &PrivateKeySigner) -> DynProvider {
         .client()
         .set_poll_interval(Duration::from_millis(10));
     provider.erased()
+}
+
+/// Sends a contract call and waits for its receipt, which must show success.
+pub async fn mined<P: Provider, D: CallDecoder>(call: CallBuilder<P, D>) -> TransactionReceipt {
+    let receipt = call
+        .send()
+        .await
+        .expect("send")
+        .get_receipt()
+        .await
+        .expect("receipt");
+    assert!(receipt.status(), "reverted: {receipt:?}");
+    receipt
 }
 
 #[cfg(test)]
