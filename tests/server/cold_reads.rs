@@ -10,13 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::Address;
 use axum::http::StatusCode;
-use support::{Fixture, MockChain, engine_config};
+use support::{Fixture, MockChain};
 use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, ColdReadLimits};
 use x402_upto::ledger::{Claimable, OnchainState};
-use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
+use x402_upto::typed_data::{ChannelConfig, ChannelId};
 use x402_upto::wire::Erc3009Authorization;
 
 const NOT_FOUND: &str = "invalid_batch_settlement_evm_channel_not_found";
@@ -159,22 +157,13 @@ impl ChainAccess for SlowChain {
 
 #[tokio::test]
 async fn concurrent_first_requests_on_one_channel_share_one_read() {
-    let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
-    let mock = Arc::new(MockChain::default());
-    *mock.domain.lock() = Some(domain.clone());
+    let mock = MockChain::shared();
     let slow = Arc::new(SlowChain {
         inner: mock.clone(),
         gate: tokio::sync::Semaphore::new(0),
         reads: AtomicUsize::new(0),
     });
-    let access: Arc<dyn ChainAccess> = slow.clone();
-    let f = Fixture::with(
-        engine_config(),
-        domain,
-        access,
-        mock,
-        PrivateKeySigner::random(),
-    );
+    let f = Fixture::over(slow.clone(), mock);
     let config = f.config(1);
     f.fund(&config, 10_000);
     let payload = f.voucher_payload(&config, 1000);

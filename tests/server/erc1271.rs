@@ -8,72 +8,17 @@
 use x402_upto_testkit::fixture as support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{Address, B256};
+use alloy_primitives::Address;
 use axum::http::StatusCode;
-use parking_lot::Mutex;
 use serde_json::{Value, json};
-use support::{Fixture, MockChain, PRICE, config_json, engine_config};
+use support::{Fixture, MockChain, PRICE, WalletChain, config_json};
 use x402_upto::Store;
-use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, ColdReadLimits};
-use x402_upto::ledger::{Claimable, OnchainState};
-use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
-use x402_upto::verify::{AllowListErc1271, Erc1271Checker};
-use x402_upto::wire::Erc3009Authorization;
-
-/// The mock chain plus an ERC-1271 allow-list, counting the wallet calls.
-#[derive(Debug)]
-struct WalletChain {
-    inner: Arc<MockChain>,
-    wallets: Mutex<AllowListErc1271>,
-    calls: AtomicUsize,
-}
-
-impl ChainAccess for WalletChain {
-    fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
-        self.inner.channel_state(id)
-    }
-
-    fn deposit<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        auth: &'a Erc3009Authorization,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.deposit(config, amount, auth)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        claim: Option<&'a Claimable>,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.refund(config, amount, claim)
-    }
-
-    fn is_valid_signature<'a>(
-        &'a self,
-        wallet: Address,
-        digest: B256,
-        signature: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let checker = self.wallets.lock().clone();
-        Box::pin(async move {
-            checker
-                .is_valid_signature(wallet, digest, signature)
-                .await
-                .map_err(|e| ChainFailure {
-                    reason: x402_upto::Reason::RpcReadFailed,
-                    message: e.to_string(),
-                })
-        })
-    }
-}
+use x402_upto::engine::ColdReadLimits;
+use x402_upto::typed_data::{ChannelConfig, ChannelId};
+use x402_upto::verify::AllowListErc1271;
 
 const WALLET: Address = Address::repeat_byte(0x77);
 
@@ -85,22 +30,9 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
-    let mock = Arc::new(MockChain::default());
-    *mock.domain.lock() = Some(domain.clone());
-    let chain = Arc::new(WalletChain {
-        inner: mock.clone(),
-        wallets: Mutex::new(AllowListErc1271::new()),
-        calls: AtomicUsize::new(0),
-    });
-    let access: Arc<dyn ChainAccess> = chain.clone();
-    let f = Fixture::with(
-        engine_config(),
-        domain,
-        access,
-        mock,
-        PrivateKeySigner::random(),
-    );
+    let mock = MockChain::shared();
+    let chain = Arc::new(WalletChain::new(mock.clone()));
+    let f = Fixture::over(chain.clone(), mock);
     // A smart-wallet channel: the payer is a contract, no delegated ECDSA key.
     let config = ChannelConfig {
         payer: WALLET,
@@ -127,9 +59,8 @@ impl Setup {
 
     /// The wallet approves the voucher `(id, max)`.
     fn approve(&self, max: u128) {
-        let digest = self.f.domain().voucher_digest(self.id, max);
-        let mut w = self.wallets();
-        *w = w.clone().allow(WALLET, digest);
+        self.chain
+            .approve(WALLET, self.f.domain().voucher_digest(self.id, max));
     }
 
     fn wallets(&self) -> parking_lot::MutexGuard<'_, AllowListErc1271> {

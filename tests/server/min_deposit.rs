@@ -9,18 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::Address;
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 use support::{Fixture, MockChain, engine_config};
 use x402_upto::engine::{ChainAccess, EngineConfig};
-use x402_upto::typed_data::EscrowDomain;
+use x402_upto_testkit::offchain::domain;
 
 #[tokio::test]
 async fn a_deposit_below_the_advertised_minimum_is_refused_before_any_gas() {
-    let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
-    let chain = Arc::new(MockChain::default());
-    *chain.domain.lock() = Some(domain.clone());
+    let chain = MockChain::shared();
     let mut extra = Map::new();
     extra.insert("minDeposit".into(), Value::String("5000".into()));
     let config = EngineConfig {
@@ -28,7 +25,7 @@ async fn a_deposit_below_the_advertised_minimum_is_refused_before_any_gas() {
         ..engine_config()
     };
     let access: Arc<dyn ChainAccess> = chain.clone();
-    let f = Fixture::with(config, domain, access, chain, PrivateKeySigner::random());
+    let f = Fixture::with(config, domain(), access, chain, PrivateKeySigner::random());
     let channel = f.config(1);
 
     let before = f.state().await;

@@ -815,85 +815,12 @@ async fn renewals_racing_the_end_of_the_budget_keep_the_books_exact() {
     println!("renewed in time: {renewed}, too late: {late}");
 }
 
-/// The chain double plus an ERC-1271 allow-list: a smart-wallet payer's vouchers.
-#[derive(Debug)]
-struct WalletChain {
-    inner: std::sync::Arc<support::MockChain>,
-    wallets: parking_lot::Mutex<x402_upto::verify::AllowListErc1271>,
-}
-
-impl x402_upto::engine::ChainAccess for WalletChain {
-    fn channel_state(
-        &self,
-        id: x402_upto::typed_data::ChannelId,
-    ) -> x402_upto::engine::BoxFuture<
-        '_,
-        Result<x402_upto::ledger::OnchainState, x402_upto::engine::ChainFailure>,
-    > {
-        self.inner.channel_state(id)
-    }
-
-    fn deposit<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        auth: &'a x402_upto::wire::Erc3009Authorization,
-    ) -> x402_upto::engine::BoxFuture<
-        'a,
-        Result<x402_upto::engine::ChainOutcome, x402_upto::engine::ChainFailure>,
-    > {
-        self.inner.deposit(config, amount, auth)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        claim: Option<&'a x402_upto::ledger::Claimable>,
-    ) -> x402_upto::engine::BoxFuture<
-        'a,
-        Result<x402_upto::engine::ChainOutcome, x402_upto::engine::ChainFailure>,
-    > {
-        self.inner.refund(config, amount, claim)
-    }
-
-    fn is_valid_signature<'a>(
-        &'a self,
-        wallet: Address,
-        digest: alloy_primitives::B256,
-        signature: &'a [u8],
-    ) -> x402_upto::engine::BoxFuture<'a, Result<bool, x402_upto::engine::ChainFailure>> {
-        use x402_upto::verify::Erc1271Checker as _;
-        let checker = self.wallets.lock().clone();
-        Box::pin(async move {
-            checker
-                .is_valid_signature(wallet, digest, signature)
-                .await
-                .map_err(|e| x402_upto::engine::ChainFailure {
-                    reason: x402_upto::Reason::RpcReadFailed,
-                    message: e.to_string(),
-                })
-        })
-    }
-}
-
 #[tokio::test]
 async fn a_smart_wallet_stream_renews_through_erc1271() {
     const WALLET: Address = Address::repeat_byte(0x77);
-    let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
-    let mock = std::sync::Arc::new(support::MockChain::default());
-    *mock.domain.lock() = Some(domain.clone());
-    let chain = std::sync::Arc::new(WalletChain {
-        inner: mock.clone(),
-        wallets: parking_lot::Mutex::new(x402_upto::verify::AllowListErc1271::new()),
-    });
-    let mut f = Fixture::with(
-        support::engine_config(),
-        domain,
-        chain.clone(),
-        mock,
-        PrivateKeySigner::random(),
-    );
+    let mock = support::MockChain::shared();
+    let chain = std::sync::Arc::new(support::WalletChain::new(mock.clone()));
+    let mut f = Fixture::over(chain.clone(), mock);
     // The refused renewal below is retried at once once approved: no pause after a wallet
     // refusal here (that pause is tested in tests/server/erc1271.rs).
     f.engine
@@ -909,11 +836,7 @@ async fn a_smart_wallet_stream_renews_through_erc1271() {
         ..f.config(1)
     };
     let id = f.fund(&config, 10_000);
-    let approve = |max: u128| {
-        let digest = f.domain().voucher_digest(id, max);
-        let mut w = chain.wallets.lock();
-        *w = w.clone().allow(WALLET, digest);
-    };
+    let approve = |max: u128| chain.approve(WALLET, f.domain().voucher_digest(id, max));
     // An opaque wallet signature (not 65 bytes), approved per voucher by the wallet.
     let payload = |max: u128| {
         let voucher = json!({"channelId": id.0, "maxClaimableAmount": max.to_string(),
