@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use alloy::providers::{Provider, ProviderBuilder};
-use alloy_primitives::B256;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
@@ -18,6 +17,7 @@ use x402_upto::settlement::{
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 use x402_upto_testkit::devnet::Devnet;
 use x402_upto_testkit::offchain::signed_voucher;
+use x402_upto_testkit::settlement_fixture::SettlementFixture;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;
@@ -72,22 +72,14 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_continues_on_fresh_mirrors_during_an_rpc_outage_and_claims_resume_after_it() {
-    let net = Devnet::start().await.expect("devnet");
-    let payer = net.key(1).expect("key");
-    let authorizer = net.key(3).expect("key");
-    let receiver = net.key(2).expect("key").address();
-    net.mint(payer.address(), DEPOSIT).await.expect("mint");
-    let config = net.channel_config(
-        payer.address(),
-        payer.address(),
-        receiver,
-        authorizer.address(),
-        B256::repeat_byte(1),
+    let kit = SettlementFixture::start(DEPOSIT).await;
+    let id = kit.deposit(1, DEPOSIT).await;
+    let (net, payer, authorizer, config) = (
+        &kit.net,
+        kit.payer.clone(),
+        kit.authorizer.clone(),
+        kit.config(1),
     );
-    let id = net
-        .deposit(&payer, &config, DEPOSIT, B256::repeat_byte(1))
-        .await
-        .expect("deposit");
 
     let upstream = net
         .endpoint_url()
@@ -190,7 +182,7 @@ async fn serving_continues_on_fresh_mirrors_during_an_rpc_outage_and_claims_resu
     proxy.resume();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let onchain = net_total_claimed(&net, id).await;
+        let onchain = net_total_claimed(net, id).await;
         if onchain == charged {
             break;
         }

@@ -5,36 +5,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::B256;
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::{Durability, Ledger, Reason, SledOptions, SledStore, Store};
-use x402_upto_testkit::devnet::{Devnet, mined};
+use x402_upto_testkit::devnet::mined;
 use x402_upto_testkit::offchain::signed_voucher;
+use x402_upto_testkit::settlement_fixture::SettlementFixture;
 
 const DEPOSIT: u128 = 1_000_000;
 const PRICE: u128 = 10_000;
 
 #[tokio::test]
 async fn a_withdrawal_started_while_the_server_was_down_is_claimed_before_it_can_finalize() {
-    let net = Devnet::start().await.expect("devnet");
-    let payer = net.key(1).expect("key");
-    let receiver = net.key(2).expect("key").address();
-    let authorizer = net.key(3).expect("key");
-    net.mint(payer.address(), DEPOSIT).await.expect("mint");
-    let config = net.channel_config(
-        payer.address(),
-        payer.address(),
-        receiver,
-        authorizer.address(),
-        B256::repeat_byte(1),
-    );
-    let id = net
-        .deposit(&payer, &config, DEPOSIT, B256::repeat_byte(1))
-        .await
-        .expect("deposit");
-    let client = Arc::new(net.escrow_client(net.key(5).expect("key"), Some(authorizer.clone())));
+    let kit = SettlementFixture::start(DEPOSIT).await;
+    let id = kit.deposit(1, DEPOSIT).await;
+    let (net, payer, receiver, config) = (&kit.net, kit.payer.clone(), kit.receiver, kit.config(1));
+    let client = Arc::clone(&kit.client);
     let dir = tempfile::tempdir().expect("tempdir");
     let open_store = || {
         SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group))
