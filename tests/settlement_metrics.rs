@@ -4,14 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{B256, Bytes};
-use x402_upto::chain::escrow::EscrowClient;
+use alloy_primitives::B256;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
 use x402_upto::telemetry;
-use x402_upto::typed_data::sign_voucher;
-use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 use x402_upto_testkit::devnet::Devnet;
+use x402_upto_testkit::offchain::signed_voucher;
 
 #[tokio::test]
 async fn claim_and_sweep_metrics_are_exported_for_prometheus() {
@@ -40,14 +38,7 @@ async fn claim_and_sweep_metrics_are_exported_for_prometheus() {
         .deposit(&payer, &config, 1_000_000, B256::repeat_byte(1))
         .await
         .expect("deposit");
-    let client = Arc::new(EscrowClient::new(
-        net.provider.clone(),
-        net.escrow,
-        net.collector,
-        Arc::new(net.tx_sender(net.key(5).expect("key"))),
-        Some(authorizer),
-        net.domain(),
-    ));
+    let client = Arc::new(net.escrow_client(net.key(5).expect("key"), Some(authorizer)));
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(
         SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group))
@@ -55,16 +46,8 @@ async fn claim_and_sweep_metrics_are_exported_for_prometheus() {
     );
     let ledger = Ledger::new(net.domain());
     ledger.upsert_from_chain(config, client.channel_state(id).await.expect("read"), 0);
-    let sig = sign_voucher(&payer, ledger.domain(), id, 10_000).expect("sign");
     let staged = ledger
-        .verify_and_reserve(
-            SignedVoucher {
-                channel_id: id,
-                max_claimable: 10_000,
-                signature: Bytes::copy_from_slice(&sig.as_bytes()),
-            },
-            10_000,
-        )
+        .verify_and_reserve(signed_voucher(&payer, ledger.domain(), id, 10_000), 10_000)
         .expect("accepted")
         .commit(4_000, 1)
         .expect("within price");

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::aliases::U40;
-use alloy_primitives::{Address, B256, Bytes, Signature, U256};
+use alloy_primitives::{Address, B256, Signature};
 use x402_upto::ledger::OnchainState;
 use x402_upto::store::persist;
-use x402_upto::typed_data::{ChannelConfig, EscrowDomain, sign_digest, sign_voucher};
+use x402_upto::typed_data::{ChannelConfig, EscrowDomain, sign_digest};
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
 
@@ -49,15 +48,7 @@ pub fn recover_raw(digest: &B256, raw: &[u8; 65]) {
 
 /// Config of bench channel `i`.
 pub fn config(i: usize, payer: Address) -> ChannelConfig {
-    ChannelConfig {
-        payer,
-        payerAuthorizer: payer,
-        receiver: Address::repeat_byte(1),
-        receiverAuthorizer: Address::repeat_byte(2),
-        token: Address::repeat_byte(3),
-        withdrawDelay: U40::from(900u64),
-        salt: B256::from(U256::from(i)),
-    }
+    x402_upto_testkit::offchain::channel_config(payer, i as u64)
 }
 
 /// A fresh ledger with `n` funded channels (every store needs its own: versions must match).
@@ -93,12 +84,7 @@ fn sign_vouchers(n: usize) -> Arc<Vec<SignedVoucher>> {
     let vouchers = (0..n)
         .map(|i| {
             let id = domain().channel_id(&config(i, key.address()));
-            let sig = sign_voucher(&key, &domain(), id, PRICE).expect("sign");
-            SignedVoucher {
-                channel_id: id,
-                max_claimable: PRICE,
-                signature: Bytes::from(sig.as_bytes()),
-            }
+            x402_upto_testkit::offchain::signed_voucher(&key, &domain(), id, PRICE)
         })
         .collect();
     Arc::new(vouchers)

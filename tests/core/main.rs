@@ -5,3 +5,5 @@ mod ledger_flow;
 mod model;
 mod recovery;
 mod store;
+mod stream_ledger;
+mod vectors;

@@ -6,11 +6,14 @@
 //! how to install it; nothing here silently skips.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use alloy::contract::{CallBuilder, CallDecoder};
 use alloy::network::EthereumWallet;
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::{RpcError, TransportErrorKind};
 use alloy_primitives::aliases::U40;
@@ -18,6 +21,7 @@ use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::Eip712Domain;
 
 use x402_upto::chain::bindings::{Erc3009DepositCollector, IUptoEscrow, MockUSDC, UptoEscrow};
+use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
 use x402_upto::typed_data::{
     ChannelConfig, ChannelId, EscrowDomain, ReceiveWithAuthorization, SigningError,
@@ -212,6 +216,46 @@ impl Devnet {
         TxSender::new(self.provider.clone(), signer, self.chain_id, policy)
     }
 
+    /// The escrow client on this chain: transactions sent by `relayer` (through
+    /// [`Devnet::tx_sender`]), claims and refunds signed by `authorizer`.
+    pub fn escrow_client(
+        &self,
+        relayer: PrivateKeySigner,
+        authorizer: Option<PrivateKeySigner>,
+    ) -> EscrowClient {
+        self.escrow_client_over(
+            self.provider.clone(),
+            Arc::new(self.tx_sender(relayer)),
+            authorizer,
+        )
+    }
+
+    /// [`Devnet::escrow_client`] over another provider and sender (a proxied or dead RPC, a
+    /// sender with its own policy).
+    pub fn escrow_client_over(
+        &self,
+        provider: DynProvider,
+        sender: Arc<TxSender>,
+        authorizer: Option<PrivateKeySigner>,
+    ) -> EscrowClient {
+        EscrowClient::new(
+            provider,
+            self.escrow,
+            self.collector,
+            sender,
+            authorizer,
+            self.domain(),
+        )
+    }
+
+    /// Transactions `who` has sent (mined or pending).
+    pub async fn nonce(&self, who: Address) -> u64 {
+        self.provider
+            .get_transaction_count(who)
+            .await
+            .expect("nonce")
+    }
+
     /// Mints `amount` MockUSDC (6 decimals) to `to`.
     pub async fn mint(&self, to: Address, amount: u128) -> Result<(), DevnetError> {
         let usdc = MockUSDC::new(self.token, self.provider.clone());
@@ -345,6 +389,19 @@ fn provider_for(url: &reqwest::Url, signer: &PrivateKeySigner) -> DynProvider {
         .client()
         .set_poll_interval(Duration::from_millis(10));
     provider.erased()
+}
+
+/// Sends a contract call and waits for its receipt, which must show success.
+pub async fn mined<P: Provider, D: CallDecoder>(call: CallBuilder<P, D>) -> TransactionReceipt {
+    let receipt = call
+        .send()
+        .await
+        .expect("send")
+        .get_receipt()
+        .await
+        .expect("receipt");
+    assert!(receipt.status(), "reverted: {receipt:?}");
+    receipt
 }
 
 #[cfg(test)]

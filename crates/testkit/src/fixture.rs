@@ -21,8 +21,11 @@ use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, Engi
 use x402_upto::ledger::{Claimable, OnchainState};
 use x402_upto::server::{Charge, PaymentLayer, Price};
 use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain, sign_voucher};
+use x402_upto::verify::{AllowListErc1271, Erc1271Checker as _};
 use x402_upto::wire::{Eip155Network, Erc3009Authorization, SettleResponse, encode_header};
 use x402_upto::{Durability, Ledger, Reason, SledOptions, SledStore, Store};
+
+use crate::offchain;
 
 pub const PRICE: u128 = 1000;
 
@@ -43,6 +46,15 @@ pub struct MockChain {
     pub deposits: AtomicUsize,
     pub refunds: AtomicUsize,
     pub reads: AtomicUsize,
+}
+
+impl MockChain {
+    /// A chain double answering for [`offchain::domain`], shared with the fixture over it.
+    pub fn shared() -> Arc<Self> {
+        let chain = Arc::new(Self::default());
+        *chain.domain.lock() = Some(offchain::domain());
+        chain
+    }
 }
 
 impl ChainAccess for MockChain {
@@ -162,13 +174,16 @@ struct ChargeQuery {
 
 impl Fixture {
     pub async fn new() -> Self {
-        let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
-        let chain = Arc::new(MockChain::default());
-        *chain.domain.lock() = Some(domain.clone());
-        let access = chain.clone() as Arc<dyn ChainAccess>;
+        let chain = MockChain::shared();
+        Self::over(chain.clone(), chain)
+    }
+
+    /// The default engine and a random payer over `access`: a wrapper of `chain` (from
+    /// [`MockChain::shared`]), the double the payload builders fund.
+    pub fn over(access: Arc<dyn ChainAccess>, chain: Arc<MockChain>) -> Self {
         Self::with(
             engine_config(),
-            domain,
+            offchain::domain(),
             access,
             chain,
             PrivateKeySigner::random(),
@@ -322,6 +337,11 @@ impl Fixture {
         if let Some(h) = header {
             req = req.header("PAYMENT-SIGNATURE", h);
         }
+        self.send_request(req).await
+    }
+
+    /// Sends a request built by the caller (with an empty body) and reads the answer.
+    pub async fn send_request(&self, req: http::request::Builder) -> Answer {
         let res = self
             .app
             .clone()
@@ -365,6 +385,74 @@ impl Fixture {
             .collect();
         stored.sort();
         (ledger, stored)
+    }
+}
+
+/// The chain double plus an ERC-1271 allow-list: a smart-wallet payer's signatures are
+/// valid exactly when the wallet approved their digest; every wallet call is counted.
+#[derive(Debug)]
+pub struct WalletChain {
+    pub inner: Arc<MockChain>,
+    pub wallets: Mutex<AllowListErc1271>,
+    pub calls: AtomicUsize,
+}
+
+impl WalletChain {
+    pub fn new(inner: Arc<MockChain>) -> Self {
+        Self {
+            inner,
+            wallets: Mutex::new(AllowListErc1271::new()),
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// `wallet` approves signatures over `digest` from now on.
+    pub fn approve(&self, wallet: Address, digest: B256) {
+        let mut w = self.wallets.lock();
+        *w = w.clone().allow(wallet, digest);
+    }
+}
+
+impl ChainAccess for WalletChain {
+    fn channel_state(&self, id: ChannelId) -> BoxFuture<'_, Result<OnchainState, ChainFailure>> {
+        self.inner.channel_state(id)
+    }
+
+    fn deposit<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        auth: &'a Erc3009Authorization,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        self.inner.deposit(config, amount, auth)
+    }
+
+    fn refund<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        amount: u128,
+        claim: Option<&'a Claimable>,
+    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
+        self.inner.refund(config, amount, claim)
+    }
+
+    fn is_valid_signature<'a>(
+        &'a self,
+        wallet: Address,
+        digest: B256,
+        signature: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, ChainFailure>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let checker = self.wallets.lock().clone();
+        Box::pin(async move {
+            checker
+                .is_valid_signature(wallet, digest, signature)
+                .await
+                .map_err(|e| ChainFailure {
+                    reason: Reason::RpcReadFailed,
+                    message: e.to_string(),
+                })
+        })
     }
 }
 

@@ -155,6 +155,31 @@ impl Chain {
         EscrowDomain::new(self.net.chain_id, self.escrow)
     }
 
+    /// The head of a `serve` TOML file for our server on this chain (listener, upstream, RPC,
+    /// contracts, asset, receiver anvil:7, store); top-level keys, then tables, go after it.
+    pub fn serve_toml(&self, listen: &str, upstream: &str, store: &str) -> String {
+        format!(
+            r#"listen = "{listen}"
+upstream = "{upstream}"
+rpc = "{rpc}"
+chain_id = {chain_id}
+escrow = "{escrow}"
+collector = "{collector}"
+asset = "{token}"
+asset_name = "USDC"
+asset_version = "2"
+pay_to = "{pay_to}"
+store = "{store}"
+"#,
+            rpc = self.rpc,
+            chain_id = self.net.chain_id,
+            escrow = self.escrow,
+            collector = self.collector,
+            token = self.token,
+            pay_to = self.net.key(7).unwrap().address(),
+        )
+    }
+
     /// The escrow client our server uses: relayer anvil:1, receiver authorizer anvil:2.
     pub fn escrow_client(&self) -> EscrowClient {
         EscrowClient::new(

@@ -2,8 +2,11 @@
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`anvil_fixture`] | the engine fixture on anvil: the real escrow client as chain access, ERC-3009 authorizations |
 //! | [`devnet`] | a local anvil with the contracts deployed and funded accounts |
 //! | [`fixture`] | an engine over a sled store in a temp dir and an in-memory chain double, an axum app with priced routes, payload builders |
+//! | [`offchain`] | channels and vouchers without a chain: domain, payer keys, configs, snapshots, signed vouchers |
+//! | [`settlement_fixture`] | the settlement tests' rig on anvil: parties, escrow client, ledger, store; signed vouchers |
 //! | [`interop`] | the anvil rig with contracts at the stock SDK's canonical addresses, our server on it, the node peers |
 //!
 //! Test code: it panics (unwrap, expect) on setup failures instead of threading errors.
@@ -13,9 +16,12 @@
     missing_debug_implementations
 )]
 
+pub mod anvil_fixture;
 pub mod devnet;
 pub mod fixture;
 pub mod interop;
+pub mod offchain;
+pub mod settlement_fixture;
 
 /// The repository's root (where `.tools/`, `contracts/`, `interop/` and `scripts/` are).
 pub fn workspace_root() -> std::path::PathBuf {

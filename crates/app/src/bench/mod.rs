@@ -14,8 +14,11 @@
 //! installs the contracts at the canonical addresses, starts the three servers and calls this
 //! command; `docs/benchmarks.md` ("Side-by-side") holds the measured table.
 
+mod cpu;
+mod presign;
 pub mod run;
 pub mod servers;
+mod timed;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -23,19 +23,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{Address, B256, keccak256};
-use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use alloy_primitives::Address;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::cpu::CpuMark;
+pub use super::cpu::CpuUse;
+use super::presign::{CYCLE_POOL, Prepared, Template, presign, salt};
+use super::timed::{Rules, client_loop};
 use x402_upto::client::{ClientConfig, PayingClient};
 use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use x402_upto::wire::{
-    BATCH_SETTLEMENT, ChannelConfigWire, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
-    PaymentRequired, PaymentRequirements, decode_header,
+    BATCH_SETTLEMENT, ChannelConfigWire, PAYMENT_REQUIRED, PaymentRequired, decode_header,
 };
 
 /// What is measured and how.
@@ -142,84 +141,6 @@ pub struct Measurement {
     pub cpu: Option<CpuUse>,
 }
 
-/// Where the machine's CPU went during the timed phase, in % of one core.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct CpuUse {
-    /// The target server process (all its threads).
-    pub server: Option<f64>,
-    /// This load generator.
-    pub loadgen: f64,
-    /// Every process on the machine (the 2 cores are 200 %).
-    pub machine: f64,
-    /// Server CPU time per paid request, µs.
-    pub server_us_per_request: Option<f64>,
-}
-
-/// Clock ticks of a process (`utime + stime` from `/proc/<pid>/stat`).
-fn proc_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after it are fixed.
-    let rest = stat.rsplit_once(") ")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// (busy, total) clock ticks of the whole machine, from `/proc/stat`.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = cpu
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
-}
-
-#[derive(Clone, Copy)]
-struct CpuMark {
-    server: Option<u64>,
-    me: Option<u64>,
-    machine: Option<(u64, u64)>,
-}
-
-impl CpuMark {
-    fn now(pid: Option<u32>) -> Self {
-        Self {
-            server: pid.and_then(|p| proc_ticks(&p.to_string())),
-            me: proc_ticks("self"),
-            machine: machine_ticks(),
-        }
-    }
-
-    /// Use between `self` and `later` over `seconds`, for `requests` requests. Ticks are the
-    /// kernel's USER_HZ, 100 per second on Linux.
-    fn since(self, later: Self, seconds: f64, requests: u64) -> Option<CpuUse> {
-        const HZ: f64 = 100.0;
-        let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / HZ / seconds * 100.0;
-        let (mb0, mt0) = self.machine?;
-        let (mb1, mt1) = later.machine?;
-        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-        let machine = if mt1 > mt0 {
-            (mb1 - mb0) as f64 / (mt1 - mt0) as f64 * cores * 100.0
-        } else {
-            0.0
-        };
-        let server = self.server.zip(later.server).map(|(a, b)| pct(a, b));
-        Some(CpuUse {
-            server,
-            loadgen: pct(self.me?, later.me?),
-            machine,
-            server_us_per_request: self
-                .server
-                .zip(later.server)
-                .filter(|_| requests > 0)
-                .map(|(a, b)| (b.saturating_sub(a)) as f64 / HZ * 1e6 / requests as f64),
-        })
-    }
-}
-
 impl Measurement {
     /// No errors and, where checked, exact books.
     pub fn is_clean(&self) -> bool {
@@ -239,79 +160,6 @@ fn run_error(target: &Target, what: impl std::fmt::Display) -> RunError {
     RunError {
         target: target.name.clone(),
         what: what.to_string(),
-    }
-}
-
-/// One virtual client ready for the timed phase.
-struct Prepared {
-    template: Template,
-    /// `charged + price` of voucher 0; voucher `k` adds `k × charge`.
-    first_max: u128,
-    signatures: Vec<[u8; 65]>,
-}
-
-/// The `PAYMENT-SIGNATURE` JSON with the amount and the signature cut out.
-#[derive(Clone)]
-struct Template {
-    /// `[before first hole, between, after]`.
-    parts: [String; 3],
-    /// The amount comes before the signature in the serialized text.
-    max_first: bool,
-}
-
-/// Vouchers per virtual client of a stateless target, used round robin.
-const CYCLE_POOL: u64 = 1000;
-
-const MAX_HOLE: &str = "MAX_CLAIMABLE_HOLE";
-const SIG_HOLE: &str = "SIGNATURE_HOLE";
-
-impl Template {
-    fn new(
-        offer: &PaymentRequirements,
-        resource: &Value,
-        config: &ChannelConfigWire,
-        id: ChannelId,
-    ) -> Option<Self> {
-        let envelope = json!({
-            "x402Version": 2,
-            "accepted": offer,
-            "resource": resource,
-            "payload": {"type": "voucher", "channelConfig": config,
-                        "voucher": {"channelId": id.0, "maxClaimableAmount": MAX_HOLE, "signature": SIG_HOLE}},
-        });
-        let text = serde_json::to_string(&envelope).ok()?;
-        let (m, s) = (text.find(MAX_HOLE)?, text.find(SIG_HOLE)?);
-        let (first, first_len, second, second_len) = if m < s {
-            (m, MAX_HOLE.len(), s, SIG_HOLE.len())
-        } else {
-            (s, SIG_HOLE.len(), m, MAX_HOLE.len())
-        };
-        Some(Self {
-            parts: [
-                text[..first].to_owned(),
-                text[first + first_len..second].to_owned(),
-                text[second + second_len..].to_owned(),
-            ],
-            max_first: m < s,
-        })
-    }
-
-    fn render(&self, max: u128, sig: &[u8; 65]) -> String {
-        let max = max.to_string();
-        let sig = format!("0x{}", hex::encode(sig));
-        let (a, b) = if self.max_first {
-            (max.as_str(), sig.as_str())
-        } else {
-            (sig.as_str(), max.as_str())
-        };
-        let mut json =
-            String::with_capacity(self.parts.iter().map(String::len).sum::<usize>() + 200);
-        json.push_str(&self.parts[0]);
-        json.push_str(a);
-        json.push_str(&self.parts[1]);
-        json.push_str(b);
-        json.push_str(&self.parts[2]);
-        base64::engine::general_purpose::STANDARD.encode(json)
     }
 }
 
@@ -374,47 +222,6 @@ async fn server_counts(
         paid_responses: paid,
         charged,
     }))
-}
-
-fn salt(label: &str, index: usize) -> B256 {
-    keccak256(format!("x402-upto bench {label} client {index}").as_bytes())
-}
-
-/// Signs `n` vouchers for channel `id`, `first_max + k·step`, on every core.
-fn presign(
-    payer: &PrivateKeySigner,
-    domain: &EscrowDomain,
-    id: ChannelId,
-    first_max: u128,
-    step: u128,
-    n: usize,
-) -> Result<Vec<[u8; 65]>, String> {
-    let key = secp256k1::SecretKey::from_byte_array(payer.to_bytes().0)
-        .map_err(|e| format!("payer key: {e}"))?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .max(1);
-    let mut out = vec![[0u8; 65]; n];
-    let chunk = n.div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        for (c, part) in out.chunks_mut(chunk).enumerate() {
-            let domain = domain.clone();
-            s.spawn(move || {
-                for (j, slot) in part.iter_mut().enumerate() {
-                    let k = (c * chunk + j) as u128;
-                    let digest = domain.voucher_digest(id, first_max + k * step);
-                    let msg = secp256k1::Message::from_digest(digest.0);
-                    let (rec, rs) = secp256k1::SECP256K1
-                        .sign_ecdsa_recoverable(msg, &key)
-                        .serialize_compact();
-                    slot[..64].copy_from_slice(&rs);
-                    // Ethereum's v: 27 + recovery id (0 or 1 for a low-s signature).
-                    slot[64] = 27 + i32::from(rec) as u8;
-                }
-            });
-        }
-    });
-    Ok(out)
 }
 
 /// Runs one target at `settings.concurrency`.
@@ -692,140 +499,4 @@ pub async fn measure(
         accounting,
         cpu,
     })
-}
-
-struct ClientResult {
-    ok: u64,
-    latencies_us: Vec<u32>,
-    error: Option<String>,
-}
-
-/// How a virtual client walks its vouchers and judges answers.
-#[derive(Clone, Copy)]
-struct Rules {
-    /// Charge per request: voucher `k` is `first_max + k × step`.
-    step: u128,
-    /// A 200 must carry a `PAYMENT-RESPONSE`.
-    must_be_paid: bool,
-    /// Reuse the pool round robin (stateless target).
-    cycle: bool,
-}
-
-async fn client_loop(
-    p: Prepared,
-    authority: &str,
-    path: &str,
-    rules: Rules,
-    stop: &AtomicBool,
-    exhausted: &AtomicBool,
-    start: &tokio::sync::Barrier,
-) -> ClientResult {
-    let mut out = ClientResult {
-        ok: 0,
-        latencies_us: Vec::with_capacity(if rules.cycle {
-            1 << 16
-        } else {
-            p.signatures.len().min(1 << 20)
-        }),
-        error: None,
-    };
-    let connected = async {
-        let tcp = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        Ok::<_, String>(sender)
-    }
-    .await;
-    // Everyone meets at the barrier, connected or not, so the run never hangs.
-    start.wait().await;
-    let mut sender = match connected {
-        Ok(s) => s,
-        Err(e) => {
-            out.error = Some(e);
-            return out;
-        }
-    };
-    let n = p.signatures.len();
-    let mut k = 0usize;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return out;
-        }
-        if k == n {
-            if rules.cycle && n > 0 {
-                k = 0;
-            } else {
-                break;
-            }
-        }
-        let header = p
-            .template
-            .render(p.first_max + k as u128 * rules.step, &p.signatures[k]);
-        k += 1;
-        let req = match http::Request::get(path)
-            .header(http::header::HOST, authority)
-            .header(PAYMENT_SIGNATURE, header)
-            .body(Empty::<Bytes>::new())
-        {
-            Ok(r) => r,
-            Err(e) => {
-                out.error = Some(format!("request: {e}"));
-                return out;
-            }
-        };
-        let t = Instant::now();
-        let res = match sender.ready().await {
-            Ok(()) => sender.send_request(req).await,
-            Err(e) => Err(e),
-        };
-        let res = match res {
-            Ok(r) => r,
-            Err(e) => {
-                out.error = Some(format!("transport: {e}"));
-                return out;
-            }
-        };
-        let status = res.status();
-        let paid = res.headers().contains_key(PAYMENT_RESPONSE);
-        let reason = res
-            .headers()
-            .get(PAYMENT_REQUIRED)
-            .and_then(|h| decode_header::<PaymentRequired>(h.as_bytes(), 64 * 1024).ok())
-            .and_then(|r| r.error);
-        let body = match res.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                out.error = Some(format!("body: {e}"));
-                return out;
-            }
-        };
-        out.latencies_us
-            .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-        if status != http::StatusCode::OK || (rules.must_be_paid && !paid) {
-            // The voucher was not charged, so every later presigned voucher is off by one
-            // charge: this client stops and the run is reported as failed.
-            out.error = Some(format!(
-                "HTTP {status}{} after {} ok: {}",
-                reason.map(|r| format!(" ({r})")).unwrap_or_default(),
-                out.ok,
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ));
-            return out;
-        }
-        out.ok += 1;
-    }
-    // Out of presigned vouchers: end the window for everyone, so that the rate is always
-    // measured with all C clients active.
-    exhausted.store(true, Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    out
 }

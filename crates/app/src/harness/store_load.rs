@@ -11,8 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::aliases::U40;
-use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
+use alloy_primitives::{Address, B256, Bytes, keccak256};
 
 use x402_upto::error::{Error, Result};
 use x402_upto::ledger::{Ledger, OnchainState};
@@ -48,7 +47,7 @@ fn durability(s: &str) -> std::result::Result<Durability, String> {
 
 /// The escrow domain the load runs against.
 pub fn load_domain() -> EscrowDomain {
-    EscrowDomain::new(31337, Address::repeat_byte(0xee))
+    x402_upto_testkit::offchain::domain()
 }
 
 /// The payer (and payer authorizer) of every load channel.
@@ -62,15 +61,7 @@ pub fn load_payer() -> PrivateKeySigner {
 
 /// Config of load channel `index`.
 pub fn load_config(index: u32, payer: Address) -> ChannelConfig {
-    ChannelConfig {
-        payer,
-        payerAuthorizer: payer,
-        receiver: Address::repeat_byte(0x0a),
-        receiverAuthorizer: Address::repeat_byte(0x0b),
-        token: Address::repeat_byte(0x0c),
-        withdrawDelay: U40::from(900u64),
-        salt: B256::from(U256::from(index)),
-    }
+    x402_upto_testkit::offchain::channel_config(payer, u64::from(index))
 }
 
 /// Runs the load on a fresh multi-thread runtime.

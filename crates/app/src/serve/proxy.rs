@@ -1,0 +1,302 @@
+//! The paying reverse proxy: routing by priced prefix ([`proxy_router`]), dispatch on the
+//! normalised request target, and forwarding to the upstream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{HeaderName, StatusCode};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+
+use super::config::ServeConfig;
+use super::knobs::HttpKnobs;
+use super::request_target::{self, RequestTarget};
+use x402_upto::engine::Engine;
+use x402_upto::server::{ActualCharge, PaymentLayer};
+use x402_upto::store::Store;
+use x402_upto::telemetry;
+
+/// Response header through which the upstream reports the actual charge.
+pub const CHARGE_HEADER: &str = "x-upto-charge";
+
+/// Largest request or response body the proxy buffers (bytes).
+pub const MAX_PROXY_BODY: usize = 32 * 1024 * 1024;
+
+/// The upstream origin: scheme and authority, and a base path every forwarded path goes under.
+#[derive(Clone, Debug)]
+struct Upstream {
+    http: reqwest::Client,
+    /// `scheme://authority` without a trailing slash.
+    origin: String,
+    /// The origin's own path (`/base`), or empty.
+    base_path: String,
+    /// Longest time the upstream may take to answer, headers and body.
+    timeout: Duration,
+    /// Longest time to read a request body from the client.
+    body_timeout: Duration,
+}
+
+impl Upstream {
+    fn new(upstream: &str, http: &HttpKnobs) -> Result<Self, String> {
+        let url: reqwest::Url = upstream
+            .parse()
+            .map_err(|e| format!("upstream {upstream:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+            return Err(format!(
+                "upstream {upstream:?} must be an http(s) origin with an optional base path"
+            ));
+        }
+        let origin = url.origin().ascii_serialization();
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(http.upstream_timeout_secs))
+                .build()
+                .map_err(|e| format!("upstream client: {e}"))?,
+            origin,
+            base_path,
+            timeout: Duration::from_secs(http.upstream_timeout_secs),
+            body_timeout: Duration::from_secs(http.request_body_timeout_secs),
+        })
+    }
+
+    /// The upstream URL of a normalised target, checked to serialise to exactly the bytes
+    /// that were priced (no re-resolution by the URL parser); `None` if it would not.
+    fn url(&self, target: &RequestTarget) -> Option<reqwest::Url> {
+        let path = format!("{}{}", self.base_path, target.path());
+        let full = match target.query() {
+            Some(q) => format!("{}{path}?{q}", self.origin),
+            None => format!("{}{path}", self.origin),
+        };
+        let url: reqwest::Url = full.parse().ok()?;
+        (url.path() == path && url.query() == target.query()).then_some(url)
+    }
+}
+
+type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
+
+/// What the proxy routes on: each priced prefix's service, longest prefix first, and the
+/// free forwarder.
+#[derive(Clone)]
+struct Proxy {
+    routes: Arc<Vec<(String, HttpService)>>,
+    free: HttpService,
+    upstream: Arc<Upstream>,
+    max_target_bytes: usize,
+    /// `resource.url` is built from this origin; without it, from a validated `Host`.
+    public_url: Option<String>,
+}
+
+/// The proxy router: the request target is normalised once ([`request_target`]); the
+/// normalised path picks the price (the longest matching prefix, by whole segments, the
+/// prefix itself included) and is what the upstream receives, byte for byte. What cannot
+/// be normalised unambiguously is refused with 400 before any pricing or forwarding.
+pub fn proxy_router<S: Store + 'static>(
+    engine: Engine<S>,
+    cfg: &ServeConfig,
+) -> Result<Router, String> {
+    let upstream = Arc::new(Upstream::new(&cfg.upstream, &cfg.http)?);
+    let forwarder = {
+        let up = Arc::clone(&upstream);
+        tower::service_fn(move |req: Request| {
+            let up = Arc::clone(&up);
+            async move { Ok::<_, Infallible>(forward(&up, req).await) }
+        })
+    };
+    let mut routes = Vec::with_capacity(cfg.routes.len());
+    for r in &cfg.routes {
+        let prefix = request_target::route_prefix(&r.prefix)
+            .ok_or_else(|| format!("route prefix {:?} is not a normalised path", r.prefix))?;
+        let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(r.price));
+        if let Some(d) = &r.description {
+            layer = layer.with_description(d.clone());
+        }
+        if let Some(base) = &cfg.public_url {
+            layer = layer.with_base_url(base.clone());
+        }
+        routes.push((
+            prefix,
+            BoxCloneSyncService::new(layer.layer(forwarder.clone())),
+        ));
+    }
+    // Longest prefix first, so the first match is the most specific price.
+    routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    let proxy = Proxy {
+        routes: Arc::new(routes),
+        free: BoxCloneSyncService::new(forwarder),
+        upstream,
+        max_target_bytes: cfg.http.max_target_bytes,
+        public_url: cfg.public_url.clone(),
+    };
+    Ok(Router::new().fallback(dispatch).with_state(proxy))
+}
+
+/// Normalises the target, checks `Host`, then hands the request to its route's service.
+async fn dispatch(State(proxy): State<Proxy>, mut req: Request) -> Response {
+    let raw = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let target = match request_target::normalize(raw, proxy.max_target_bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => e.code()).increment(1);
+            return bad_request(e.code(), &e.to_string());
+        }
+    };
+    if proxy.public_url.is_none() && !valid_host(&req) {
+        metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => "bad_host").increment(1);
+        return bad_request(
+            "bad_host",
+            "the Host header is missing or not a host[:port]",
+        );
+    }
+    if proxy.upstream.url(&target).is_none() {
+        metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => "target_not_forwardable")
+            .increment(1);
+        return bad_request(
+            "target_not_forwardable",
+            "the request target cannot be forwarded unchanged",
+        );
+    }
+    let Ok(uri) = target.to_path_and_query().parse::<http::Uri>() else {
+        return bad_request("target_not_forwardable", "the request target is not a URI");
+    };
+    *req.uri_mut() = uri;
+    let service = proxy
+        .routes
+        .iter()
+        .find(|(prefix, _)| request_target::matches_prefix(target.path(), prefix))
+        .map_or(&proxy.free, |(_, s)| s)
+        .clone();
+    let Ok(response) = service.oneshot(req).await;
+    response
+}
+
+/// Longest `Host` accepted when `resource.url` is built from it (a DNS name is at most 253
+/// bytes; an IPv6 literal with a port fits too).
+const MAX_HOST_BYTES: usize = 261;
+
+/// A `Host` that may go into `resource.url`: present, bounded, `host[:port]` characters only.
+fn valid_host(req: &Request) -> bool {
+    let Some(host) = req.headers().get(http::header::HOST) else {
+        return false;
+    };
+    let host = host.as_bytes();
+    !host.is_empty()
+        && host.len() <= MAX_HOST_BYTES
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+fn bad_request(code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Sends a request (its target already normalised by [`dispatch`]) to the upstream.
+async fn forward(up: &Upstream, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let target = match parts.uri.path_and_query() {
+        Some(pq) => request_target::normalize(pq.as_str(), usize::MAX),
+        None => Err(request_target::TargetError::NotOriginForm),
+    };
+    let Some(url) = target.ok().and_then(|t| up.url(&t)) else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    let bytes =
+        match tokio::time::timeout(up.body_timeout, axum::body::to_bytes(body, MAX_PROXY_BODY))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return status(StatusCode::PAYLOAD_TOO_LARGE),
+            Err(_) => return status(StatusCode::REQUEST_TIMEOUT),
+        };
+    let mut out = up.http.request(parts.method.clone(), url).body(bytes);
+    for (name, value) in &parts.headers {
+        // Payment headers stay here; hop-by-hop headers are not forwarded.
+        if !is_hop_or_payment(name) {
+            out = out.header(name, value);
+        }
+    }
+    let res = match out.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream request failed");
+            return status(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let code = res.status();
+    let headers = res.headers().clone();
+    // A charge the upstream reports but we cannot read is an upstream fault: charging the
+    // full price would bill the payer for our misunderstanding, charging nothing would give
+    // the work away; neither is served.
+    let charge = match headers.get(CHARGE_HEADER).map(parse_charge) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(raw)) => {
+            tracing::warn!(value = %raw, "upstream sent a malformed {CHARGE_HEADER}; answering 502, nothing charged");
+            metrics::counter!(telemetry::UPSTREAM_ERRORS, "kind" => "malformed_charge")
+                .increment(1);
+            return status(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let body = match tokio::time::timeout(up.timeout, res.bytes()).await {
+        Ok(Ok(b)) => b,
+        _ => return status(StatusCode::BAD_GATEWAY),
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    for (name, value) in &headers {
+        if !is_hop_or_payment(name) && name.as_str() != CHARGE_HEADER {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    if let Some(c) = charge {
+        response.extensions_mut().insert(ActualCharge(c));
+    }
+    response
+}
+
+/// `X-Upto-Charge`: a plain decimal in atomic units (no sign, no fraction, no exponent,
+/// fits 128 bits); otherwise the raw value, bounded, for the log.
+fn parse_charge(value: &http::HeaderValue) -> Result<u128, String> {
+    let raw = value.as_bytes();
+    let parsed = (!raw.is_empty() && raw.len() <= 39 && raw.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(raw).ok()?.parse::<u128>().ok())
+        .flatten();
+    parsed.ok_or_else(|| String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned())
+}
+
+fn is_hop_or_payment(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authorization"
+            | "content-length"
+            | "payment-signature"
+            | "payment-response"
+            | "payment-required"
+    )
+}
+
+fn status(code: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = code;
+    r
+}

@@ -1,0 +1,10 @@
+//! The binary and its commands end to end: `serve` (config, proxy, hostile HTTP), `get`, the
+//! demo, the bench, the stock server against our client. One binary, one module per command.
+
+mod bench_smoke;
+mod client_cli;
+mod demo;
+mod interop_stock_server;
+mod security_http;
+mod serve_config;
+mod server_proxy;

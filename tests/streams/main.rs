@@ -1,0 +1,5 @@
+//! Streams: metered responses, checkpoints and renewals (in process and on anvil). One
+//! binary, one module per feature.
+
+mod renewal;
+mod server;
