@@ -9,7 +9,7 @@ use x402_upto::ledger::OnchainState;
 use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain, sign_voucher};
 use x402_upto::verify::SignedVoucher;
 
-/// Chain 31337, escrow at `0xeeee…`: the domain of [`crate::fixture::Fixture::new`].
+/// Chain 31337, escrow at `0xeeee…`: the domain of the engine fixture (`Fixture::new`).
 pub fn domain() -> EscrowDomain {
     EscrowDomain::new(31337, Address::repeat_byte(0xee))
 }
