@@ -1,8 +1,8 @@
 //! The crate-level error: module errors wrapped with their causes kept.
 
 use crate::ledger::Reject;
-use crate::reason::UnknownReason;
-use crate::store::{PersistError, StoreError, UnknownDurability};
+use crate::reason::ReasonParseError;
+use crate::store::{DurabilityParseError, PersistError, StoreError};
 use crate::typed_data::SigningError;
 use crate::verify::VoucherError;
 
@@ -28,10 +28,10 @@ pub enum Error {
     Rejected(Reject),
     /// A reason string is not a known code.
     #[error(transparent)]
-    UnknownReason(#[from] UnknownReason),
+    ReasonParse(#[from] ReasonParseError),
     /// A durability mode string is not known.
     #[error(transparent)]
-    UnknownDurability(#[from] UnknownDurability),
+    DurabilityParse(#[from] DurabilityParseError),
     /// An escrow read or transaction failed.
     #[error(transparent)]
     Chain(#[from] crate::chain::escrow::ChainError),

@@ -32,25 +32,25 @@ macro_rules! reasons {
         }
 
         impl FromStr for Reason {
-            type Err = UnknownReason;
+            type Err = ReasonParseError;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $( $code => Ok(Reason::$variant), )+
-                    _ => Err(UnknownReason(s.chars().take(MAX_ECHO).collect())),
+                    _ => Err(ReasonParseError(s.chars().take(MAX_ECHO).collect())),
                 }
             }
         }
     };
 }
 
-/// Longest prefix of an unknown code echoed back in [`UnknownReason`]; input is untrusted.
+/// Longest prefix of an unknown code echoed back in [`ReasonParseError`]; input is untrusted.
 const MAX_ECHO: usize = 96;
 
 /// A string that is not one of the known reason codes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown x402 reason code {0:?}")]
-pub struct UnknownReason(pub String);
+pub struct ReasonParseError(pub String);
 
 reasons! {
     // ---- core x402 v2 (spec §9) ----

@@ -36,23 +36,36 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// Checks the values the escrow would refuse.
-    pub fn validate(&self, domain: &EscrowDomain) -> Result<(), String> {
+    pub fn validate(&self, domain: &EscrowDomain) -> Result<(), ConfigError> {
         if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&self.withdraw_delay) {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "withdrawDelay {} is outside {MIN_WITHDRAW_DELAY}..={MAX_WITHDRAW_DELAY}",
                 self.withdraw_delay
-            ));
+            )));
         }
         if self.network.chain_id() != domain.chain_id() {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "network {} is not the escrow domain's chain {}",
                 self.network,
                 domain.chain_id()
-            ));
+            )));
         }
         if self.pay_to == Address::ZERO || self.receiver_authorizer == Address::ZERO {
-            return Err("payTo and receiverAuthorizer must be non-zero".into());
+            return Err(ConfigError(
+                "payTo and receiverAuthorizer must be non-zero".into(),
+            ));
         }
         Ok(())
+    }
+}
+
+/// A configuration the engine refuses to run with (the message names the value).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<ConfigError> for String {
+    fn from(e: ConfigError) -> Self {
+        e.0
     }
 }

@@ -50,7 +50,7 @@ use crate::wire::{
 };
 
 pub use chain::{BoxFuture, ChainAccess, ChainAccessError, ChainOutcome, ColdReadLimits};
-pub use config::{EngineConfig, MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
+pub use config::{ConfigError, EngineConfig, MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 pub use guards::RefundLimits;
 pub use offer::{channel_state_wire, failed_response};
 pub use refusal::Refusal;
@@ -152,7 +152,7 @@ impl<S: Store + 'static> Engine<S> {
         ledger: Ledger,
         store: Arc<S>,
         chain: Option<Arc<dyn ChainAccess>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         config.validate(ledger.domain())?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -183,9 +183,11 @@ impl<S: Store + 'static> Engine<S> {
 
     /// Replaces the limits on client-requested refunds (default: [`RefundLimits::default`]).
     /// Takes effect at once, also on clones of this engine.
-    pub fn set_refund_limits(&self, limits: RefundLimits) -> Result<(), String> {
+    pub fn set_refund_limits(&self, limits: RefundLimits) -> Result<(), ConfigError> {
         if limits.max_per_window == 0 || limits.window.as_secs() == 0 {
-            return Err("refund limits: max_per_window and window must be at least 1".into());
+            return Err(ConfigError(
+                "refund limits: max_per_window and window must be at least 1".into(),
+            ));
         }
         *self.inner.refund_limits.lock() = limits;
         Ok(())

@@ -54,14 +54,14 @@ pub enum Durability {
 }
 
 impl std::str::FromStr for Durability {
-    type Err = UnknownDurability;
+    type Err = DurabilityParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "none" => Ok(Self::None),
             "group" => Ok(Self::Group),
             "every" => Ok(Self::Every),
-            other => Err(UnknownDurability(other.chars().take(32).collect())),
+            other => Err(DurabilityParseError(other.chars().take(32).collect())),
         }
     }
 }
@@ -69,7 +69,7 @@ impl std::str::FromStr for Durability {
 /// Not `none`, `group` or `every`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown durability mode {0:?} (expected none, group or every)")]
-pub struct UnknownDurability(pub String);
+pub struct DurabilityParseError(pub String);
 
 /// Proof of a write, to wait on with [`Store::wait_durable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -42,7 +42,7 @@ pub struct StoreLoadArgs {
 /// `--durability`: the store's own names (`none`, `group`, `every`).
 fn durability(s: &str) -> std::result::Result<Durability, String> {
     s.parse()
-        .map_err(|e: x402_upto::store::UnknownDurability| e.to_string())
+        .map_err(|e: x402_upto::store::DurabilityParseError| e.to_string())
 }
 
 /// The escrow domain the load runs against.
