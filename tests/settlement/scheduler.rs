@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::providers::Provider;
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
@@ -50,15 +49,6 @@ fn settlement_over(
 ) -> Settlement {
     let journal = ClaimJournal::open(&f.store).expect("journal");
     Settlement::new(f.ledger.clone(), client, journal, config)
-}
-
-/// Replaces the newest block with an empty one (what a reorg does to our last claim).
-async fn reorg_one_block(f: &Fixture) {
-    f.net
-        .provider
-        .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
-        .await
-        .expect("anvil_reorg");
 }
 
 fn quiet(config: SettlementConfig) -> SettlementConfig {
@@ -308,7 +298,7 @@ async fn a_claim_dropped_by_a_reorg_is_sent_again_once_its_block_should_have_bee
     assert_eq!(s.journal().len(), 1, "kept until confirmed");
 
     // The claim's block is replaced by an empty one.
-    reorg_one_block(&f).await;
+    f.net.reorg_one_block().await.expect("anvil_reorg");
     assert_eq!(f.total_claimed(a).await, 0);
     // Not yet confirmed: nothing is re-read, nothing re-sent.
     assert_eq!(s.claim_round(false).await.batches, 0);
@@ -351,7 +341,7 @@ async fn after_a_reorg_drops_our_claim_the_same_process_recovers_its_nonce_and_c
     ));
     let s = settlement_over(&f, client, confirmed_after(1));
     assert_eq!(s.claim_round(false).await.batches, 1);
-    reorg_one_block(&f).await;
+    f.net.reorg_one_block().await.expect("anvil_reorg");
     assert_eq!(f.total_claimed(a).await, 0);
     f.net.mine().await.expect("mine");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

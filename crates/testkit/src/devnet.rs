@@ -378,6 +378,19 @@ impl Devnet {
                 source,
             })
     }
+
+    /// Replaces the newest block with an empty one (`anvil_reorg` of depth 1): what a reorg
+    /// does to the last transaction mined.
+    pub async fn reorg_one_block(&self) -> Result<(), DevnetError> {
+        self.provider
+            .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
+            .await
+            .map(|_| ())
+            .map_err(|source| DevnetError::Rpc {
+                what: "anvil_reorg",
+                source,
+            })
+    }
 }
 
 fn provider_for(url: &reqwest::Url, signer: &PrivateKeySigner) -> DynProvider {

@@ -180,6 +180,11 @@ store = "{store}"
         )
     }
 
+    /// Transactions the relayer of [`Chain::escrow_client`] (anvil:1) has sent: its next nonce.
+    pub async fn relayer_nonce(&self) -> u64 {
+        self.net.nonce(self.net.key(1).unwrap().address()).await
+    }
+
     /// The escrow client our server uses: relayer anvil:1, receiver authorizer anvil:2.
     pub fn escrow_client(&self) -> EscrowClient {
         EscrowClient::new(

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use alloy::providers::Provider;
 use axum::extract::Query;
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -57,13 +56,7 @@ async fn a_request_cut_after_its_voucher_was_stored_is_charged_and_learned_from_
     let a = c.get(&format!("{url}?charge=100")).await.unwrap();
     assert_eq!(a.charged(), Some(100));
     let id = c.channels()[0].channel_id;
-    let relayer = chain.net.key(1).unwrap().address();
-    let nonce = chain
-        .net
-        .provider
-        .get_transaction_count(relayer)
-        .await
-        .unwrap();
+    let nonce = chain.relayer_nonce().await;
 
     let err = c.get(&format!("{url}?charge=300&cut")).await.unwrap_err();
     assert!(matches!(err, ClientError::Http(_)), "{err:?}");
@@ -80,14 +73,5 @@ async fn a_request_cut_after_its_voucher_was_stored_is_charged_and_learned_from_
         c.cheaters().is_empty(),
         "a proven corrective 402 is not cheating"
     );
-    assert_eq!(
-        chain
-            .net
-            .provider
-            .get_transaction_count(relayer)
-            .await
-            .unwrap(),
-        nonce,
-        "no transaction was due"
-    );
+    assert_eq!(chain.relayer_nonce().await, nonce, "no transaction was due");
 }
