@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use x402_upto::client::{ClientConfig, ClientError, PayingClient};
 
-use super::interop::{Chain, OurServer};
+use super::interop::{Chain, OurServer, serve_local};
 
 const PAYER: usize = 3;
 
@@ -89,11 +89,8 @@ async fn an_unusable_rpc_fails_the_cold_start_before_anything_is_sent() {
                 .unwrap()
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/paid", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (base, _) = serve_local(app).await;
+    let url = format!("{base}/paid");
 
     let nonce = chain.relayer_nonce().await;
     for (rpc, needle) in [

@@ -10,7 +10,7 @@ use axum::{Extension, Router};
 use x402_upto::client::{ClientConfig, ClientError, PayingClient};
 use x402_upto::server::{Charge, PaymentLayer};
 
-use super::interop::{Chain, OurServer};
+use super::interop::{Chain, OurServer, serve_local};
 
 #[derive(serde::Deserialize)]
 struct Q {
@@ -42,11 +42,8 @@ async fn a_request_cut_after_its_voucher_was_stored_is_charged_and_learned_from_
                 res
             },
         ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/paid", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (base, _) = serve_local(app).await;
+    let url = format!("{base}/paid");
     let dir = tempfile::tempdir().unwrap();
     let c = Arc::new(PayingClient::new(
         ClientConfig::new(chain.net.key(3).unwrap())
