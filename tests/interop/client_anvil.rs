@@ -17,12 +17,18 @@ fn client(chain: &Chain, key: usize, dir: &std::path::Path) -> PayingClient {
     PayingClient::new(cfg)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn our_client_pays_our_server_resyncs_and_refunds() {
+/// Anvil with payer anvil:3, our server at a price of 1000, the payer and its tokens.
+async fn rig() -> (Chain, OurServer, alloy_primitives::Address, u128) {
     let chain = Chain::plain(&[3]).await;
     let server = OurServer::start(&chain, 1000).await;
     let payer = chain.net.key(3).unwrap().address();
     let start = chain.net.balance_of(payer).await.unwrap();
+    (chain, server, payer, start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_pays_our_server_resyncs_and_refunds() {
+    let (chain, server, payer, start) = rig().await;
     let dir = tempfile::tempdir().unwrap();
 
     let c = client(&chain, 3, dir.path());
@@ -82,10 +88,7 @@ async fn a_delegated_voucher_key_pays_for_the_payer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payer_can_exit_alone_with_a_timed_withdrawal_of_the_unspent_balance() {
-    let chain = Chain::plain(&[3]).await;
-    let server = OurServer::start(&chain, 1000).await;
-    let payer = chain.net.key(3).unwrap().address();
-    let start = chain.net.balance_of(payer).await.unwrap();
+    let (chain, server, payer, start) = rig().await;
     let dir = tempfile::tempdir().unwrap();
     let c = client(&chain, 3, dir.path());
     c.get(&format!("{}?charge=300", server.url)).await.unwrap();

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use x402_upto_testkit::anvil_fixture::AnvilFixture;
+use x402_upto_testkit::devnet::mined;
 
 use alloy_primitives::Address;
 use axum::http::StatusCode;
@@ -66,14 +67,7 @@ async fn a_smart_wallet_deposits_pays_and_its_vouchers_are_claimable() {
     );
 
     // The wallet revokes its key: the next voucher is refused and nothing changes.
-    wallet
-        .setEnabled(false)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(wallet.setEnabled(false)).await;
     let before = f.state().await;
     let a = f.send("/paid", &f.voucher_payload(&channel, 2300)).await;
     assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED);

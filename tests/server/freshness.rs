@@ -5,18 +5,11 @@
 
 use x402_upto_testkit::fixture as support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use support::Fixture;
-use x402_upto::settlement::Freshness;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use x402_upto::settlement::{Freshness, unix_now};
 
 #[tokio::test]
 async fn a_stale_mirror_is_refused_until_the_watcher_polls_again() {
