@@ -364,6 +364,13 @@ impl Fixture {
         self.send_raw(path, Some(encode_header(payload))).await
     }
 
+    /// [`Self::send`], which must be served (200): a paid request that went through.
+    pub async fn send_ok(&self, path: &str, payload: &Value) -> Answer {
+        let a = self.send(path, payload).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        a
+    }
+
     /// Ledger records plus store records, for before/after comparisons.
     pub async fn state(&self) -> (Vec<String>, Vec<String>) {
         let mut ledger: Vec<String> = self
