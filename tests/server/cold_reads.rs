@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use support::{Fixture, MockChain};
-use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, ColdReadLimits};
-use x402_upto::ledger::{Claimable, OnchainState};
-use x402_upto::typed_data::{ChannelConfig, ChannelId};
-use x402_upto::wire::Erc3009Authorization;
+use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ColdReadLimits};
+use x402_upto::ledger::OnchainState;
+use x402_upto::typed_data::ChannelId;
 
 const NOT_FOUND: &str = "invalid_batch_settlement_evm_channel_not_found";
 const LIMITED: &str = "invalid_batch_settlement_evm_rpc_read_failed";
@@ -133,23 +132,7 @@ impl ChainAccess for SlowChain {
         })
     }
 
-    fn deposit<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        auth: &'a Erc3009Authorization,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.deposit(config, amount, auth)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        claim: Option<&'a Claimable>,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.refund(config, amount, claim)
-    }
+    x402_upto_testkit::chain_writes_to_inner!();
 }
 
 #[tokio::test]

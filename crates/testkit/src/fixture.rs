@@ -425,23 +425,7 @@ impl ChainAccess for WalletChain {
         self.inner.channel_state(id)
     }
 
-    fn deposit<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        auth: &'a Erc3009Authorization,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.deposit(config, amount, auth)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        claim: Option<&'a Claimable>,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.refund(config, amount, claim)
-    }
+    crate::chain_writes_to_inner!();
 
     fn is_valid_signature<'a>(
         &'a self,
@@ -500,4 +484,35 @@ impl Answer {
             .unwrap_or_default()
             .to_owned()
     }
+}
+
+/// The `deposit` and `refund` of a [`ChainAccess`] wrapper, passed to its `inner` chain:
+/// for the doubles that change only reads or signature checks.
+#[macro_export]
+macro_rules! chain_writes_to_inner {
+    () => {
+        fn deposit<'a>(
+            &'a self,
+            config: &'a ::x402_upto::typed_data::ChannelConfig,
+            amount: u128,
+            auth: &'a ::x402_upto::wire::Erc3009Authorization,
+        ) -> ::x402_upto::engine::BoxFuture<
+            'a,
+            Result<::x402_upto::engine::ChainOutcome, ::x402_upto::engine::ChainFailure>,
+        > {
+            self.inner.deposit(config, amount, auth)
+        }
+
+        fn refund<'a>(
+            &'a self,
+            config: &'a ::x402_upto::typed_data::ChannelConfig,
+            amount: u128,
+            claim: Option<&'a ::x402_upto::ledger::Claimable>,
+        ) -> ::x402_upto::engine::BoxFuture<
+            'a,
+            Result<::x402_upto::engine::ChainOutcome, ::x402_upto::engine::ChainFailure>,
+        > {
+            self.inner.refund(config, amount, claim)
+        }
+    };
 }
