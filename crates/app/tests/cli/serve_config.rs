@@ -20,6 +20,8 @@ use x402_upto::settlement::{RefundPolicy, SettlementConfig, WatcherConfig};
 use x402_upto::store::DEFAULT_GROUP_LINGER;
 use x402_upto_app::serve::{ServeConfig, serve_with};
 
+use crate::serve_process;
+
 const BASE: &str = r#"
 listen = "127.0.0.1:8080"
 upstream = "http://127.0.0.1:9000"
@@ -332,41 +334,15 @@ confirmations = 0
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_stops_gracefully_on_sigterm() {
     let chain = Chain::plain(&[]).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("serve.toml");
-    std::fs::write(
-        &config,
-        chain.serve_toml(
-            &format!("127.0.0.1:{port}"),
-            "http://127.0.0.1:9",
-            &dir.path().join("store").display().to_string(),
-        ),
-    )
-    .unwrap();
-    let key = |i: usize| format!("0x{}", hex::encode(chain.net.key(i).unwrap().to_bytes()));
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402-upto"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("X402_RELAYER_KEY", key(1))
-        .env("X402_RECEIVER_AUTHORIZER_KEY", key(2))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (config, port) = serve_process::write_config(&chain, dir.path(), "http://127.0.0.1:9", "");
+    let mut server = serve_process::spawn(&chain, &config);
     // Listening once any HTTP answer comes back (the upstream is down: 502).
     let url = format!("http://127.0.0.1:{port}/health");
-    let mut up = false;
-    for _ in 0..400 {
-        if reqwest::get(&url).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "serve did not start");
+    assert!(
+        serve_process::answers(&url, 400).await,
+        "serve did not start"
+    );
     let pid = server.id().unwrap().to_string();
     let kill = tokio::process::Command::new("kill")
         .args(["-TERM", &pid])
