@@ -18,15 +18,28 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::{RpcError, TransportErrorKind};
 use alloy_primitives::aliases::U40;
 use alloy_primitives::{Address, B256, U256};
-use alloy_sol_types::Eip712Domain;
+use alloy_sol_types::{Eip712Domain, SolStruct};
 
 use x402_upto::chain::bindings::{Erc3009DepositCollector, IUptoEscrow, MockUSDC, UptoEscrow};
 use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
 use x402_upto::typed_data::{
     ChannelConfig, ChannelId, EscrowDomain, ReceiveWithAuthorization, SigningError,
-    erc3009_collector_data, erc3009_deposit_nonce, sign_receive_with_authorization, token_domain,
+    erc3009_collector_data, erc3009_deposit_nonce, sign_digest, sign_receive_with_authorization,
+    token_domain,
 };
+
+alloy::sol! {
+    /// EIP-3009 `TransferWithAuthorization`: what an x402 `exact` payment signs.
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
+}
 
 /// Why the local chain could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +287,52 @@ impl Devnet {
             Ok(())
         } else {
             Err(DevnetError::Reverted("mint"))
+        }
+    }
+
+    /// One x402 `exact`-style payment: a `transferWithAuthorization` of `value` MockUSDC from
+    /// `payer` to `to` (EIP-3009, signed under the token's domain, unique by `nonce`),
+    /// relayed by the deployer. Its receipt, which shows success.
+    pub async fn exact_transfer(
+        &self,
+        payer: &PrivateKeySigner,
+        to: Address,
+        value: u128,
+        nonce: B256,
+    ) -> Result<TransactionReceipt, DevnetError> {
+        let auth = TransferWithAuthorization {
+            from: payer.address(),
+            to,
+            value: U256::from(value),
+            validAfter: U256::ZERO,
+            validBefore: U256::from(u64::MAX),
+            nonce,
+        };
+        let sig = sign_digest(payer, &auth.eip712_signing_hash(&self.token_domain()))?;
+        let usdc = MockUSDC::new(self.token, self.provider.clone());
+        let receipt = usdc
+            .transferWithAuthorization_0(
+                auth.from,
+                auth.to,
+                auth.value,
+                auth.validAfter,
+                auth.validBefore,
+                auth.nonce,
+                sig.as_bytes().into(),
+            )
+            .send()
+            .await
+            .map_err(|source| DevnetError::Contract {
+                what: "transferWithAuthorization",
+                source: Box::new(source),
+            })?
+            .get_receipt()
+            .await
+            .map_err(|e| DevnetError::Spawn(format!("transferWithAuthorization receipt: {e}")))?;
+        if receipt.status() {
+            Ok(receipt)
+        } else {
+            Err(DevnetError::Reverted("transferWithAuthorization"))
         }
     }
 
