@@ -272,22 +272,8 @@ impl Devnet {
     /// Mints `amount` MockUSDC (6 decimals) to `to`.
     pub async fn mint(&self, to: Address, amount: u128) -> Result<(), DevnetError> {
         let usdc = MockUSDC::new(self.token, self.provider.clone());
-        let receipt = usdc
-            .mint(to, U256::from(amount))
-            .send()
-            .await
-            .map_err(|source| DevnetError::Contract {
-                what: "mint",
-                source: Box::new(source),
-            })?
-            .get_receipt()
-            .await
-            .map_err(|e| DevnetError::Spawn(format!("mint receipt: {e}")))?;
-        if receipt.status() {
-            Ok(())
-        } else {
-            Err(DevnetError::Reverted("mint"))
-        }
+        sent(usdc.mint(to, U256::from(amount)), "mint").await?;
+        Ok(())
     }
 
     /// One x402 `exact`-style payment: a `transferWithAuthorization` of `value` MockUSDC from
@@ -310,8 +296,8 @@ impl Devnet {
         };
         let sig = sign_digest(payer, &auth.eip712_signing_hash(&self.token_domain()))?;
         let usdc = MockUSDC::new(self.token, self.provider.clone());
-        let receipt = usdc
-            .transferWithAuthorization_0(
+        sent(
+            usdc.transferWithAuthorization_0(
                 auth.from,
                 auth.to,
                 auth.value,
@@ -319,21 +305,10 @@ impl Devnet {
                 auth.validBefore,
                 auth.nonce,
                 sig.as_bytes().into(),
-            )
-            .send()
-            .await
-            .map_err(|source| DevnetError::Contract {
-                what: "transferWithAuthorization",
-                source: Box::new(source),
-            })?
-            .get_receipt()
-            .await
-            .map_err(|e| DevnetError::Spawn(format!("transferWithAuthorization receipt: {e}")))?;
-        if receipt.status() {
-            Ok(receipt)
-        } else {
-            Err(DevnetError::Reverted("transferWithAuthorization"))
-        }
+            ),
+            "transferWithAuthorization",
+        )
+        .await
     }
 
     /// MockUSDC balance of `who`.
@@ -391,27 +366,17 @@ impl Devnet {
         let sig = sign_receive_with_authorization(payer, &self.token_domain(), &auth)?;
         let data = erc3009_collector_data(U256::ZERO, U256::from(u64::MAX), salt, &sig.as_bytes());
         let escrow = UptoEscrow::new(self.escrow, self.provider.clone());
-        let receipt = escrow
-            .deposit(
+        sent(
+            escrow.deposit(
                 IUptoEscrow::ChannelConfig::from(config),
                 amount,
                 self.collector,
                 data,
-            )
-            .send()
-            .await
-            .map_err(|source| DevnetError::Contract {
-                what: "deposit",
-                source: Box::new(source),
-            })?
-            .get_receipt()
-            .await
-            .map_err(|e| DevnetError::Spawn(format!("deposit receipt: {e}")))?;
-        if receipt.status() {
-            Ok(id)
-        } else {
-            Err(DevnetError::Reverted("deposit"))
-        }
+            ),
+            "deposit",
+        )
+        .await?;
+        Ok(id)
     }
 
     /// Moves chain time forward (then mines a block so it takes effect).
@@ -461,6 +426,28 @@ fn provider_for(url: &reqwest::Url, signer: &PrivateKeySigner) -> DynProvider {
         .client()
         .set_poll_interval(Duration::from_millis(10));
     provider.erased()
+}
+
+/// Sends a contract call (`what`) and waits for its receipt, which must show success.
+async fn sent<P: Provider, D: CallDecoder>(
+    call: CallBuilder<P, D>,
+    what: &'static str,
+) -> Result<TransactionReceipt, DevnetError> {
+    let receipt = call
+        .send()
+        .await
+        .map_err(|source| DevnetError::Contract {
+            what,
+            source: Box::new(source),
+        })?
+        .get_receipt()
+        .await
+        .map_err(|e| DevnetError::Spawn(format!("{what} receipt: {e}")))?;
+    if receipt.status() {
+        Ok(receipt)
+    } else {
+        Err(DevnetError::Reverted(what))
+    }
 }
 
 /// Sends a contract call and waits for its receipt, which must show success.
