@@ -4,14 +4,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use alloy_primitives::{Address, U256};
-use x402_upto::Reason;
 use x402_upto::ledger::{Detail, OnchainState, StagedCommit};
 use x402_upto::verify::{AllowListErc1271, SignedVoucher, VoucherSigner};
+use x402_upto::{Ledger, Reason};
 
-use crate::helpers::{config, domain, ledger_with_channel, onchain, payer, voucher};
+use crate::helpers::{config, domain, ledger_with_channel, onchain, payer, stage, voucher};
 
 fn apply(staged: StagedCommit) -> x402_upto::Receipt {
     staged.apply().expect("the hold is ours")
+}
+
+/// A paid request that went through: reserved, charged and applied.
+fn charge(
+    ledger: &Ledger,
+    voucher: SignedVoucher,
+    price: u128,
+    charged: u128,
+    now: u64,
+) -> x402_upto::Receipt {
+    apply(stage(ledger, voucher, price, charged, now))
 }
 
 #[test]
@@ -37,13 +48,7 @@ fn accepts_the_first_voucher_at_price_and_charges_the_actual_cost() {
 #[test]
 fn the_next_voucher_must_build_on_the_actual_charge_not_the_ceiling() {
     let (ledger, id, key) = ledger_with_channel(1_000);
-    apply(
-        ledger
-            .verify_and_reserve(voucher(&key, id, 100), 100)
-            .expect("reserve")
-            .commit(40, 1)
-            .expect("commit"),
-    );
+    charge(&ledger, voucher(&key, id, 100), 100, 40, 1);
     // Ceiling-based accumulation (100 + 100) is wrong; charged-based (40 + 100) is right.
     let wrong = ledger
         .verify_and_reserve(voucher(&key, id, 200), 100)
@@ -64,13 +69,7 @@ fn the_next_voucher_must_build_on_the_actual_charge_not_the_ceiling() {
 fn a_mismatched_voucher_gets_a_corrective_snapshot_with_the_last_voucher() {
     let (ledger, id, key) = ledger_with_channel(1_000);
     let first = voucher(&key, id, 50);
-    apply(
-        ledger
-            .verify_and_reserve(first.clone(), 50)
-            .expect("reserve")
-            .commit(20, 1)
-            .expect("commit"),
-    );
+    charge(&ledger, first.clone(), 50, 20, 1);
     let err = ledger
         .verify_and_reserve(voucher(&key, id, 999), 50)
         .expect_err("mismatch");
@@ -133,11 +132,7 @@ fn dropping_a_reservation_releases_the_channel_and_the_voucher_can_be_retried() 
 fn dropping_a_staged_commit_releases_without_charging() {
     let (ledger, id, key) = ledger_with_channel(1_000);
     let before = ledger.record(&id);
-    let staged = ledger
-        .verify_and_reserve(voucher(&key, id, 10), 10)
-        .expect("reserve")
-        .commit(10, 1)
-        .expect("stage");
+    let staged = stage(&ledger, voucher(&key, id, 10), 10, 10, 1);
     assert_eq!(staged.record().charged, 10);
     assert_eq!(staged.expected_version(), None);
     assert!(ledger.is_held(&id), "held until the write is durable");
@@ -214,13 +209,7 @@ fn a_withdrawal_seen_on_chain_stops_service_at_once_but_lets_an_in_flight_reques
 #[test]
 fn claimable_offers_charged_not_the_ceiling_and_claims_only_move_up() {
     let (ledger, id, key) = ledger_with_channel(1_000);
-    apply(
-        ledger
-            .verify_and_reserve(voucher(&key, id, 100), 100)
-            .expect("reserve")
-            .commit(30, 1)
-            .expect("commit"),
-    );
+    charge(&ledger, voucher(&key, id, 100), 100, 30, 1);
     let claim = ledger.claimable();
     assert_eq!(claim.len(), 1);
     assert_eq!((claim[0].claim_total, claim[0].max_claimable), (30, 100));
@@ -236,13 +225,7 @@ fn claimable_offers_charged_not_the_ceiling_and_claims_only_move_up() {
 #[test]
 fn more_claimed_on_chain_than_charged_rebases_the_channel() {
     let (ledger, id, key) = ledger_with_channel(1_000);
-    apply(
-        ledger
-            .verify_and_reserve(voucher(&key, id, 100), 100)
-            .expect("reserve")
-            .commit(30, 1)
-            .expect("commit"),
-    );
+    charge(&ledger, voucher(&key, id, 100), 100, 30, 1);
     let snap = ledger
         .refresh(
             &id,
@@ -283,13 +266,7 @@ fn remove_is_refused_while_held_and_works_when_idle() {
 #[test]
 fn refund_vouchers_are_zero_charge() {
     let (ledger, id, key) = ledger_with_channel(1_000);
-    apply(
-        ledger
-            .verify_and_reserve(voucher(&key, id, 100), 100)
-            .expect("reserve")
-            .commit(30, 1)
-            .expect("commit"),
-    );
+    charge(&ledger, voucher(&key, id, 100), 100, 30, 1);
     let ok = voucher(&key, id, 30)
         .verify_ecdsa(&domain(), key.address())
         .expect("valid");

@@ -4,7 +4,7 @@
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::Bytes;
 use proptest::prelude::*;
-use x402_upto::ledger::OnchainState;
+use x402_upto::ledger::{OnchainState, Receipt, Reservation};
 use x402_upto::store::persist;
 use x402_upto::typed_data::{ChannelId, sign_voucher};
 use x402_upto::verify::SignedVoucher;
@@ -323,18 +323,8 @@ fn request(
     match outcome {
         Outcome::Commit(a) => {
             let actual = a % (price + 1);
-            let staged = reservation
-                .commit(actual, 3)
-                .map_err(|r| TestCaseError::fail(r.reject.to_string()))?;
-            let receipt =
-                w.rt.block_on(persist(w.store(), staged))
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let m = &mut w.models[ch];
-            m.charged += actual;
-            m.served += actual;
-            m.signed_max = max;
-            m.last_voucher = Some((max, receipt_signature(&w.ledger, &id)));
-            m.version += 1;
+            let receipt = commit_accepted(w, ch, reservation, actual, max, 3)?;
+            let m = &w.models[ch];
             prop_assert_eq!(receipt.snapshot.charged, m.charged);
             prop_assert_eq!(receipt.version, m.version);
             prop_assert!(m.signed_max <= m.onchain.balance, "accepted above balance");
@@ -390,18 +380,34 @@ fn concurrent(
         .map_err(|e| e.reason);
     prop_assert_eq!(second.err(), Some(Reason::ChannelBusy));
     prop_assert_eq!(&w.ledger.record(&id), &before[ch]);
-    let staged = first
-        .commit(actual, 4)
+    commit_accepted(w, ch, first, actual, max, 4)?;
+    Ok(())
+}
+
+/// The accepted path: commits `actual` on the reservation of a voucher for `max`, persists
+/// it and moves the model of channel `ch` along.
+fn commit_accepted(
+    w: &mut World,
+    ch: usize,
+    reservation: Reservation,
+    actual: u128,
+    max: u128,
+    now: u64,
+) -> Result<Receipt, TestCaseError> {
+    let id = w.ids[ch];
+    let staged = reservation
+        .commit(actual, now)
         .map_err(|r| TestCaseError::fail(r.reject.to_string()))?;
-    w.rt.block_on(persist(w.store(), staged))
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let receipt =
+        w.rt.block_on(persist(w.store(), staged))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let m = &mut w.models[ch];
     m.charged += actual;
     m.served += actual;
     m.signed_max = max;
-    m.version += 1;
     m.last_voucher = Some((max, receipt_signature(&w.ledger, &id)));
-    Ok(())
+    m.version += 1;
+    Ok(receipt)
 }
 
 fn check_invariants(

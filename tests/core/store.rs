@@ -6,7 +6,7 @@ use x402_upto::store::{CHANNELS_TREE, PersistError, StoreError, persist};
 use x402_upto::typed_data::ChannelId;
 use x402_upto::{ChannelRecord, Durability, Ledger, SledOptions, SledStore, Store};
 
-use crate::helpers::{config, domain, ledger_with_channel, onchain, payer, voucher};
+use crate::helpers::{config, domain, ledger_with_channel, onchain, payer, stage, voucher};
 
 fn open(dir: &std::path::Path, durability: Durability) -> SledStore {
     SledStore::open(dir, SledOptions::with_durability(durability)).expect("open store")
@@ -33,12 +33,8 @@ async fn charge(
 ) -> x402_upto::Receipt {
     let key = payer(1);
     let charged = ledger.snapshot(&id).map(|s| s.charged).unwrap_or_default();
-    let reservation = ledger
-        .verify_and_reserve(voucher(&key, id, charged + price), price)
-        .expect("reserve");
-    persist(store, reservation.commit(actual, 7).expect("commit"))
-        .await
-        .expect("persist")
+    let staged = stage(ledger, voucher(&key, id, charged + price), price, actual, 7);
+    persist(store, staged).await.expect("persist")
 }
 
 #[tokio::test]
@@ -125,11 +121,7 @@ async fn a_conflicting_write_releases_the_channel_unchanged() {
     store.wait_durable(ticket).await.expect("durable");
 
     let before = ledger.record(&id);
-    let staged = ledger
-        .verify_and_reserve(voucher(&key, id, 10), 10)
-        .expect("reserve")
-        .commit(10, 1)
-        .expect("stage");
+    let staged = stage(&ledger, voucher(&key, id, 10), 10, 10, 1);
     let err = persist(&store, staged).await.expect_err("conflict");
     assert!(matches!(
         err,

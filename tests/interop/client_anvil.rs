@@ -6,12 +6,9 @@
 use x402_upto_testkit::interop as support;
 
 use axum::Router;
-use axum::response::IntoResponse;
 use axum::routing::get;
-use serde_json::json;
 use support::{Chain, OurServer};
 use x402_upto::client::{ClientConfig, ClientError, PayingClient};
-use x402_upto::wire::encode_header;
 
 fn client(chain: &Chain, key: usize, dir: &std::path::Path) -> PayingClient {
     let cfg = ClientConfig::new(chain.net.key(key).unwrap())
@@ -20,12 +17,18 @@ fn client(chain: &Chain, key: usize, dir: &std::path::Path) -> PayingClient {
     PayingClient::new(cfg)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn our_client_pays_our_server_resyncs_and_refunds() {
+/// Anvil with payer anvil:3, our server at a price of 1000, the payer and its tokens.
+async fn rig() -> (Chain, OurServer, alloy_primitives::Address, u128) {
     let chain = Chain::plain(&[3]).await;
     let server = OurServer::start(&chain, 1000).await;
     let payer = chain.net.key(3).unwrap().address();
     let start = chain.net.balance_of(payer).await.unwrap();
+    (chain, server, payer, start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_pays_our_server_resyncs_and_refunds() {
+    let (chain, server, payer, start) = rig().await;
     let dir = tempfile::tempdir().unwrap();
 
     let c = client(&chain, 3, dir.path());
@@ -85,10 +88,7 @@ async fn a_delegated_voucher_key_pays_for_the_payer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payer_can_exit_alone_with_a_timed_withdrawal_of_the_unspent_balance() {
-    let chain = Chain::plain(&[3]).await;
-    let server = OurServer::start(&chain, 1000).await;
-    let payer = chain.net.key(3).unwrap().address();
-    let start = chain.net.balance_of(payer).await.unwrap();
+    let (chain, server, payer, start) = rig().await;
     let dir = tempfile::tempdir().unwrap();
     let c = client(&chain, 3, dir.path());
     c.get(&format!("{}?charge=300", server.url)).await.unwrap();
@@ -104,34 +104,12 @@ async fn the_payer_can_exit_alone_with_a_timed_withdrawal_of_the_unspent_balance
 #[tokio::test]
 async fn our_client_stops_paying_a_server_that_overcharges() {
     let chain = Chain::plain(&[]).await;
-    let offer = json!({"scheme": "batch-settlement", "network": "eip155:31337", "amount": "100",
-        "asset": chain.token, "payTo": chain.net.key(7).unwrap().address(), "maxTimeoutSeconds": 300,
-        "extra": {"name": "USDC", "version": "2", "receiverAuthorizer": chain.net.key(2).unwrap().address(),
-                  "withdrawDelay": 900}});
-    let required = encode_header(
-        &json!({"x402Version": 2, "resource": {"url": "http://x/paid"}, "accepts": [offer]}),
-    );
-    let app = Router::new().route(
-        "/paid",
-        get(move |headers: axum::http::HeaderMap| {
-            let required = required.clone();
-            async move {
-                if headers.get("payment-signature").is_none() {
-                    return (axum::http::StatusCode::PAYMENT_REQUIRED, [("PAYMENT-REQUIRED", required)], "").into_response();
-                }
-                let forged = encode_header(&json!({"success": true, "transaction": "0x01", "network": "eip155:31337",
-                    "amount": "100000", "extra": {"chargedAmount": "5000", "channelState": {
-                    "channelId": format!("0x{}", "00".repeat(32)), "balance": "100000", "totalClaimed": "0",
-                    "withdrawRequestedAt": 0, "refundNonce": "0", "chargedCumulativeAmount": "5000"}}}));
-                (axum::http::StatusCode::OK, [("PAYMENT-RESPONSE", forged)], "ok").into_response()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/paid", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (url, _) = support::overcharging_server(
+        chain.token,
+        chain.net.key(7).unwrap().address(),
+        chain.net.key(2).unwrap().address(),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let c = client(&chain, 3, dir.path());
     let err = c.get(&url).await.unwrap_err();
@@ -181,11 +159,8 @@ async fn a_client_pays_ahead_after_its_first_402_and_follows_a_changed_offer() {
                 }
             },
         ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/metered", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (local, _) = support::serve_local(app).await;
+    let base = format!("{local}/metered");
 
     let dir = tempfile::tempdir().unwrap();
     let c = client(&chain, 3, dir.path());

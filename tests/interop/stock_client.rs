@@ -9,6 +9,32 @@ use std::time::{Duration, Instant};
 
 use support::{Chain, OurServer, node};
 
+/// Runs `stock-client.mjs` (quiet) against `server`: `requests` paid requests from the
+/// payers `keys`, with the `extra` flags. Its JSON summary.
+async fn stock_client(
+    chain: &Chain,
+    server: &OurServer,
+    keys: &str,
+    requests: u32,
+    extra: &[&str],
+    timeout: Duration,
+) -> serde_json::Value {
+    let requests = requests.to_string();
+    let args = [
+        "stock-client.mjs",
+        "--url",
+        &server.url,
+        "--rpc",
+        &chain.rpc,
+        "--keys",
+        keys,
+        "--requests",
+        &requests,
+        "--quiet",
+    ];
+    node(&[&args[..], extra].concat(), timeout).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stock_client_pays_our_server_and_refunds() {
     let t0 = Instant::now();
@@ -16,28 +42,16 @@ async fn the_stock_client_pays_our_server_and_refunds() {
     let server = OurServer::start(&chain, 1000).await;
     // X402_WIRE_LOG=FILE keeps the first sample of every message kind (docs/protocol.md).
     let wire_log = std::env::var("X402_WIRE_LOG").ok();
-    let mut extra: Vec<&str> = Vec::new();
+    let mut extra = vec!["--refund"];
     if let Some(f) = &wire_log {
         extra.extend(["--wire-log", f.as_str()]);
     }
-    let summary = node(
-        &[
-            &[
-                "stock-client.mjs",
-                "--url",
-                &server.url,
-                "--rpc",
-                &chain.rpc,
-                "--keys",
-                "anvil:3,anvil:4,anvil:5",
-                "--requests",
-                "120",
-                "--refund",
-                "--quiet",
-            ][..],
-            &extra[..],
-        ]
-        .concat(),
+    let summary = stock_client(
+        &chain,
+        &server,
+        "anvil:3,anvil:4,anvil:5",
+        120,
+        &extra,
         Duration::from_secs(180),
     )
     .await;
@@ -76,21 +90,12 @@ async fn the_stock_client_pays_our_server_and_refunds() {
 async fn the_stock_client_learns_of_a_deposit_whose_request_failed() {
     let chain = Chain::start(&[6]).await;
     let server = OurServer::start(&chain, 1000).await;
-    let summary = node(
-        &[
-            "stock-client.mjs",
-            "--url",
-            &server.url,
-            "--rpc",
-            &chain.rpc,
-            "--keys",
-            "anvil:6",
-            "--requests",
-            "6",
-            "--first-status",
-            "500",
-            "--quiet",
-        ],
+    let summary = stock_client(
+        &chain,
+        &server,
+        "anvil:6",
+        6,
+        &["--first-status", "500"],
         Duration::from_secs(120),
     )
     .await;

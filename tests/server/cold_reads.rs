@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use support::{Fixture, MockChain};
-use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ChainOutcome, ColdReadLimits};
-use x402_upto::ledger::{Claimable, OnchainState};
-use x402_upto::typed_data::{ChannelConfig, ChannelId};
-use x402_upto::wire::Erc3009Authorization;
+use x402_upto::engine::{BoxFuture, ChainAccess, ChainFailure, ColdReadLimits};
+use x402_upto::ledger::OnchainState;
+use x402_upto::typed_data::ChannelId;
 
 const NOT_FOUND: &str = "invalid_batch_settlement_evm_channel_not_found";
 const LIMITED: &str = "invalid_batch_settlement_evm_rpc_read_failed";
@@ -49,8 +48,7 @@ async fn an_empty_channel_is_read_once_then_answered_from_the_negative_cache() {
     assert_eq!(a.reason(), NOT_FOUND);
     assert_eq!(f.chain.reads.load(Ordering::SeqCst), 1);
     tokio::time::sleep(ttl + Duration::from_millis(50)).await;
-    let a = f.send("/paid", &f.voucher_payload(&config, 1000)).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    f.send_ok("/paid", &f.voucher_payload(&config, 1000)).await;
     assert_eq!(f.chain.reads.load(Ordering::SeqCst), 2);
 }
 
@@ -62,8 +60,7 @@ async fn a_spray_of_unknown_channels_is_rate_limited_and_known_channels_still_se
         .set_cold_read_limits(limits(4, 0, Duration::from_secs(600)));
     let known = f.config(1);
     f.fund(&known, 10_000);
-    let a = f.send("/paid", &f.voucher_payload(&known, 1000)).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    f.send_ok("/paid", &f.voucher_payload(&known, 1000)).await;
     let before = f.state().await;
 
     let mut reasons = Vec::new();
@@ -91,8 +88,7 @@ async fn a_spray_of_unknown_channels_is_rate_limited_and_known_channels_still_se
     assert_eq!(f.chain.deposits.load(Ordering::SeqCst), 0);
     assert_eq!(f.state().await, before);
     // The known channel needs no read and is served as usual.
-    let a = f.send("/paid", &f.voucher_payload(&known, 2000)).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    f.send_ok("/paid", &f.voucher_payload(&known, 2000)).await;
     assert_eq!(f.chain.reads.load(Ordering::SeqCst), 4);
 }
 
@@ -136,23 +132,7 @@ impl ChainAccess for SlowChain {
         })
     }
 
-    fn deposit<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        auth: &'a Erc3009Authorization,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.deposit(config, amount, auth)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        claim: Option<&'a Claimable>,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.refund(config, amount, claim)
-    }
+    x402_upto_testkit::chain_writes_to_inner!();
 }
 
 #[tokio::test]

@@ -57,9 +57,8 @@ async fn vouchers_pay_the_actual_charge_and_the_response_says_so() {
     let id = f.fund(&config, 10_000);
 
     let a = f
-        .send("/paid?charge=400", &f.voucher_payload(&config, 1000))
+        .send_ok("/paid?charge=400", &f.voucher_payload(&config, 1000))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     let r = a.response();
     assert_eq!(r["success"], true);
     assert_eq!(r["transaction"], "");
@@ -76,8 +75,7 @@ async fn vouchers_pay_the_actual_charge_and_the_response_says_so() {
     assert_eq!(cs["chargedCumulativeAmount"], "400");
 
     // No charge reported: the full price.
-    let a = f.send("/paid", &f.voucher_payload(&config, 1400)).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let a = f.send_ok("/paid", &f.voucher_payload(&config, 1400)).await;
     assert_eq!(a.response()["extra"]["chargedAmount"], "1000");
     assert_eq!(
         a.response()["extra"]["channelState"]["chargedCumulativeAmount"],
@@ -207,12 +205,11 @@ async fn a_deposit_is_submitted_and_its_voucher_served() {
     let f = Fixture::new().await;
     let config = f.config(7);
     let a = f
-        .send(
+        .send_ok(
             "/paid?charge=300",
             &f.deposit_payload(&config, 1000, 10_000),
         )
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     let r = a.response();
     assert_eq!(r["amount"], "10000");
     assert_eq!(
@@ -223,9 +220,8 @@ async fn a_deposit_is_submitted_and_its_voucher_served() {
     assert_eq!(r["extra"]["channelState"]["balance"], "10000");
     // A top-up: the voucher is checked against balance + deposit.
     let a = f
-        .send("/paid", &f.deposit_payload(&config, 1300, 5_000))
+        .send_ok("/paid", &f.deposit_payload(&config, 1300, 5_000))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     assert_eq!(a.response()["extra"]["channelState"]["balance"], "15000");
     assert_eq!(f.chain.deposits.load(Ordering::SeqCst), 2);
     // A top-up with a stale ceiling is corrected before any gas is spent, with the real balance.
@@ -283,8 +279,9 @@ async fn a_refund_returns_the_unspent_balance_without_running_the_handler() {
     f.send("/paid?charge=700", &f.voucher_payload(&config, 1000))
         .await;
     let runs = f.handler_runs.load(Ordering::SeqCst);
-    let a = f.send("/paid", &f.refund_payload(&config, 700, None)).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let a = f
+        .send_ok("/paid", &f.refund_payload(&config, 700, None))
+        .await;
     let r = a.response();
     assert_eq!(r["success"], true);
     assert_eq!(r["amount"], "9300");
@@ -311,9 +308,8 @@ async fn a_partial_refund_keeps_the_channel() {
     f.send("/paid?charge=100", &f.voucher_payload(&config, 1000))
         .await;
     let a = f
-        .send("/paid", &f.refund_payload(&config, 100, Some(4000)))
+        .send_ok("/paid", &f.refund_payload(&config, 100, Some(4000)))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     assert_eq!(a.response()["amount"], "4000");
     let s = f.engine.ledger().snapshot(&id).unwrap();
     assert_eq!((s.balance, s.charged), (6000, 100));

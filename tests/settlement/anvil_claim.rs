@@ -25,6 +25,7 @@ use x402_upto::typed_data::{
 };
 use x402_upto::verify::SignedVoucher;
 use x402_upto::{Ledger, Receipt};
+use x402_upto_testkit::devnet::mined;
 
 const DEPOSIT: u128 = 100_000;
 const PRICE: u128 = 5_000;
@@ -167,16 +168,7 @@ async fn the_escrow_accepts_claims_built_from_the_ledger() {
         sign_receive_with_authorization(payer, &token_domain, &authorization).expect("sign 3009");
     let data = erc3009_collector_data(U256::ZERO, U256::from(u64::MAX), salt, &sig.as_bytes());
     let deposit = escrow.deposit(onchain_config, DEPOSIT, *collector.address(), data);
-    assert!(
-        deposit
-            .send()
-            .await
-            .expect("deposit")
-            .get_receipt()
-            .await
-            .expect("receipt")
-            .status()
-    );
+    mined(deposit).await;
 
     let ledger = Ledger::new(domain.clone());
     ledger.upsert_from_chain(config.clone(), onchain(&escrow, id).await, 1);
@@ -200,17 +192,7 @@ async fn the_escrow_accepts_claims_built_from_the_ledger() {
     );
     let as_receiver = UptoEscrow::new(*escrow.address(), provider(&anvil, receiver));
     let rows = vec![IUptoEscrow::VoucherClaim::from(&claimable[0])];
-    assert!(
-        as_receiver
-            .claim(rows)
-            .send()
-            .await
-            .expect("claim")
-            .get_receipt()
-            .await
-            .expect("receipt")
-            .status()
-    );
+    mined(as_receiver.claim(rows)).await;
     let state = onchain(&escrow, id).await;
     assert_eq!(state.total_claimed, 3_000);
     ledger
@@ -244,30 +226,12 @@ async fn the_escrow_accepts_claims_built_from_the_ledger() {
     );
     let batch_sig = sign_claim_batch(receiver_authorizer, &domain, &entries).expect("sign batch");
     let relayed = escrow.claimWithSignature(rows, Bytes::from(batch_sig.as_bytes()));
-    assert!(
-        relayed
-            .send()
-            .await
-            .expect("claimWithSignature")
-            .get_receipt()
-            .await
-            .expect("receipt")
-            .status()
-    );
+    mined(relayed).await;
     assert_eq!(onchain(&escrow, id).await.total_claimed, 6_000);
 
     // Settle sweeps the claimed 6000 to the receiver.
     let settle = escrow.settle(receiver.address(), *usdc.address());
-    assert!(
-        settle
-            .send()
-            .await
-            .expect("settle")
-            .get_receipt()
-            .await
-            .expect("receipt")
-            .status()
-    );
+    mined(settle).await;
     let balance = usdc
         .balanceOf(receiver.address())
         .call()

@@ -42,6 +42,14 @@ fn spawn() -> (AnvilInstance, TxSender, alloy::providers::DynProvider) {
     (anvil, sender, provider)
 }
 
+/// How many transactions `who` has sent (its next nonce) on the node.
+async fn sent_count(provider: &alloy::providers::DynProvider, who: Address) -> u64 {
+    provider
+        .get_transaction_count(who)
+        .await
+        .expect("transaction count")
+}
+
 fn transfer(to: Address, wei: u64) -> TransactionRequest {
     TransactionRequest::default()
         .with_to(to)
@@ -90,13 +98,7 @@ async fn replaces_a_stuck_transaction_with_higher_fees() {
     // The pool kept only the highest-fee version: that is the one mined.
     let block = provider.get_block_number().await.unwrap();
     assert_eq!(sent.receipt.block_number, Some(block));
-    assert_eq!(
-        provider
-            .get_transaction_count(sender.address())
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(sent_count(&provider, sender.address()).await, 1);
 }
 
 #[tokio::test]
@@ -117,13 +119,7 @@ async fn concurrent_sends_get_distinct_nonces() {
     }
     nonces.sort_unstable();
     assert_eq!(nonces, (0..20).collect::<Vec<_>>());
-    assert_eq!(
-        provider
-            .get_transaction_count(sender.address())
-            .await
-            .unwrap(),
-        20
-    );
+    assert_eq!(sent_count(&provider, sender.address()).await, 20);
 }
 
 #[tokio::test]

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{B256, U256};
-use alloy_sol_types::{SolEvent, SolStruct};
+use alloy_sol_types::SolEvent;
 use rand::{Rng, SeedableRng};
-use x402_upto::chain::bindings::{MockUSDC, UptoEscrow};
+use x402_upto::chain::bindings::UptoEscrow;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
-use x402_upto::typed_data::{ChannelId, sign_digest};
+use x402_upto::typed_data::ChannelId;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
-use x402_upto_testkit::devnet::{Devnet, mined};
+use x402_upto_testkit::devnet::Devnet;
 use x402_upto_testkit::offchain::signed_voucher;
 
 const PRICE: u128 = 10_000;
@@ -34,44 +34,17 @@ fn size() -> (usize, usize) {
     (var("X402_E2E_CHANNELS", 50), var("X402_E2E_REQUESTS", 200))
 }
 
-alloy::sol! {
-    struct TransferWithAuthorization {
-        address from;
-        address to;
-        uint256 value;
-        uint256 validAfter;
-        uint256 validBefore;
-        bytes32 nonce;
-    }
-}
-
 /// Gas of `n` x402-`exact`-style payments (`transferWithAuthorization`, relayed by the
 /// deployer) from `payer` to a receiver that starts with no tokens: the first pays for a
 /// fresh balance slot, the rest are the steady state.
 async fn exact_gas(net: &Devnet, payer: &PrivateKeySigner, n: u8) -> Vec<u64> {
     let to = PrivateKeySigner::random().address();
-    let usdc = MockUSDC::new(net.token, net.provider.clone());
     let mut out = Vec::new();
     for i in 0..n {
-        let auth = TransferWithAuthorization {
-            from: payer.address(),
-            to,
-            value: U256::from(5_000u64),
-            validAfter: U256::ZERO,
-            validBefore: U256::from(u64::MAX),
-            nonce: B256::repeat_byte(i),
-        };
-        let sig = sign_digest(payer, &auth.eip712_signing_hash(&net.token_domain())).expect("sign");
-        let receipt = mined(usdc.transferWithAuthorization_0(
-            auth.from,
-            auth.to,
-            auth.value,
-            auth.validAfter,
-            auth.validBefore,
-            auth.nonce,
-            sig.as_bytes().into(),
-        ))
-        .await;
+        let receipt = net
+            .exact_transfer(payer, to, 5_000, B256::repeat_byte(i))
+            .await
+            .expect("exact transfer");
         out.push(receipt.gas_used);
     }
     out

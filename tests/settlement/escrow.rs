@@ -90,10 +90,7 @@ async fn a_deposit_signed_in_rust_opens_the_channel_and_reads_back() {
     assert_eq!(out.state.refund_nonce, U256::ZERO);
     let id = f.net.domain().channel_id(&config);
     assert_eq!(f.client.channel_state(id).await.expect("read"), out.state);
-    assert_eq!(
-        f.net.balance_of(f.payer.address()).await.expect("bal"),
-        9 * DEPOSIT
-    );
+    assert_eq!(f.payer_balance().await, 9 * DEPOSIT);
 }
 
 #[tokio::test]
@@ -137,26 +134,12 @@ async fn claims_charged_not_the_ceiling_and_a_replay_is_a_no_op() {
     assert_eq!(out.rows, 1);
     assert_eq!(out.claimed, vec![(id, 10_001)]);
     assert!(out.gas_used > 0);
-    assert_eq!(
-        f.client
-            .channel_state(id)
-            .await
-            .expect("read")
-            .total_claimed,
-        10_001
-    );
+    assert_eq!(f.total_claimed(id).await, 10_001);
 
     // The same rows again: mined, but nothing moves.
     let again = f.client.claim(&rows).await.expect("replay");
     assert!(again.claimed.is_empty());
-    assert_eq!(
-        f.client
-            .channel_state(id)
-            .await
-            .expect("read")
-            .total_claimed,
-        10_001
-    );
+    assert_eq!(f.total_claimed(id).await, 10_001);
 
     let settled = f
         .client
@@ -232,10 +215,7 @@ async fn refund_without_claim_returns_the_unclaimed_balance() {
         .expect("refund");
     assert_eq!(out.refunded, DEPOSIT - 400_000);
     assert_eq!(f.client.channel_state(id).await.expect("read").balance, 0);
-    assert_eq!(
-        f.net.balance_of(f.payer.address()).await.expect("bal"),
-        10 * DEPOSIT
-    );
+    assert_eq!(f.payer_balance().await, 10 * DEPOSIT);
 }
 
 #[tokio::test]
@@ -252,10 +232,7 @@ async fn refund_with_claim_pays_the_receiver_first_then_returns_the_rest() {
     assert_eq!(out.refunded, DEPOSIT - 5_000);
     assert_eq!(out.state.total_claimed, 5_000);
     assert_eq!(out.state.balance, 5_000);
-    assert_eq!(
-        f.net.balance_of(f.payer.address()).await.expect("bal"),
-        10 * DEPOSIT - 5_000
-    );
+    assert_eq!(f.payer_balance().await, 10 * DEPOSIT - 5_000);
     f.client
         .settle(f.receiver, f.net.token)
         .await

@@ -51,10 +51,7 @@ async fn an_idle_channel_is_claimed_and_refunded_in_one_transaction_and_forgotte
     assert_eq!((done.amount, done.claimed), (DEPOSIT - 7_000, 7_000));
     let state = f.client.channel_state(id).await.expect("read");
     assert_eq!((state.balance, state.total_claimed), (7_000, 7_000));
-    assert_eq!(
-        f.net.balance_of(f.payer.address()).await.expect("bal"),
-        10 * DEPOSIT - 7_000
-    );
+    assert_eq!(f.payer_balance().await, 10 * DEPOSIT - 7_000);
     assert!(f.ledger.snapshot(&id).is_none());
     assert!(f.store.load(id).await.expect("load").is_none());
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::providers::Provider;
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::ledger::Detail;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig};
@@ -39,8 +38,17 @@ async fn serve(f: &Fixture, id: ChannelId, actual: u128) -> Result<u128, x402_up
 }
 
 fn settlement(f: &Fixture, config: SettlementConfig) -> Settlement {
+    settlement_over(f, Arc::clone(&f.client), config)
+}
+
+/// A settlement on the fixture's ledger and journal that sends through `client`.
+fn settlement_over(
+    f: &Fixture,
+    client: Arc<x402_upto::chain::escrow::EscrowClient>,
+    config: SettlementConfig,
+) -> Settlement {
     let journal = ClaimJournal::open(&f.store).expect("journal");
-    Settlement::new(f.ledger.clone(), Arc::clone(&f.client), journal, config)
+    Settlement::new(f.ledger.clone(), client, journal, config)
 }
 
 fn quiet(config: SettlementConfig) -> SettlementConfig {
@@ -60,6 +68,23 @@ fn quiet0(config: SettlementConfig) -> SettlementConfig {
     }
 }
 
+/// `quiet0`, claiming every channel whose unclaimed charge reaches `threshold`.
+fn claims_from(threshold: u128) -> SettlementConfig {
+    quiet0(SettlementConfig {
+        claim_threshold: threshold,
+        ..SettlementConfig::default()
+    })
+}
+
+/// `quiet`, claiming any charge, with batches closed after `confirmations` blocks.
+fn confirmed_after(confirmations: u64) -> SettlementConfig {
+    quiet(SettlementConfig {
+        claim_threshold: 1,
+        confirmations,
+        ..SettlementConfig::default()
+    })
+}
+
 #[tokio::test]
 async fn claims_only_channels_whose_unclaimed_charge_reaches_the_threshold() {
     let f = fixture().await;
@@ -67,13 +92,7 @@ async fn claims_only_channels_whose_unclaimed_charge_reaches_the_threshold() {
     let big = open(&f, 2).await;
     serve(&f, small, 4_000).await.expect("served");
     serve(&f, big, 6_000).await.expect("served");
-    let s = settlement(
-        &f,
-        quiet0(SettlementConfig {
-            claim_threshold: 5_000,
-            ..SettlementConfig::default()
-        }),
-    );
+    let s = settlement(&f, claims_from(5_000));
     let report = s.claim_round(false).await;
     assert_eq!((report.batches, report.rows, report.claimed), (1, 1, 6_000));
     assert_eq!(f.total_claimed(big).await, 6_000);
@@ -193,13 +212,7 @@ async fn a_channel_that_cannot_be_claimed_is_isolated_and_the_rest_of_its_batch_
         .refund(&f.config(3), u128::MAX, None)
         .await
         .expect("refund");
-    let s = settlement(
-        &f,
-        quiet0(SettlementConfig {
-            claim_threshold: 1,
-            ..SettlementConfig::default()
-        }),
-    );
+    let s = settlement(&f, claims_from(1));
     let report = s.claim_round(false).await;
     assert_eq!(report.failed_rows, 1);
     assert_eq!(report.rows, 3);
@@ -241,10 +254,7 @@ async fn a_restart_reconciles_a_journalled_batch_that_was_mined_and_does_not_cla
         ledger.clone(),
         Arc::clone(&f.client),
         journal,
-        quiet0(SettlementConfig {
-            claim_threshold: 1,
-            ..SettlementConfig::default()
-        }),
+        claims_from(1),
     );
     let before = f.relayer_nonce().await;
     let report = s.claim_round(false).await;
@@ -267,13 +277,7 @@ async fn a_restart_re_sends_a_journalled_batch_that_never_reached_the_chain() {
         .expect("journalled");
     // Died before the broadcast; more was charged meanwhile.
     serve(&f, a, 2_000).await.expect("served");
-    let s = settlement(
-        &f,
-        quiet0(SettlementConfig {
-            claim_threshold: 1,
-            ..SettlementConfig::default()
-        }),
-    );
+    let s = settlement(&f, claims_from(1));
     let report = s.claim_round(false).await;
     assert_eq!(
         (report.reconciled, report.batches, report.claimed),
@@ -288,24 +292,13 @@ async fn a_claim_dropped_by_a_reorg_is_sent_again_once_its_block_should_have_bee
     let f = fixture().await;
     let a = open(&f, 1).await;
     serve(&f, a, 3_000).await.expect("served");
-    let s = settlement(
-        &f,
-        quiet(SettlementConfig {
-            claim_threshold: 1,
-            confirmations: 2,
-            ..SettlementConfig::default()
-        }),
-    );
+    let s = settlement(&f, confirmed_after(2));
     assert_eq!(s.claim_round(false).await.batches, 1);
     assert_eq!(f.total_claimed(a).await, 3_000);
     assert_eq!(s.journal().len(), 1, "kept until confirmed");
 
     // The claim's block is replaced by an empty one.
-    f.net
-        .provider
-        .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
-        .await
-        .expect("anvil_reorg");
+    f.net.reorg_one_block().await.expect("anvil_reorg");
     assert_eq!(f.total_claimed(a).await, 0);
     // Not yet confirmed: nothing is re-read, nothing re-sent.
     assert_eq!(s.claim_round(false).await.batches, 0);
@@ -318,16 +311,7 @@ async fn a_claim_dropped_by_a_reorg_is_sent_again_once_its_block_should_have_bee
         f.net
             .escrow_client(f.net.key(5).expect("key"), Some(f.authorizer.clone())),
     );
-    let s = Settlement::new(
-        f.ledger.clone(),
-        client,
-        ClaimJournal::open(&f.store).expect("journal"),
-        quiet(SettlementConfig {
-            claim_threshold: 1,
-            confirmations: 2,
-            ..SettlementConfig::default()
-        }),
-    );
+    let s = settlement_over(&f, client, confirmed_after(2));
     let report = s.claim_round(false).await;
     assert_eq!((report.reconciled, report.batches), (1, 1));
     assert_eq!(f.total_claimed(a).await, 3_000);
@@ -355,22 +339,9 @@ async fn after_a_reorg_drops_our_claim_the_same_process_recovers_its_nonce_and_c
         Arc::new(sender),
         Some(f.authorizer.clone()),
     ));
-    let s = Settlement::new(
-        f.ledger.clone(),
-        client,
-        ClaimJournal::open(&f.store).expect("journal"),
-        quiet(SettlementConfig {
-            claim_threshold: 1,
-            confirmations: 1,
-            ..SettlementConfig::default()
-        }),
-    );
+    let s = settlement_over(&f, client, confirmed_after(1));
     assert_eq!(s.claim_round(false).await.batches, 1);
-    f.net
-        .provider
-        .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
-        .await
-        .expect("anvil_reorg");
+    f.net.reorg_one_block().await.expect("anvil_reorg");
     assert_eq!(f.total_claimed(a).await, 0);
     f.net.mine().await.expect("mine");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

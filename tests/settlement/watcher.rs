@@ -99,11 +99,7 @@ async fn a_reorg_that_drops_a_processed_deposit_is_detected_and_undone() {
 
     // Replace the deposit's block with an empty one.
     let head_before = f.net.provider.get_block_number().await.expect("head");
-    f.net
-        .provider
-        .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
-        .await
-        .expect("anvil_reorg");
+    f.net.reorg_one_block().await.expect("anvil_reorg");
     assert_eq!(
         f.client.channel_state(f.id).await.expect("read").balance,
         DEPOSIT,

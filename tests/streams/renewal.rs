@@ -7,71 +7,29 @@
 
 use x402_upto_testkit::fixture as support;
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::Address;
-use axum::body::{Body, Bytes};
+use axum::Router;
+use axum::body::Body;
 use axum::extract::Query;
 use axum::routing::get;
-use axum::{Extension, Router};
 use base64::Engine as _;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use support::{Answer, Fixture, PRICE};
+
+use crate::metered::{PER_TOKEN, gpu};
 use tower::ServiceExt as _;
 use x402_upto::client::{ClientConfig, PayingClient, StreamEvent};
 use x402_upto::engine::{Engine, EngineConfig};
-use x402_upto::server::{Charge, PaymentLayer, STREAM_ID_HEADER};
+use x402_upto::server::{PaymentLayer, STREAM_ID_HEADER};
 use x402_upto::typed_data::{ChannelConfig, ChannelId, EscrowDomain, sign_voucher};
 use x402_upto::verify::recover_signer;
 use x402_upto::wire::encode_header;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore, Store};
-
-/// Ten tokens per budget (`PRICE` = 1000).
-const PER_TOKEN: u128 = 100;
-
-#[derive(serde::Deserialize)]
-struct Q {
-    tokens: u32,
-    /// When set, the handler waits this long for a renewal once the budget is used up.
-    grace_ms: Option<u64>,
-    /// Pause before each token (lets a renewal race the end of the budget over TCP).
-    sleep_us: Option<u64>,
-}
-
-async fn gpu(
-    Extension(charge): Extension<Charge>,
-    Query(q): Query<Q>,
-) -> impl axum::response::IntoResponse {
-    // Metered from zero: only delivered tokens are charged.
-    charge.set(0);
-    let stream = futures_util::stream::unfold(0u32, move |i| {
-        let charge = charge.clone();
-        async move {
-            if i >= q.tokens {
-                return None;
-            }
-            if let Some(us) = q.sleep_us {
-                tokio::time::sleep(Duration::from_micros(us)).await;
-            }
-            let paid = match q.grace_ms {
-                Some(ms) => charge.add_wait(PER_TOKEN, Duration::from_millis(ms)).await,
-                None => charge.add(PER_TOKEN),
-            };
-            paid.then(|| {
-                let chunk = Bytes::from(format!("event: token\ndata: {i}\n\n"));
-                (Ok::<_, Infallible>(chunk), i + 1)
-            })
-        }
-    });
-    (
-        [("content-type", "text/event-stream")],
-        Body::from_stream(stream),
-    )
-}
 
 /// The fixture's app plus the metered `/gpu` route.
 async fn rig() -> Fixture {
@@ -178,6 +136,11 @@ async fn renew(f: &Fixture, stream_id: &str, payload: Option<&Value>) -> Answer 
     f.send_request(req).await
 }
 
+/// Sends a renewal for `stream_id` with the voucher of `config` for `max`.
+async fn renew_to(f: &Fixture, stream_id: &str, config: &ChannelConfig, max: u128) -> Answer {
+    renew(f, stream_id, Some(&f.voucher_payload(config, max))).await
+}
+
 /// A channel (`salt`) funded with `balance`, and a stream on `path` opened with its first
 /// voucher (1000, one budget).
 async fn open_stream(
@@ -192,6 +155,20 @@ async fn open_stream(
     (config, id, sse)
 }
 
+/// `open_stream` on 25 tokens with a grace period of `grace_ms`, read up to the first
+/// renewal event (its budget 75% used).
+async fn at_first_renewal(
+    f: &Fixture,
+    salt: u8,
+    balance: u128,
+    grace_ms: u64,
+) -> (ChannelConfig, ChannelId, Sse) {
+    let path = format!("/gpu?tokens=25&grace_ms={grace_ms}");
+    let (config, id, mut sse) = open_stream(f, salt, balance, &path).await;
+    sse.until_renewal().await;
+    (config, id, sse)
+}
+
 /// A client paying the fixture from its payer (contracts at the chain double's addresses).
 fn paying_client(f: &Fixture) -> PayingClient {
     PayingClient::new(
@@ -202,6 +179,11 @@ fn paying_client(f: &Fixture) -> PayingClient {
 
 fn amount(v: &Value) -> u128 {
     v.as_str().unwrap().parse().unwrap()
+}
+
+/// The `chargedAmount` a `payment-response` settled.
+fn charged(response: &Value) -> u128 {
+    amount(&response["extra"]["chargedAmount"])
 }
 
 #[tokio::test]
@@ -219,13 +201,13 @@ async fn a_renewed_stream_delivers_more_than_one_budget_and_charges_exactly_what
     assert_eq!(amount(&event["chargedCumulativeAmount"]), 800);
     assert_eq!(amount(&event["amount"]), PRICE);
     println!("renewal event: {event}");
-    let a = renew(&f, &sse.stream_id, Some(&f.voucher_payload(&config, 2000))).await;
+    let a = renew_to(&f, &sse.stream_id, &config, 2000).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     let r = a.response();
     println!("renewal PAYMENT-RESPONSE: {r}");
     assert_eq!(r, a.body, "the body repeats the header");
     assert_eq!(r["success"], true);
-    assert_eq!(amount(&r["extra"]["chargedAmount"]), 800);
+    assert_eq!(charged(&r), 800);
     assert_eq!(
         amount(&r["extra"]["channelState"]["chargedCumulativeAmount"]),
         800
@@ -245,9 +227,9 @@ async fn a_renewed_stream_delivers_more_than_one_budget_and_charges_exactly_what
     );
     assert_eq!(amount(&event["maxClaimableAmount"]), 2000);
     assert_eq!(amount(&event["chargedAmount"]), 1800);
-    let a = renew(&f, &sse.stream_id, Some(&f.voucher_payload(&config, 3000))).await;
+    let a = renew_to(&f, &sse.stream_id, &config, 3000).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    assert_eq!(amount(&a.response()["extra"]["chargedAmount"]), 1800);
+    assert_eq!(charged(&a.response()), 1800);
 
     let (tokens, renewals, last) = sse.finish().await;
     assert_eq!(tokens, 7, "25 tokens in all, more than two budgets");
@@ -257,7 +239,7 @@ async fn a_renewed_stream_delivers_more_than_one_budget_and_charges_exactly_what
     );
     println!("final payment-response: {last}");
     assert_eq!(last["success"], true);
-    assert_eq!(amount(&last["extra"]["chargedAmount"]), 2500);
+    assert_eq!(charged(&last), 2500);
     assert_eq!(
         amount(&last["extra"]["channelState"]["chargedCumulativeAmount"]),
         2500
@@ -268,7 +250,7 @@ async fn a_renewed_stream_delivers_more_than_one_budget_and_charges_exactly_what
     assert_eq!(stored, record);
     assert!(!f.engine.ledger().is_held(&id));
     // The stream is over: its id is no longer renewable.
-    let a = renew(&f, &sse.stream_id, Some(&f.voucher_payload(&config, 4000))).await;
+    let a = renew_to(&f, &sse.stream_id, &config, 4000).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.body["error"], "stream_not_found");
     // The next request continues from the stream's charge.
@@ -287,7 +269,7 @@ async fn a_stream_that_is_not_renewed_stops_at_its_budget() {
     let (tokens, renewals, last) = sse.finish().await;
     assert_eq!(tokens, 10);
     assert_eq!(renewals.len(), 1, "asked once, never answered");
-    assert_eq!(amount(&last["extra"]["chargedAmount"]), 1000);
+    assert_eq!(charged(&last), 1000);
     // With a grace period the handler waits for a renewal that never comes, then stops.
     let started = std::time::Instant::now();
     let mut sse = Sse::open(
@@ -299,7 +281,7 @@ async fn a_stream_that_is_not_renewed_stops_at_its_budget() {
     let (tokens, _, last) = sse.finish().await;
     assert_eq!(tokens, 10);
     assert!(started.elapsed() >= Duration::from_millis(150));
-    assert_eq!(amount(&last["extra"]["chargedAmount"]), 1000);
+    assert_eq!(charged(&last), 1000);
     let record = f.engine.ledger().record(&id).unwrap();
     assert_eq!((record.charged, record.signed_max_claimable), (2000, 2000));
 }
@@ -423,7 +405,7 @@ async fn bad_renewals_are_refused_with_the_spec_reason_and_change_nothing() {
     assert_eq!(f.state().await, before);
 
     // None of that disturbed the stream: the right voucher still renews it.
-    let a = renew(&f, &sid, Some(&f.voucher_payload(&config, 2000))).await;
+    let a = renew_to(&f, &sid, &config, 2000).await;
     assert_eq!(a.status, StatusCode::OK);
     // ...and the voucher it replaced is now a replay.
     refused_voucher(
@@ -439,23 +421,15 @@ async fn bad_renewals_are_refused_with_the_spec_reason_and_change_nothing() {
         tokens, 12,
         "the second budget, then no renewal within the grace period"
     );
-    assert_eq!(amount(&last["extra"]["chargedAmount"]), 2000);
+    assert_eq!(charged(&last), 2000);
 }
 
 #[tokio::test]
 async fn renewals_over_the_balance_or_during_a_withdrawal_are_refused() {
     let f = rig().await;
-    let (config, id, mut sse) = open_stream(&f, 5, 1500, "/gpu?tokens=25&grace_ms=100").await;
-    sse.until_renewal().await;
-    let sid = sse.stream_id.clone();
-    refused_voucher(
-        &f,
-        &sid,
-        &config,
-        2000,
-        "invalid_batch_settlement_evm_cumulative_exceeds_balance",
-    )
-    .await;
+    const OVER_BALANCE: &str = "invalid_batch_settlement_evm_cumulative_exceeds_balance";
+    let (config, id, mut sse) = at_first_renewal(&f, 5, 1500, 100).await;
+    refused_voucher(&f, &sse.stream_id, &config, 2000, OVER_BALANCE).await;
     // The payer tops up on chain, then starts a timed withdrawal: still no renewal.
     let mut onchain = x402_upto::ledger::OnchainState {
         balance: 5000,
@@ -464,17 +438,10 @@ async fn renewals_over_the_balance_or_during_a_withdrawal_are_refused() {
     f.engine.ledger().refresh(&id, onchain, 1).unwrap();
     onchain.withdraw_requested_at = 1_700_000_000;
     f.engine.ledger().refresh(&id, onchain, 2).unwrap();
-    refused_voucher(
-        &f,
-        &sid,
-        &config,
-        2000,
-        "invalid_batch_settlement_evm_cumulative_exceeds_balance",
-    )
-    .await;
+    refused_voucher(&f, &sse.stream_id, &config, 2000, OVER_BALANCE).await;
     let (tokens, _, last) = sse.finish().await;
     assert_eq!(tokens, 2, "the stream ends at its one budget");
-    assert_eq!(amount(&last["extra"]["chargedAmount"]), 1000);
+    assert_eq!(charged(&last), 1000);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -493,9 +460,8 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test]
 async fn a_checkpoint_survives_a_crash_mid_stream() {
     let f = rig().await;
-    let (config, id, mut sse) = open_stream(&f, 6, 10_000, "/gpu?tokens=25&grace_ms=50").await;
-    sse.until_renewal().await;
-    let a = renew(&f, &sse.stream_id, Some(&f.voucher_payload(&config, 2000))).await;
+    let (config, id, mut sse) = at_first_renewal(&f, 6, 10_000, 50).await;
+    let a = renew_to(&f, &sse.stream_id, &config, 2000).await;
     assert_eq!(a.status, StatusCode::OK);
     // The disk as a crash right now would leave it: the stream is live, nothing settled.
     let crashed = tempfile::tempdir().unwrap();
@@ -528,16 +494,15 @@ async fn a_checkpoint_survives_a_crash_mid_stream() {
     );
     // Meanwhile the original stream finishes normally.
     let (_, _, last) = sse.finish().await;
-    assert_eq!(amount(&last["extra"]["chargedAmount"]), 2000);
+    assert_eq!(charged(&last), 2000);
 }
 
 #[tokio::test]
 async fn a_client_leaving_after_a_renewal_pays_what_was_delivered() {
     let f = rig().await;
-    let (config, id, mut sse) = open_stream(&f, 7, 10_000, "/gpu?tokens=25&grace_ms=2000").await;
-    sse.until_renewal().await;
+    let (config, id, mut sse) = at_first_renewal(&f, 7, 10_000, 2000).await;
     let sid = sse.stream_id.clone();
-    let a = renew(&f, &sid, Some(&f.voucher_payload(&config, 2000))).await;
+    let a = renew_to(&f, &sid, &config, 2000).await;
     assert_eq!(a.status, StatusCode::OK);
     for _ in 0..4 {
         assert_eq!(sse.next().await.unwrap().0, "token");
@@ -553,7 +518,7 @@ async fn a_client_leaving_after_a_renewal_pays_what_was_delivered() {
     assert!(!f.engine.ledger().is_held(&id));
     let stored = f.engine.store().load(id).await.unwrap().unwrap();
     assert_eq!((stored.charged, stored.signed_max_claimable), (1200, 2000));
-    let a = renew(&f, &sid, Some(&f.voucher_payload(&config, 3000))).await;
+    let a = renew_to(&f, &sid, &config, 3000).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
@@ -861,9 +826,9 @@ async fn a_smart_wallet_stream_renews_through_erc1271() {
     approve(2000);
     let a = renew(&f, &sse.stream_id, Some(&payload(2000))).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    assert_eq!(amount(&a.response()["extra"]["chargedAmount"]), 800);
+    assert_eq!(charged(&a.response()), 800);
     let (_, _, last) = sse.finish().await;
-    assert_eq!(amount(&last["extra"]["chargedAmount"]), 1500);
+    assert_eq!(charged(&last), 1500);
     let record = f.engine.ledger().record(&id).unwrap();
     assert_eq!((record.charged, record.signed_max_claimable), (1500, 2000));
     assert_eq!(record.signature.len(), 97, "the wallet's blob, as sent");

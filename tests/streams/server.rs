@@ -7,60 +7,18 @@
 
 use x402_upto_testkit::interop as support;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::Query;
+use axum::Router;
 use axum::routing::get;
-use axum::{Extension, Router};
 use support::Chain;
+
+use crate::metered::gpu;
 use x402_upto::client::{ClientConfig, PayingClient, StreamEvent};
 use x402_upto::engine::{ChainAccess, Engine};
-use x402_upto::server::{Charge, PaymentLayer};
+use x402_upto::server::PaymentLayer;
 use x402_upto::wire::Eip155Network;
 use x402_upto::{Durability, Ledger, SledOptions, SledStore};
-
-const PER_TOKEN: u128 = 100;
-
-#[derive(serde::Deserialize)]
-struct Q {
-    tokens: u32,
-    /// When set, wait this long for a mid-stream renewal once the budget is used up.
-    grace_ms: Option<u64>,
-}
-
-async fn gpu(
-    Extension(charge): Extension<Charge>,
-    Query(q): Query<Q>,
-) -> impl axum::response::IntoResponse {
-    // Metered from zero: only delivered tokens are charged.
-    charge.set(0);
-    let stream = futures_util::stream::unfold(0u32, move |i| {
-        let charge = charge.clone();
-        async move {
-            let paid = match q.grace_ms {
-                Some(ms) => {
-                    let grace = std::time::Duration::from_millis(ms);
-                    i < q.tokens && charge.add_wait(PER_TOKEN, grace).await
-                }
-                None => i < q.tokens && charge.add(PER_TOKEN),
-            };
-            if !paid {
-                return None;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            Some((
-                Ok::<_, Infallible>(Bytes::from(format!("event: token\ndata: {i}\n\n"))),
-                i + 1,
-            ))
-        }
-    });
-    (
-        [("content-type", "text/event-stream")],
-        Body::from_stream(stream),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_metered_stream_stops_at_its_maximum_and_settles_in_a_final_event() {
@@ -96,7 +54,10 @@ async fn a_metered_stream_stops_at_its_maximum_and_settles_in_a_final_event() {
     );
 
     // 25 tokens asked, 10 authorized by one request's maximum: the stream stops at 10.
-    let a = client.get(&format!("{url}?tokens=25")).await.unwrap();
+    let a = client
+        .get(&format!("{url}?tokens=25&sleep_us=1000"))
+        .await
+        .unwrap();
     let body = String::from_utf8_lossy(&a.body).to_string();
     assert_eq!(body.matches("event: token").count(), 10, "{body}");
     assert!(
@@ -105,7 +66,10 @@ async fn a_metered_stream_stops_at_its_maximum_and_settles_in_a_final_event() {
     );
     assert_eq!(a.charged(), Some(1000));
     // Renewal: the next paid request continues (the client signs cumulative + max).
-    let a = client.get(&format!("{url}?tokens=3")).await.unwrap();
+    let a = client
+        .get(&format!("{url}?tokens=3&sleep_us=1000"))
+        .await
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&a.body)
             .matches("event: token")
@@ -125,7 +89,10 @@ async fn a_metered_stream_stops_at_its_maximum_and_settles_in_a_final_event() {
 
     // Mid-stream renewal: 25 tokens on a budget of 1000 (10 tokens), renewed twice.
     let mut s = client
-        .stream(&format!("{url}?tokens=25&grace_ms=5000"), 3000)
+        .stream(
+            &format!("{url}?tokens=25&grace_ms=5000&sleep_us=1000"),
+            3000,
+        )
         .await
         .unwrap();
     let (mut tokens, mut renewals, mut settled) = (0, 0, None);

@@ -18,15 +18,28 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::{RpcError, TransportErrorKind};
 use alloy_primitives::aliases::U40;
 use alloy_primitives::{Address, B256, U256};
-use alloy_sol_types::Eip712Domain;
+use alloy_sol_types::{Eip712Domain, SolStruct};
 
 use x402_upto::chain::bindings::{Erc3009DepositCollector, IUptoEscrow, MockUSDC, UptoEscrow};
 use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
 use x402_upto::typed_data::{
     ChannelConfig, ChannelId, EscrowDomain, ReceiveWithAuthorization, SigningError,
-    erc3009_collector_data, erc3009_deposit_nonce, sign_receive_with_authorization, token_domain,
+    erc3009_collector_data, erc3009_deposit_nonce, sign_digest, sign_receive_with_authorization,
+    token_domain,
 };
+
+alloy::sol! {
+    /// EIP-3009 `TransferWithAuthorization`: what an x402 `exact` payment signs.
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
+}
 
 /// Why the local chain could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -259,22 +272,43 @@ impl Devnet {
     /// Mints `amount` MockUSDC (6 decimals) to `to`.
     pub async fn mint(&self, to: Address, amount: u128) -> Result<(), DevnetError> {
         let usdc = MockUSDC::new(self.token, self.provider.clone());
-        let receipt = usdc
-            .mint(to, U256::from(amount))
-            .send()
-            .await
-            .map_err(|source| DevnetError::Contract {
-                what: "mint",
-                source: Box::new(source),
-            })?
-            .get_receipt()
-            .await
-            .map_err(|e| DevnetError::Spawn(format!("mint receipt: {e}")))?;
-        if receipt.status() {
-            Ok(())
-        } else {
-            Err(DevnetError::Reverted("mint"))
-        }
+        sent(usdc.mint(to, U256::from(amount)), "mint").await?;
+        Ok(())
+    }
+
+    /// One x402 `exact`-style payment: a `transferWithAuthorization` of `value` MockUSDC from
+    /// `payer` to `to` (EIP-3009, signed under the token's domain, unique by `nonce`),
+    /// relayed by the deployer. Its receipt, which shows success.
+    pub async fn exact_transfer(
+        &self,
+        payer: &PrivateKeySigner,
+        to: Address,
+        value: u128,
+        nonce: B256,
+    ) -> Result<TransactionReceipt, DevnetError> {
+        let auth = TransferWithAuthorization {
+            from: payer.address(),
+            to,
+            value: U256::from(value),
+            validAfter: U256::ZERO,
+            validBefore: U256::from(u64::MAX),
+            nonce,
+        };
+        let sig = sign_digest(payer, &auth.eip712_signing_hash(&self.token_domain()))?;
+        let usdc = MockUSDC::new(self.token, self.provider.clone());
+        sent(
+            usdc.transferWithAuthorization_0(
+                auth.from,
+                auth.to,
+                auth.value,
+                auth.validAfter,
+                auth.validBefore,
+                auth.nonce,
+                sig.as_bytes().into(),
+            ),
+            "transferWithAuthorization",
+        )
+        .await
     }
 
     /// MockUSDC balance of `who`.
@@ -332,27 +366,17 @@ impl Devnet {
         let sig = sign_receive_with_authorization(payer, &self.token_domain(), &auth)?;
         let data = erc3009_collector_data(U256::ZERO, U256::from(u64::MAX), salt, &sig.as_bytes());
         let escrow = UptoEscrow::new(self.escrow, self.provider.clone());
-        let receipt = escrow
-            .deposit(
+        sent(
+            escrow.deposit(
                 IUptoEscrow::ChannelConfig::from(config),
                 amount,
                 self.collector,
                 data,
-            )
-            .send()
-            .await
-            .map_err(|source| DevnetError::Contract {
-                what: "deposit",
-                source: Box::new(source),
-            })?
-            .get_receipt()
-            .await
-            .map_err(|e| DevnetError::Spawn(format!("deposit receipt: {e}")))?;
-        if receipt.status() {
-            Ok(id)
-        } else {
-            Err(DevnetError::Reverted("deposit"))
-        }
+            ),
+            "deposit",
+        )
+        .await?;
+        Ok(id)
     }
 
     /// Moves chain time forward (then mines a block so it takes effect).
@@ -378,6 +402,19 @@ impl Devnet {
                 source,
             })
     }
+
+    /// Replaces the newest block with an empty one (`anvil_reorg` of depth 1): what a reorg
+    /// does to the last transaction mined.
+    pub async fn reorg_one_block(&self) -> Result<(), DevnetError> {
+        self.provider
+            .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
+            .await
+            .map(|_| ())
+            .map_err(|source| DevnetError::Rpc {
+                what: "anvil_reorg",
+                source,
+            })
+    }
 }
 
 fn provider_for(url: &reqwest::Url, signer: &PrivateKeySigner) -> DynProvider {
@@ -389,6 +426,28 @@ fn provider_for(url: &reqwest::Url, signer: &PrivateKeySigner) -> DynProvider {
         .client()
         .set_poll_interval(Duration::from_millis(10));
     provider.erased()
+}
+
+/// Sends a contract call (`what`) and waits for its receipt, which must show success.
+async fn sent<P: Provider, D: CallDecoder>(
+    call: CallBuilder<P, D>,
+    what: &'static str,
+) -> Result<TransactionReceipt, DevnetError> {
+    let receipt = call
+        .send()
+        .await
+        .map_err(|source| DevnetError::Contract {
+            what,
+            source: Box::new(source),
+        })?
+        .get_receipt()
+        .await
+        .map_err(|e| DevnetError::Spawn(format!("{what} receipt: {e}")))?;
+    if receipt.status() {
+        Ok(receipt)
+    } else {
+        Err(DevnetError::Reverted(what))
+    }
 }
 
 /// Sends a contract call and waits for its receipt, which must show success.

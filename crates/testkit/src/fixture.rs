@@ -364,6 +364,13 @@ impl Fixture {
         self.send_raw(path, Some(encode_header(payload))).await
     }
 
+    /// [`Self::send`], which must be served (200): a paid request that went through.
+    pub async fn send_ok(&self, path: &str, payload: &Value) -> Answer {
+        let a = self.send(path, payload).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        a
+    }
+
     /// Ledger records plus store records, for before/after comparisons.
     pub async fn state(&self) -> (Vec<String>, Vec<String>) {
         let mut ledger: Vec<String> = self
@@ -418,23 +425,7 @@ impl ChainAccess for WalletChain {
         self.inner.channel_state(id)
     }
 
-    fn deposit<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        auth: &'a Erc3009Authorization,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.deposit(config, amount, auth)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        config: &'a ChannelConfig,
-        amount: u128,
-        claim: Option<&'a Claimable>,
-    ) -> BoxFuture<'a, Result<ChainOutcome, ChainFailure>> {
-        self.inner.refund(config, amount, claim)
-    }
+    crate::chain_writes_to_inner!();
 
     fn is_valid_signature<'a>(
         &'a self,
@@ -493,4 +484,35 @@ impl Answer {
             .unwrap_or_default()
             .to_owned()
     }
+}
+
+/// The `deposit` and `refund` of a [`ChainAccess`] wrapper, passed to its `inner` chain:
+/// for the doubles that change only reads or signature checks.
+#[macro_export]
+macro_rules! chain_writes_to_inner {
+    () => {
+        fn deposit<'a>(
+            &'a self,
+            config: &'a ::x402_upto::typed_data::ChannelConfig,
+            amount: u128,
+            auth: &'a ::x402_upto::wire::Erc3009Authorization,
+        ) -> ::x402_upto::engine::BoxFuture<
+            'a,
+            Result<::x402_upto::engine::ChainOutcome, ::x402_upto::engine::ChainFailure>,
+        > {
+            self.inner.deposit(config, amount, auth)
+        }
+
+        fn refund<'a>(
+            &'a self,
+            config: &'a ::x402_upto::typed_data::ChannelConfig,
+            amount: u128,
+            claim: Option<&'a ::x402_upto::ledger::Claimable>,
+        ) -> ::x402_upto::engine::BoxFuture<
+            'a,
+            Result<::x402_upto::engine::ChainOutcome, ::x402_upto::engine::ChainFailure>,
+        > {
+            self.inner.refund(config, amount, claim)
+        }
+    };
 }

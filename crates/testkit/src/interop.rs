@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::devnet::{Devnet, TOKEN_NAME, TOKEN_VERSION};
@@ -180,6 +180,11 @@ store = "{store}"
         )
     }
 
+    /// Transactions the relayer of [`Chain::escrow_client`] (anvil:1) has sent: its next nonce.
+    pub async fn relayer_nonce(&self) -> u64 {
+        self.net.nonce(self.net.key(1).unwrap().address()).await
+    }
+
     /// The escrow client our server uses: relayer anvil:1, receiver authorizer anvil:2.
     pub fn escrow_client(&self) -> EscrowClient {
         EscrowClient::new(
@@ -257,11 +262,8 @@ impl OurServer {
                     .with_mime_type("application/json"),
             ),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/paid", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (base, task) = serve_local(app).await;
+        let url = format!("{base}/paid");
         Self {
             url,
             engine,
@@ -269,4 +271,56 @@ impl OurServer {
             task,
         }
     }
+}
+
+/// Serves `app` on a free port of 127.0.0.1: its base URL (`http://ip:port`) and the task.
+pub async fn serve_local(app: Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, task)
+}
+
+/// A server whose `PAYMENT-RESPONSE` charges 50× its offer of 100 on `/paid` (the client
+/// must catch it). Its URL, and how many paid requests reached it.
+pub async fn overcharging_server(
+    asset: Address,
+    pay_to: Address,
+    receiver_authorizer: Address,
+) -> (String, Arc<AtomicUsize>) {
+    use axum::response::IntoResponse;
+    use serde_json::json;
+    use x402_upto::wire::encode_header;
+
+    let offer = json!({"scheme": "batch-settlement", "network": "eip155:31337", "amount": "100",
+        "asset": asset, "payTo": pay_to, "maxTimeoutSeconds": 300,
+        "extra": {"name": "USDC", "version": "2", "receiverAuthorizer": receiver_authorizer,
+                  "withdrawDelay": 900}});
+    let required = encode_header(
+        &json!({"x402Version": 2, "resource": {"url": "http://x/paid"}, "accepts": [offer]}),
+    );
+    let paid = Arc::new(AtomicUsize::new(0));
+    let counter = paid.clone();
+    let app = Router::new().route(
+        "/paid",
+        get(move |headers: axum::http::HeaderMap| {
+            let required = required.clone();
+            let counter = counter.clone();
+            async move {
+                if headers.get("payment-signature").is_none() {
+                    return (axum::http::StatusCode::PAYMENT_REQUIRED, [("PAYMENT-REQUIRED", required)], "").into_response();
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let forged = encode_header(&json!({"success": true, "transaction": "", "network": "eip155:31337",
+                    "amount": "100000", "extra": {"chargedAmount": "5000", "channelState": {
+                    "channelId": format!("0x{}", "00".repeat(32)), "balance": "100000", "totalClaimed": "0",
+                    "withdrawRequestedAt": 0, "refundNonce": "0", "chargedCumulativeAmount": "5000"}}}));
+                (axum::http::StatusCode::OK, [("PAYMENT-RESPONSE", forged)], "ok").into_response()
+            }
+        }),
+    );
+    let (base, _) = serve_local(app).await;
+    (format!("{base}/paid"), paid)
 }

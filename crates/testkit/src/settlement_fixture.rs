@@ -107,4 +107,12 @@ impl SettlementFixture {
     pub async fn relayer_nonce(&self) -> u64 {
         self.net.nonce(self.relayer).await
     }
+
+    /// The payer's token balance.
+    pub async fn payer_balance(&self) -> u128 {
+        self.net
+            .balance_of(self.payer.address())
+            .await
+            .expect("payer balance")
+    }
 }

@@ -6,48 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::Address;
-use axum::Router;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use serde_json::json;
 use x402_upto::client::{ClientConfig, ClientError, PayingClient};
-use x402_upto::wire::encode_header;
 
 /// A server whose `PAYMENT-RESPONSE` charges 50× its offer. Counts the paid requests.
 async fn overcharging_server(pay_to: Address) -> (String, Arc<AtomicUsize>) {
-    let offer = json!({"scheme": "batch-settlement", "network": "eip155:31337", "amount": "100",
-        "asset": Address::repeat_byte(0x5f), "payTo": pay_to, "maxTimeoutSeconds": 300,
-        "extra": {"name": "USDC", "version": "2", "receiverAuthorizer": Address::repeat_byte(0x3c),
-                  "withdrawDelay": 900}});
-    let required = encode_header(
-        &json!({"x402Version": 2, "resource": {"url": "http://x/paid"}, "accepts": [offer]}),
-    );
-    let paid = Arc::new(AtomicUsize::new(0));
-    let counter = paid.clone();
-    let app = Router::new().route(
-        "/paid",
-        get(move |headers: axum::http::HeaderMap| {
-            let required = required.clone();
-            let counter = counter.clone();
-            async move {
-                if headers.get("payment-signature").is_none() {
-                    return (axum::http::StatusCode::PAYMENT_REQUIRED, [("PAYMENT-REQUIRED", required)], "").into_response();
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let forged = encode_header(&json!({"success": true, "transaction": "", "network": "eip155:31337",
-                    "amount": "100000", "extra": {"chargedAmount": "5000", "channelState": {
-                    "channelId": format!("0x{}", "00".repeat(32)), "balance": "100000", "totalClaimed": "0",
-                    "withdrawRequestedAt": 0, "refundNonce": "0", "chargedCumulativeAmount": "5000"}}}));
-                (axum::http::StatusCode::OK, [("PAYMENT-RESPONSE", forged)], "ok").into_response()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/paid", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, paid)
+    super::interop::overcharging_server(
+        Address::repeat_byte(0x5f),
+        pay_to,
+        Address::repeat_byte(0x3c),
+    )
+    .await
 }
 
 fn client(payer: &PrivateKeySigner, dir: &std::path::Path) -> PayingClient {

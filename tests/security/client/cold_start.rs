@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use alloy::providers::Provider;
 use axum::Router;
 use x402_upto::client::{ClientConfig, ClientError, PayingClient};
 
-use super::interop::{Chain, OurServer};
+use super::interop::{Chain, OurServer, serve_local};
 
 const PAYER: usize = 3;
 
@@ -18,16 +17,6 @@ fn config(chain: &Chain, dir: &std::path::Path) -> ClientConfig {
     ClientConfig::new(chain.net.key(PAYER).unwrap())
         .with_contracts(chain.escrow, chain.collector)
         .with_state_dir(dir)
-}
-
-async fn relayer_nonce(chain: &Chain) -> u64 {
-    let relayer = chain.net.key(1).unwrap().address();
-    chain
-        .net
-        .provider
-        .get_transaction_count(relayer)
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +44,7 @@ async fn a_client_without_state_pays_from_the_chains_total_claimed_after_a_serve
     let payer = chain.net.key(PAYER).unwrap().address();
     let (tokens, nonce) = (
         chain.net.balance_of(payer).await.unwrap(),
-        relayer_nonce(&chain).await,
+        chain.relayer_nonce().await,
     );
     let empty = tempfile::tempdir().unwrap();
     let cold = PayingClient::new(config(&chain, empty.path()).with_rpc(chain.rpc.clone()));
@@ -68,7 +57,7 @@ async fn a_client_without_state_pays_from_the_chains_total_claimed_after_a_serve
     assert_eq!((local.charged, local.balance), (3250, 10_000));
     // No second deposit: the payer's tokens and the relayer's nonce are unchanged.
     assert_eq!(chain.net.balance_of(payer).await.unwrap(), tokens);
-    assert_eq!(relayer_nonce(&chain).await, nonce);
+    assert_eq!(chain.relayer_nonce().await, nonce);
     let snap = second.engine.ledger().snapshot(&id).unwrap();
     assert_eq!((snap.charged, snap.balance), (3250, 10_000));
     assert_eq!(escrow.channel_state(id).await.unwrap(), onchain);
@@ -100,13 +89,10 @@ async fn an_unusable_rpc_fails_the_cold_start_before_anything_is_sent() {
                 .unwrap()
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/paid", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (base, _) = serve_local(app).await;
+    let url = format!("{base}/paid");
 
-    let nonce = relayer_nonce(&chain).await;
+    let nonce = chain.relayer_nonce().await;
     for (rpc, needle) in [
         ("http://127.0.0.1:9".to_owned(), "eth_chainId"),
         ("not a url".to_owned(), "rpc url"),
@@ -126,5 +112,5 @@ async fn an_unusable_rpc_fails_the_cold_start_before_anything_is_sent() {
         "nothing signed reached the server"
     );
     assert!(s.engine.ledger().records().is_empty());
-    assert_eq!(relayer_nonce(&chain).await, nonce);
+    assert_eq!(chain.relayer_nonce().await, nonce);
 }

@@ -4,14 +4,13 @@
 
 use std::sync::Arc;
 
-use alloy::providers::Provider;
 use axum::extract::Query;
 use axum::routing::get;
 use axum::{Extension, Router};
 use x402_upto::client::{ClientConfig, ClientError, PayingClient};
 use x402_upto::server::{Charge, PaymentLayer};
 
-use super::interop::{Chain, OurServer};
+use super::interop::{Chain, OurServer, serve_local};
 
 #[derive(serde::Deserialize)]
 struct Q {
@@ -43,11 +42,8 @@ async fn a_request_cut_after_its_voucher_was_stored_is_charged_and_learned_from_
                 res
             },
         ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/paid", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (base, _) = serve_local(app).await;
+    let url = format!("{base}/paid");
     let dir = tempfile::tempdir().unwrap();
     let c = Arc::new(PayingClient::new(
         ClientConfig::new(chain.net.key(3).unwrap())
@@ -57,13 +53,7 @@ async fn a_request_cut_after_its_voucher_was_stored_is_charged_and_learned_from_
     let a = c.get(&format!("{url}?charge=100")).await.unwrap();
     assert_eq!(a.charged(), Some(100));
     let id = c.channels()[0].channel_id;
-    let relayer = chain.net.key(1).unwrap().address();
-    let nonce = chain
-        .net
-        .provider
-        .get_transaction_count(relayer)
-        .await
-        .unwrap();
+    let nonce = chain.relayer_nonce().await;
 
     let err = c.get(&format!("{url}?charge=300&cut")).await.unwrap_err();
     assert!(matches!(err, ClientError::Http(_)), "{err:?}");
@@ -80,14 +70,5 @@ async fn a_request_cut_after_its_voucher_was_stored_is_charged_and_learned_from_
         c.cheaters().is_empty(),
         "a proven corrective 402 is not cheating"
     );
-    assert_eq!(
-        chain
-            .net
-            .provider
-            .get_transaction_count(relayer)
-            .await
-            .unwrap(),
-        nonce,
-        "no transaction was due"
-    );
+    assert_eq!(chain.relayer_nonce().await, nonce, "no transaction was due");
 }

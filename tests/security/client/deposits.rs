@@ -16,7 +16,6 @@ use x402_upto::engine::ChainAccess;
 use super::interop::{Chain, OurServer};
 
 const BLOCKS: u64 = 2;
-const RELAYER: usize = 1;
 const PAYER: usize = 3;
 /// The client deposits 10 × the price of 1000.
 const DEPOSIT: u128 = 10_000;
@@ -44,16 +43,6 @@ async fn head(chain: &Chain) -> u64 {
     chain.net.provider.get_block_number().await.unwrap()
 }
 
-async fn relayer_nonce(chain: &Chain) -> u64 {
-    let relayer = chain.net.key(RELAYER).unwrap().address();
-    chain
-        .net
-        .provider
-        .get_transaction_count(relayer)
-        .await
-        .unwrap()
-}
-
 /// Waits until a block above `from` exists (the relayer's deposit was mined).
 async fn mined_above(chain: &Chain, from: u64) {
     for _ in 0..400 {
@@ -70,6 +59,17 @@ type Paying = tokio::task::JoinHandle<Result<x402_upto::client::Answer, ClientEr
 fn pay(c: &Arc<PayingClient>, url: &str) -> Paying {
     let (c, url) = (Arc::clone(c), format!("{url}?charge=100"));
     tokio::spawn(async move { c.get(&url).await })
+}
+
+/// `err` is the server's 402 refusal with `want` as its reason.
+fn assert_refused(err: &ClientError, want: &str) {
+    match err {
+        ClientError::Refused { status, reason, .. } => {
+            assert_eq!(*status, 402);
+            assert_eq!(reason, want);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Nothing of the channel reached the server: no ledger record, nothing stored.
@@ -121,24 +121,19 @@ async fn a_deposit_dropped_by_a_reorg_is_refused_and_nothing_is_credited() {
     let payer = chain.net.key(PAYER).unwrap().address();
     let (tokens, nonce, h0) = (
         chain.net.balance_of(payer).await.unwrap(),
-        relayer_nonce(&chain).await,
+        chain.relayer_nonce().await,
         head(&chain).await,
     );
     let paying = pay(&c, &s.url);
     mined_above(&chain, h0).await;
     assert_eq!(
-        relayer_nonce(&chain).await,
+        chain.relayer_nonce().await,
         nonce + 1,
         "the deposit is mined"
     );
     // The deposit's block is replaced by an empty one; the chain then grows past the
     // confirmation depth without it.
-    chain
-        .net
-        .provider
-        .raw_request::<_, serde_json::Value>("anvil_reorg".into(), (1u64, Vec::<()>::new()))
-        .await
-        .expect("anvil_reorg");
+    chain.net.reorg_one_block().await.expect("anvil_reorg");
     for _ in 0..=BLOCKS {
         chain.net.mine().await.unwrap();
     }
@@ -147,23 +142,17 @@ async fn a_deposit_dropped_by_a_reorg_is_refused_and_nothing_is_credited() {
         .expect("refused within the timeout")
         .unwrap()
         .unwrap_err();
-    match &err {
-        ClientError::Refused { status, reason, .. } => {
-            assert_eq!(*status, 402);
-            assert_eq!(
-                reason,
-                "invalid_batch_settlement_evm_deposit_transaction_failed"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_refused(
+        &err,
+        "invalid_batch_settlement_evm_deposit_transaction_failed",
+    );
     nothing_credited(&s).await;
     let id = c.channels()[0].channel_id;
     let onchain = chain.escrow_client().channel_state(id).await.unwrap();
     assert_eq!((onchain.balance, onchain.total_claimed), (0, 0));
     assert_eq!(chain.net.balance_of(payer).await.unwrap(), tokens);
     assert_eq!(
-        relayer_nonce(&chain).await,
+        chain.relayer_nonce().await,
         nonce,
         "the relayer's transaction is gone"
     );
@@ -192,7 +181,7 @@ async fn a_deposit_dropped_by_a_reorg_is_refused_and_nothing_is_credited() {
     .unwrap();
     miner.abort();
     assert_eq!((a.status.as_u16(), a.charged()), (200, Some(100)));
-    assert_eq!(relayer_nonce(&chain).await, nonce + 1);
+    assert_eq!(chain.relayer_nonce().await, nonce + 1);
     assert_eq!(chain.net.balance_of(payer).await.unwrap(), tokens - DEPOSIT);
 }
 
@@ -202,7 +191,7 @@ async fn a_deposit_short_of_its_confirmations_at_the_timeout_is_refused_uncredit
     let s = server(&chain, Duration::from_secs(1)).await;
     let dir = tempfile::tempdir().unwrap();
     let c = client(&chain, dir.path());
-    let nonce = relayer_nonce(&chain).await;
+    let nonce = chain.relayer_nonce().await;
     let err = tokio::time::timeout(
         Duration::from_secs(10),
         c.get(&format!("{}?charge=100", s.url)),
@@ -210,20 +199,11 @@ async fn a_deposit_short_of_its_confirmations_at_the_timeout_is_refused_uncredit
     .await
     .expect("refused at the timeout")
     .unwrap_err();
-    match &err {
-        ClientError::Refused { status, reason, .. } => {
-            assert_eq!(*status, 402);
-            assert_eq!(
-                reason,
-                "invalid_batch_settlement_evm_wait_for_receipt_failed"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_refused(&err, "invalid_batch_settlement_evm_wait_for_receipt_failed");
     nothing_credited(&s).await;
     // The deposit itself is on chain, in the payer's own channel (refundable, withdrawable):
     // only the server's credit waited for depth.
-    assert_eq!(relayer_nonce(&chain).await, nonce + 1);
+    assert_eq!(chain.relayer_nonce().await, nonce + 1);
     let id = c.channels()[0].channel_id;
     assert_eq!(
         chain

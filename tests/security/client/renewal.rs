@@ -3,7 +3,7 @@
 //! stream keeps its budget and hold, and renews once the watcher has polled again.
 
 use std::convert::Infallible;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
@@ -14,7 +14,7 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 use x402_upto::Store as _;
 use x402_upto::server::{Charge, PaymentLayer, STREAM_ID_HEADER};
-use x402_upto::settlement::Freshness;
+use x402_upto::settlement::{Freshness, unix_now};
 use x402_upto::wire::encode_header;
 
 use super::server::{Answer, Fixture, PRICE};
@@ -76,13 +76,6 @@ async fn renew(f: &Fixture, stream_id: &str, payload: &Value) -> Answer {
             .header("PAYMENT-SIGNATURE", encode_header(payload)),
     )
     .await
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use x402_upto::chain::bindings::{IUptoEscrow, UptoEscrow};
 use x402_upto::ledger::OnchainState;
 use x402_upto::settlement::{ClaimJournal, Settlement, SettlementConfig, Watcher, WatcherConfig};
+use x402_upto_testkit::devnet::mined;
 
 use super::anvil;
 
@@ -58,14 +59,8 @@ async fn a_watcher_read_at_an_older_block_does_not_roll_back_a_claim_nor_cause_a
     );
 
     let as_payer = UptoEscrow::new(a.net.escrow, a.net.provider_for(&f.payer));
-    let receipt = as_payer
-        .initiateWithdraw(IUptoEscrow::ChannelConfig::from(&config), 50_000)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt =
+        mined(as_payer.initiateWithdraw(IUptoEscrow::ChannelConfig::from(&config), 50_000)).await;
     assert!(receipt.status());
     let withdraw_block = receipt.block_number.unwrap();
 

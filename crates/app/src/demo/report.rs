@@ -5,28 +5,13 @@ use std::fmt;
 use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{Address, B256, U256};
-use alloy_sol_types::SolStruct;
+use alloy_primitives::{Address, B256};
 
 use alloy::providers::Provider;
 
 use super::crawler::CrawlStats;
 use super::gpu::{GpuStats, PER_SECOND};
-use x402_upto::chain::bindings::MockUSDC;
-use x402_upto::typed_data::sign_digest;
 use x402_upto_testkit::devnet::{Devnet, DevnetError};
-
-alloy::sol! {
-    /// EIP-3009 `TransferWithAuthorization`: what x402 `exact` signs per request.
-    struct TransferWithAuthorization {
-        address from;
-        address to;
-        uint256 value;
-        uint256 validAfter;
-        uint256 validBefore;
-        bytes32 nonce;
-    }
-}
 
 /// Token balances of every party.
 #[derive(Clone, Debug)]
@@ -66,36 +51,10 @@ impl Balances {
 /// Gas of one x402 `exact` payment on this chain: a `transferWithAuthorization` of MockUSDC.
 pub async fn exact_transfer_gas(net: &Devnet, payer: &PrivateKeySigner) -> Result<u64, String> {
     let to = net.key(1).ok_or("no key 1")?.address();
-    let auth = TransferWithAuthorization {
-        from: payer.address(),
-        to,
-        value: U256::from(1u64),
-        validAfter: U256::ZERO,
-        validBefore: U256::from(u64::MAX),
-        nonce: B256::repeat_byte(0xe7),
-    };
-    let digest = auth.eip712_signing_hash(&net.token_domain());
-    let sig = sign_digest(payer, &digest).map_err(|e| e.to_string())?;
-    let usdc = MockUSDC::new(net.token, net.provider.clone());
-    let receipt = usdc
-        .transferWithAuthorization_0(
-            auth.from,
-            auth.to,
-            auth.value,
-            auth.validAfter,
-            auth.validBefore,
-            auth.nonce,
-            sig.as_bytes().into(),
-        )
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .get_receipt()
+    let receipt = net
+        .exact_transfer(payer, to, 1, B256::repeat_byte(0xe7))
         .await
         .map_err(|e| e.to_string())?;
-    if !receipt.status() {
-        return Err("transferWithAuthorization reverted".into());
-    }
     Ok(receipt.gas_used)
 }
 

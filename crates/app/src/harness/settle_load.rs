@@ -18,7 +18,7 @@ use std::time::Duration;
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::aliases::U40;
-use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
+use alloy_primitives::{Address, B256, U256, keccak256};
 
 use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::chain::tx::{TxPolicy, TxSender};
@@ -28,8 +28,7 @@ use x402_upto::settlement::{
     ClaimJournal, LoadError, Settlement, SettlementConfig, load_channel, unix_now,
 };
 use x402_upto::store::{SledOptions, SledStore, Store, StoreError, persist};
-use x402_upto::typed_data::{ChannelConfig, EscrowDomain, sign_voucher};
-use x402_upto::verify::SignedVoucher;
+use x402_upto::typed_data::{ChannelConfig, EscrowDomain};
 
 /// Arguments of `internal settle-load`.
 #[derive(Clone, Debug, clap::Args)]
@@ -214,15 +213,7 @@ async fn run(args: &SettleLoadArgs) -> Result<()> {
             let payer = settle_load_payer(index);
             let mut k = 0u64;
             while requests.is_none_or(|n| k < n) {
-                let charged = ledger.snapshot(&id).map(|s| s.charged).unwrap_or_default();
-                let max = charged + price;
-                let sig = sign_voucher(&payer, &domain, id, max)?;
-                let voucher = SignedVoucher {
-                    channel_id: id,
-                    max_claimable: max,
-                    signature: Bytes::from(sig.as_bytes()),
-                };
-                let reservation = ledger.verify_and_reserve(voucher, price)?;
+                let (reservation, _) = super::reserve_next(&ledger, &domain, &payer, id, price)?;
                 let staged = reservation
                     .commit(settle_load_charge(k, price), unix_now())
                     .map_err(|r| r.reject)?;

@@ -11,13 +11,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{Address, B256, Bytes, keccak256};
+use alloy_primitives::{Address, B256, keccak256};
 
 use x402_upto::error::{Error, Result};
 use x402_upto::ledger::{Ledger, OnchainState};
 use x402_upto::store::{Durability, SledOptions, SledStore, Store, StoreError, persist};
-use x402_upto::typed_data::{ChannelConfig, EscrowDomain, sign_voucher};
-use x402_upto::verify::SignedVoucher;
+use x402_upto::typed_data::{ChannelConfig, EscrowDomain};
 
 /// Arguments of `internal store-load`.
 #[derive(Clone, Debug, clap::Args)]
@@ -100,16 +99,8 @@ async fn run(args: &StoreLoadArgs) -> Result<()> {
         tasks.spawn(async move {
             let mut k = 0u64;
             while commits.is_none_or(|n| k < n) {
-                let charged = ledger.snapshot(&id).map(|s| s.charged).unwrap_or_default();
                 let price = 2 + u128::from(k % 50) * 2;
-                let max = charged + price;
-                let sig = sign_voucher(&payer, &domain, id, max)?;
-                let voucher = SignedVoucher {
-                    channel_id: id,
-                    max_claimable: max,
-                    signature: Bytes::from(sig.as_bytes()),
-                };
-                let reservation = ledger.verify_and_reserve(voucher, price)?;
+                let (reservation, max) = super::reserve_next(&ledger, &domain, &payer, id, price)?;
                 let staged = reservation.commit(price / 2, k).map_err(|r| r.reject)?;
                 let receipt = persist(store.as_ref(), staged).await?;
                 let line = format!(

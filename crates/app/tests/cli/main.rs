@@ -7,4 +7,5 @@ mod demo;
 mod interop_stock_server;
 mod security_http;
 mod serve_config;
+mod serve_process;
 mod server_proxy;

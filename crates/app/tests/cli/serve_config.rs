@@ -20,22 +20,30 @@ use x402_upto::settlement::{RefundPolicy, SettlementConfig, WatcherConfig};
 use x402_upto::store::DEFAULT_GROUP_LINGER;
 use x402_upto_app::serve::{ServeConfig, serve_with};
 
-const BASE: &str = r#"
+use crate::serve_process;
+
+/// A complete `serve.toml` without knobs, for `chain_id` and its token.
+fn base(chain_id: u64, asset: &str, asset_name: &str) -> String {
+    format!(
+        r#"
 listen = "127.0.0.1:8080"
 upstream = "http://127.0.0.1:9000"
 rpc = "http://127.0.0.1:8545"
-chain_id = 31337
+chain_id = {chain_id}
 escrow = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
 collector = "0x4020806089470a89826cB9fB1f4059150b550004"
-asset = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
-asset_name = "USDC"
+asset = "{asset}"
+asset_name = "{asset_name}"
 asset_version = "2"
 pay_to = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 store = "./data/channels"
-"#;
+"#
+    )
+}
 
 fn parse(extra: &str) -> Result<ServeConfig, String> {
-    ServeConfig::from_toml(&format!("{BASE}{extra}"))
+    let base = base(31337, "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC");
+    ServeConfig::from_toml(&format!("{base}{extra}"))
 }
 
 #[test]
@@ -332,41 +340,15 @@ confirmations = 0
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_stops_gracefully_on_sigterm() {
     let chain = Chain::plain(&[]).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("serve.toml");
-    std::fs::write(
-        &config,
-        chain.serve_toml(
-            &format!("127.0.0.1:{port}"),
-            "http://127.0.0.1:9",
-            &dir.path().join("store").display().to_string(),
-        ),
-    )
-    .unwrap();
-    let key = |i: usize| format!("0x{}", hex::encode(chain.net.key(i).unwrap().to_bytes()));
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402-upto"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("X402_RELAYER_KEY", key(1))
-        .env("X402_RECEIVER_AUTHORIZER_KEY", key(2))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (config, port) = serve_process::write_config(&chain, dir.path(), "http://127.0.0.1:9", "");
+    let mut server = serve_process::spawn(&chain, &config);
     // Listening once any HTTP answer comes back (the upstream is down: 502).
     let url = format!("http://127.0.0.1:{port}/health");
-    let mut up = false;
-    for _ in 0..400 {
-        if reqwest::get(&url).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "serve did not start");
+    assert!(
+        serve_process::answers(&url, 400).await,
+        "serve did not start"
+    );
     let pid = server.id().unwrap().to_string();
     let kill = tokio::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -412,23 +394,19 @@ fn serve_reads_the_refund_limits_from_its_refunds_section() {
     assert!(parse("[refunds]\nmin_partial_amount = -1\n").is_err());
 }
 
-const DEPOSITS_BASE: &str = r#"
-listen = "127.0.0.1:8080"
-upstream = "http://127.0.0.1:9000"
-rpc = "http://127.0.0.1:8545"
-chain_id = 8453
-escrow = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
-collector = "0x4020806089470a89826cB9fB1f4059150b550004"
-asset = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
-asset_name = "USD Coin"
-asset_version = "2"
-pay_to = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-store = "./data/channels"
-"#;
+/// Base mainnet with its USDC.
+fn deposits_base() -> String {
+    base(
+        8453,
+        "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+        "USD Coin",
+    )
+}
 
 #[test]
 fn the_deposits_table_defaults_to_two_blocks_and_refuses_a_wait_that_cannot_end() {
-    let cfg = ServeConfig::from_toml(DEPOSITS_BASE).unwrap();
+    let base = deposits_base();
+    let cfg = ServeConfig::from_toml(&base).unwrap();
     assert_eq!(
         cfg.deposits.policy(),
         DepositConfirmations {
@@ -438,7 +416,7 @@ fn the_deposits_table_defaults_to_two_blocks_and_refuses_a_wait_that_cannot_end(
         }
     );
     let cfg = ServeConfig::from_toml(&format!(
-        "{DEPOSITS_BASE}[deposits]\nconfirmations = 12\ntimeout_secs = 300\npoll_ms = 2000\n"
+        "{base}[deposits]\nconfirmations = 12\ntimeout_secs = 300\npoll_ms = 2000\n"
     ))
     .unwrap();
     assert_eq!(
@@ -449,14 +427,14 @@ fn the_deposits_table_defaults_to_two_blocks_and_refuses_a_wait_that_cannot_end(
             poll: Duration::from_secs(2),
         }
     );
-    let off = ServeConfig::from_toml(&format!("{DEPOSITS_BASE}[deposits]\nconfirmations = 0\n"));
+    let off = ServeConfig::from_toml(&format!("{base}[deposits]\nconfirmations = 0\n"));
     assert_eq!(off.unwrap().deposits.policy().blocks, 0);
     for (extra, needle) in [
         ("[deposits]\ntimeout_secs = 0\n", "deposits.timeout_secs"),
         ("[deposits]\npoll_ms = 0\n", "deposits.poll_ms"),
         ("[deposits]\nconfirmation = 3\n", "confirmation"),
     ] {
-        let err = ServeConfig::from_toml(&format!("{DEPOSITS_BASE}{extra}")).unwrap_err();
+        let err = ServeConfig::from_toml(&format!("{base}{extra}")).unwrap_err();
         assert!(err.contains(needle), "{extra}: {err}");
     }
 }

@@ -34,6 +34,22 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
+/// `/` answers "ok".
+fn ok_app() -> Router {
+    Router::new().route("/", get(|| async { "ok" }))
+}
+
+/// A complete `GET /` on a new connection: the raw answer, read to the server's close.
+async fn get_root(addr: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    out
+}
+
 fn limits(header_read: u64, idle: u64, max: usize) -> ConnectionLimits {
     ConnectionLimits {
         header_read_timeout: Duration::from_millis(header_read),
@@ -44,11 +60,7 @@ fn limits(header_read: u64, idle: u64, max: usize) -> ConnectionLimits {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_header_is_cut_off() {
-    let addr = start(
-        Router::new().route("/", get(|| async { "ok" })),
-        limits(800, 60_000, 1024),
-    )
-    .await;
+    let addr = start(ok_app(), limits(800, 60_000, 1024)).await;
     let mut clients = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(&addr).await.unwrap();
@@ -68,13 +80,7 @@ async fn a_slowloris_header_is_cut_off() {
     }
     assert!(started.elapsed() < Duration::from_secs(4));
     // A normal request still works.
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    assert!(out.starts_with(b"HTTP/1.1 200"));
+    assert!(get_root(&addr).await.starts_with(b"HTTP/1.1 200"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,11 +114,7 @@ async fn a_client_that_stops_reading_is_closed_when_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_wait_for_a_free_slot() {
-    let addr = start(
-        Router::new().route("/", get(|| async { "ok" })),
-        limits(1_500, 60_000, 2),
-    )
-    .await;
+    let addr = start(ok_app(), limits(1_500, 60_000, 2)).await;
     // Two silent connections take both slots.
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -120,13 +122,7 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    assert!(out.starts_with(b"HTTP/1.1 200"));
+    assert!(get_root(&addr).await.starts_with(b"HTTP/1.1 200"));
     // Served only once a held connection timed out (header read, 1.5 s).
     assert!(
         started.elapsed() >= Duration::from_millis(1_200),
