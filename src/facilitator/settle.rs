@@ -238,9 +238,7 @@ struct RefundEnrichment {
 /// `refundNonce` as a decimal string (the SDK's form) or a JSON number.
 fn parse_nonce(v: &Value) -> Option<U256> {
     match v {
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            U256::from_str_radix(s, 10).ok()
-        }
+        Value::String(s) => crate::wire::parse_u256(s),
         Value::Number(n) => n.as_u64().map(U256::from),
         _ => None,
     }

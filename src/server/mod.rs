@@ -446,8 +446,19 @@ pub(crate) fn record_settled(settled: &SettleResponse) {
     metrics::counter!(telemetry::CHARGED).increment(u64::try_from(charged).unwrap_or(u64::MAX));
 }
 
-/// Longest `Host` put into `resource.url` (a DNS name is at most 253 bytes).
+/// Longest `Host` put into `resource.url` (a DNS name is at most 253 bytes; an IPv6
+/// literal with a port fits too).
 const MAX_HOST_BYTES: usize = 261;
+
+/// Whether a `Host` value may be reflected into `resource.url`: non-empty, bounded, and made
+/// of `host[:port]` characters only. The client chooses it, so anything else is not echoed.
+pub fn is_reflectable_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= MAX_HOST_BYTES
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
 
 fn resource_url<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> String {
     let path = req.uri().path();
@@ -461,14 +472,7 @@ fn resource_url<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> String {
                 .get(HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .filter(|h| {
-                    !h.is_empty()
-                        && h.len() <= MAX_HOST_BYTES
-                        && h.bytes().all(|b| {
-                            b.is_ascii_alphanumeric()
-                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-                        })
-                })
+                .filter(|h| is_reflectable_host(h))
                 .unwrap_or("localhost");
             format!("http://{host}{path}")
         }

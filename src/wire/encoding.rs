@@ -8,7 +8,7 @@
 use alloy_primitives::U256;
 
 /// Parses a decimal string into a `u128`, rejecting anything but digits.
-pub(crate) fn parse_u128(s: &str) -> Option<u128> {
+pub fn parse_u128(s: &str) -> Option<u128> {
     if s.is_empty() || s.len() > 39 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -16,7 +16,7 @@ pub(crate) fn parse_u128(s: &str) -> Option<u128> {
 }
 
 /// Parses a decimal string into a `U256`, rejecting anything but digits.
-pub(crate) fn parse_u256(s: &str) -> Option<U256> {
+pub fn parse_u256(s: &str) -> Option<U256> {
     if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -15,7 +15,7 @@ mod payload;
 mod requirements;
 mod response;
 
-pub use encoding::{decimal_u128, decimal_u256};
+pub use encoding::{decimal_u128, decimal_u256, parse_u128, parse_u256};
 pub use header::{
     HeaderError, MAX_PAYMENT_HEADER_BYTES, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
     decode_header, encode_header,

@@ -237,11 +237,9 @@ impl ServeConfig {
                 "tx.poll_interval_ms must be at least 1",
             ),
             (
-                self.min_deposit.as_deref().is_none_or(|m| {
-                    !m.is_empty()
-                        && m.bytes().all(|b| b.is_ascii_digit())
-                        && m.parse::<u128>().is_ok()
-                }),
+                self.min_deposit
+                    .as_deref()
+                    .is_none_or(|m| x402_upto::wire::parse_u128(m).is_some()),
                 "min_deposit must be a decimal amount in atomic units",
             ),
             (
@@ -315,9 +313,10 @@ pub(super) fn atomic<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::
     }
     match Raw::deserialize(d)? {
         Raw::Int(n) => Ok(u128::from(n)),
-        Raw::Text(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} does not fit in 128 bits"))),
+        Raw::Text(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            x402_upto::wire::parse_u128(&s)
+                .ok_or_else(|| serde::de::Error::custom(format!("{s:?} does not fit in 128 bits")))
+        }
         Raw::Text(s) => Err(serde::de::Error::custom(format!(
             "{:?} is not a decimal amount",
             s.chars().take(40).collect::<String>()

@@ -153,18 +153,21 @@ async fn dispatch(State(proxy): State<Proxy>, mut req: Request) -> Response {
             "the Host header is missing or not a host[:port]",
         );
     }
-    if proxy.upstream.url(&target).is_none() {
+    let Some(url) = proxy.upstream.url(&target) else {
         metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => "target_not_forwardable")
             .increment(1);
         return bad_request(
             "target_not_forwardable",
             "the request target cannot be forwarded unchanged",
         );
-    }
+    };
     let Ok(uri) = target.to_path_and_query().parse::<http::Uri>() else {
         return bad_request("target_not_forwardable", "the request target is not a URI");
     };
+    // The layer prices (and names in its offer) the normalised target; `forward` sends the
+    // URL checked here, so the target is normalised and parsed once per request.
     *req.uri_mut() = uri;
+    req.extensions_mut().insert(UpstreamUrl(url));
     let service = proxy
         .routes
         .iter()
@@ -175,21 +178,12 @@ async fn dispatch(State(proxy): State<Proxy>, mut req: Request) -> Response {
     response
 }
 
-/// Longest `Host` accepted when `resource.url` is built from it (a DNS name is at most 253
-/// bytes; an IPv6 literal with a port fits too).
-const MAX_HOST_BYTES: usize = 261;
-
-/// A `Host` that may go into `resource.url`: present, bounded, `host[:port]` characters only.
+/// A `Host` that may go into `resource.url` ([`x402_upto::server::is_reflectable_host`]).
 fn valid_host(req: &Request) -> bool {
-    let Some(host) = req.headers().get(http::header::HOST) else {
-        return false;
-    };
-    let host = host.as_bytes();
-    !host.is_empty()
-        && host.len() <= MAX_HOST_BYTES
-        && host
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(x402_upto::server::is_reflectable_host)
 }
 
 fn bad_request(code: &str, message: &str) -> Response {
@@ -203,14 +197,15 @@ fn bad_request(code: &str, message: &str) -> Response {
     r
 }
 
-/// Sends a request (its target already normalised by [`dispatch`]) to the upstream.
+/// The upstream URL [`dispatch`] checked for a request (a request extension).
+#[derive(Clone, Debug)]
+struct UpstreamUrl(reqwest::Url);
+
+/// Sends a request to the upstream, at the URL [`dispatch`] checked for it.
 async fn forward(up: &Upstream, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let target = match parts.uri.path_and_query() {
-        Some(pq) => request_target::normalize(pq.as_str(), usize::MAX),
-        None => Err(request_target::TargetError::NotOriginForm),
-    };
-    let Some(url) = target.ok().and_then(|t| up.url(&t)) else {
+    let (mut parts, body) = req.into_parts();
+    // Only `dispatch` reaches here; without its URL nothing is forwarded.
+    let Some(UpstreamUrl(url)) = parts.extensions.remove::<UpstreamUrl>() else {
         return status(StatusCode::BAD_REQUEST);
     };
     let bytes =
@@ -271,10 +266,10 @@ async fn forward(up: &Upstream, req: Request) -> Response {
 /// fits 128 bits); otherwise the raw value, bounded, for the log.
 fn parse_charge(value: &http::HeaderValue) -> Result<u128, String> {
     let raw = value.as_bytes();
-    let parsed = (!raw.is_empty() && raw.len() <= 39 && raw.iter().all(u8::is_ascii_digit))
-        .then(|| std::str::from_utf8(raw).ok()?.parse::<u128>().ok())
-        .flatten();
-    parsed.ok_or_else(|| String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned())
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(x402_upto::wire::parse_u128)
+        .ok_or_else(|| String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned())
 }
 
 fn is_hop_or_payment(name: &HeaderName) -> bool {

@@ -246,7 +246,10 @@ pub fn normalize(path_and_query: &str, max_bytes: usize) -> Result<RequestTarget
         return Err(TargetError::NotOriginForm);
     }
     let canonical = canonical_escapes(raw_path, Part::Path)?;
-    check_utf8(&canonical)?;
+    // Only escapes can hide a byte that is not UTF-8 (raw non-ASCII is refused above).
+    if canonical.contains('%') {
+        check_utf8(&canonical)?;
+    }
     let path = remove_dot_segments(&canonical);
     let query = raw_query
         .map(|q| canonical_escapes(q, Part::Query))
