@@ -10,6 +10,9 @@ cd "$root"
 PATH="$(bash scripts/tools.sh):$PATH"
 export PATH
 
+# The PostgreSQL store's tests start their own server (initdb + pg_ctl, Debian binaries).
+bash scripts/postgres.sh >/dev/null
+
 echo "== contract artifacts match forge build"
 bash scripts/export-artifacts.sh --check
 

@@ -42,6 +42,14 @@ pub const TARGETS_REFUSED: &str = "x402_targets_refused_total";
 pub const UPSTREAM_ERRORS: &str = "x402_upstream_errors_total";
 /// Connections `serve` closed for a timeout (label `kind`: `header_read`, `idle`).
 pub const CONNECTIONS_TIMED_OUT: &str = "x402_connections_timed_out_total";
+/// Writes per group commit of the PostgreSQL store.
+pub const STORE_BATCH_SIZE: &str = "x402_store_batch_writes";
+/// Requests refused because the channel store was unavailable.
+pub const STORE_UNAVAILABLE: &str = "x402_store_unavailable_total";
+/// Channels reloaded from a shared store because another instance moved them (label `why`).
+pub const CACHE_RELOADS: &str = "x402_cache_reloads_total";
+/// 1 while this instance holds the settler lease, else 0.
+pub const SETTLER: &str = "x402_settler";
 
 /// Registers descriptions for every metric above (shown by the exporter).
 pub fn describe() {
@@ -75,4 +83,14 @@ pub fn describe() {
         CONNECTIONS_TIMED_OUT,
         "connections closed by a timeout, by kind"
     );
+    describe_histogram!(STORE_BATCH_SIZE, "writes per PostgreSQL group commit");
+    describe_counter!(
+        STORE_UNAVAILABLE,
+        "requests refused with 503: channel store unavailable"
+    );
+    describe_counter!(
+        CACHE_RELOADS,
+        "channels reloaded from the shared store, by why"
+    );
+    describe_gauge!(SETTLER, "1 while this instance holds the settler lease");
 }

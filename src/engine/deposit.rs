@@ -70,6 +70,11 @@ impl<S: Store + 'static> Engine<S> {
             .begin(id, nonce)
             .map_err(|blocked| deposit_blocked(id, nonce, blocked))?;
         let verified = self.verify_signature(&checked.config, voucher, id).await?;
+        if self.inner.store.is_shared() {
+            // The cache may be behind another instance's charges (deposits are rare: one
+            // read is cheap next to the transaction).
+            self.reload(id, "deposit").await?;
+        }
         let mut projected = match self.inner.ledger.record(&id) {
             Some(record) => {
                 if self.inner.ledger.is_held(&id) {
@@ -99,6 +104,14 @@ impl<S: Store + 'static> Engine<S> {
                 }
                 r
             })?;
+        // Across instances sharing a store: the first to record the authorization sends it.
+        match self.inner.store.first_use_of_authorization(nonce).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(deposit_blocked(id, nonce, guards::DepositBlocked::Used));
+            }
+            Err(e) => return Err(self.store_down(id, &e)),
+        }
         flight.submitting();
         let outcome = match chain.deposit(&checked.config, deposit.amount, auth).await {
             Ok(outcome) => outcome,
@@ -118,6 +131,7 @@ impl<S: Store + 'static> Engine<S> {
         // Verified above (no second recovery, no second ERC-1271 call).
         let reservation = self.inner.ledger.reserve(verified, price)?;
         self.hold(reservation, Some((outcome.tx_hash, outcome.amount)))
+            .await
     }
 
     /// The advertised `extra.minDeposit` (a decimal string, as the stock server writes it),

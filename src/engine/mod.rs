@@ -43,7 +43,7 @@ use http::StatusCode;
 use crate::clock::unix_now as now;
 use crate::ledger::{Detail, Freshness, Ledger, Reject, Reservation};
 use crate::reason::Reason;
-use crate::store::{PersistError, Store, StoreError, persist};
+use crate::store::{Hold, Store, StoreError};
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use crate::wire::{
     BatchPayload, PaymentRequired, PaymentRequirements, ResourceInfo, SettleResponse,
@@ -113,6 +113,54 @@ pub struct Paid {
     reservation: Reservation,
     /// The deposit that came with this request: transaction and amount.
     deposit: Option<(B256, u128)>,
+    /// The shared store's hold, given back if the request charges nothing.
+    shared: Option<SharedHold>,
+}
+
+/// Lets a dropped [`Paid`] give a shared store's hold back (the store is generic; this is not).
+trait ReleaseHold: Send + Sync {
+    fn release_hold(&self, id: ChannelId);
+}
+
+impl<S: Store> ReleaseHold for S {
+    fn release_hold(&self, id: ChannelId) {
+        self.release(id);
+    }
+}
+
+/// A hold in a shared store, released on drop unless a write released it already.
+struct SharedHold {
+    store: Option<Arc<dyn ReleaseHold>>,
+    id: ChannelId,
+}
+
+impl SharedHold {
+    fn new<S: Store + 'static>(store: &Arc<S>, id: ChannelId) -> Self {
+        let store: Arc<dyn ReleaseHold> = Arc::clone(store) as Arc<dyn ReleaseHold>;
+        Self {
+            store: Some(store),
+            id,
+        }
+    }
+
+    /// The write that ended the request released the hold in the database.
+    fn disarm(mut self) {
+        self.store = None;
+    }
+}
+
+impl Drop for SharedHold {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            store.release_hold(self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedHold").field("id", &self.id).finish()
+    }
 }
 
 impl Paid {
@@ -288,42 +336,160 @@ impl<S: Store + 'static> Engine<S> {
         let Paid {
             reservation,
             deposit,
+            shared,
         } = paid;
         let id = reservation.channel_id();
-        let staged = reservation
+        let mut staged = reservation
             .commit(actual, now())
             .map_err(|refused| self.failure(StatusCode::INTERNAL_SERVER_ERROR, &refused.reject))?;
-        match persist(&*self.inner.store, staged).await {
-            Ok(receipt) => Ok(offer::paid_response(&self.inner.config, &receipt, deposit)),
-            Err(e) => {
-                if let PersistError::Store(StoreError::Conflict { .. }) = &e {
-                    // Someone else wrote this channel: reload it before serving it again.
-                    if let Ok(Some(record)) = self.inner.store.load(id).await {
-                        self.inner.ledger.restore([record]);
+        let store = &*self.inner.store;
+        // A shared store may answer a conflict that only the chain's side of the record
+        // explains (the settler published a claim or a withdrawal): the commit is rebuilt on
+        // the stored record and written again. Anything else refuses the charge.
+        let mut attempts = 0;
+        let written = loop {
+            attempts += 1;
+            let result = match store
+                .compare_and_set(staged.expected_version(), staged.record())
+                .await
+            {
+                Ok(ticket) => store.wait_durable(ticket).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(StoreError::Conflict { .. }) => {
+                    let stored = store.load(id).await.ok().flatten();
+                    if attempts < 4
+                        && store.is_shared()
+                        && let Some(stored) = &stored
+                        && staged.rebase(stored)
+                    {
+                        continue;
                     }
+                    drop(staged);
+                    // Someone else wrote this channel: reload it before serving it again.
+                    match stored {
+                        Some(record) => {
+                            self.inner.ledger.restore([record]);
+                        }
+                        None if store.is_shared() => self.inner.ledger.forget(&id),
+                        None => {}
+                    }
+                    break Err(StoreError::Conflict {
+                        channel_id: id,
+                        expected: None,
+                        found: None,
+                    });
                 }
+                other => break other.map(|()| staged),
+            }
+        };
+        let outcome = written.and_then(|staged| {
+            staged
+                .apply()
+                .map_err(|r| StoreError::Unavailable(format!("applying the commit: {r}")))
+        });
+        match outcome {
+            Ok(receipt) => {
+                // The write released the hold in the database.
+                if let Some(shared) = shared {
+                    shared.disarm();
+                }
+                Ok(offer::paid_response(&self.inner.config, &receipt, deposit))
+            }
+            Err(e) => {
                 tracing::error!(channel = %id, error = %e, "persisting a voucher failed");
+                let status = if e.is_unavailable() {
+                    metrics::counter!(crate::telemetry::STORE_UNAVAILABLE).increment(1);
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
                 let reject = Reject::new(Reason::UnexpectedSettleError, Some(id));
-                Err(self.failure(StatusCode::INTERNAL_SERVER_ERROR, &reject))
+                Err(self.failure(status, &reject))
             }
         }
     }
 
     /// Holds the channel for the handler, unless a refund is in flight on it (checked after
-    /// reserving: dropping the reservation then releases the channel unchanged).
-    fn hold(
+    /// reserving: dropping the reservation then releases the channel unchanged). On a
+    /// shared store, also holds it in the database, at the version the voucher was checked
+    /// against: a cache another instance made stale is reloaded and the voucher checked
+    /// again, before any handler runs.
+    async fn hold(
         &self,
-        reservation: Reservation,
+        mut reservation: Reservation,
         deposit: Option<(B256, u128)>,
     ) -> Result<Authorized, Reject> {
         let id = reservation.channel_id();
         if self.inner.refunding.lock().contains(&id) {
             return Err(Reject::busy(id));
         }
-        Ok(Authorized::Paid(Paid {
-            reservation,
-            deposit,
-        }))
+        let store = &self.inner.store;
+        if !store.is_shared() {
+            return Ok(Authorized::Paid(Paid {
+                reservation,
+                deposit,
+                shared: None,
+            }));
+        }
+        for _ in 0..3 {
+            let checked = reservation.checked_version();
+            let expected = (checked != 0).then_some(checked);
+            match store.hold(id, expected).await {
+                Ok(Hold::Held) => {
+                    return Ok(Authorized::Paid(Paid {
+                        reservation,
+                        deposit,
+                        shared: Some(SharedHold::new(store, id)),
+                    }));
+                }
+                Ok(Hold::Busy) => return Err(Reject::busy(id)),
+                Ok(Hold::Conflict(stored)) => {
+                    metrics::counter!(crate::telemetry::CACHE_RELOADS, "why" => "hold")
+                        .increment(1);
+                    let voucher = reservation.voucher().clone();
+                    let price = reservation.price();
+                    drop(reservation);
+                    match stored {
+                        Some(record) => {
+                            self.inner.ledger.restore([*record]);
+                        }
+                        None => {
+                            self.inner.ledger.forget(&id);
+                            return Err(Reject::new(Reason::ChannelNotFound, Some(id)));
+                        }
+                    }
+                    reservation = self.inner.ledger.reserve(voucher, price)?;
+                }
+                Err(e) => return Err(self.store_down(id, &e)),
+            }
+        }
+        Err(Reject::busy(id))
+    }
+
+    /// The shared store failed: the request is refused with 503 and nothing changes.
+    fn store_down(&self, id: ChannelId, e: &StoreError) -> Reject {
+        tracing::warn!(channel = %id, error = %e, "the channel store is unavailable");
+        metrics::counter!(crate::telemetry::STORE_UNAVAILABLE).increment(1);
+        Reject::unavailable(Some(id))
+    }
+
+    /// Replaces the cached record of `id` with the shared store's (no-op for a store this
+    /// process owns). Returns whether the channel is stored.
+    async fn reload(&self, id: ChannelId, why: &'static str) -> Result<bool, Reject> {
+        if !self.inner.store.is_shared() {
+            return Ok(self.inner.ledger.snapshot(&id).is_some());
+        }
+        metrics::counter!(crate::telemetry::CACHE_RELOADS, "why" => why).increment(1);
+        match self.inner.store.load(id).await {
+            Ok(Some(record)) => {
+                self.inner.ledger.merge([record]);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(self.store_down(id, &e)),
+        }
     }
 
     /// A chain failure as a rejection on channel `id`, with the chain's message (logged:
@@ -336,6 +502,16 @@ impl<S: Store + 'static> Engine<S> {
     /// The edge: a rejection as a 402 with the offer for (`resource`, `price`); a cumulative
     /// mismatch carries the corrective state.
     fn payment_refusal(&self, resource: &ResourceInfo, price: u128, reject: Reject) -> Refusal {
+        if let Detail::Unavailable(message) = &reject.detail {
+            // Not a payment problem: a 503 without an offer, so clients retry rather than pay.
+            return Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: Some(reject.reason),
+                message: message.clone(),
+                required: None,
+                response: None,
+            };
+        }
         let mut required = self.payment_required(resource, price, Some(reject.reason));
         if let Detail::CumulativeMismatch(m) = &reject.detail {
             offer::add_corrective(&mut required, m);

@@ -50,6 +50,9 @@ impl<S: Store + 'static> Engine<S> {
         if ledger.is_held(&id) {
             return Err(Reject::busy(id));
         }
+        // Across instances: the stored record (its refund marks) and the database hold, so a
+        // refund never overlaps a request or another refund served elsewhere.
+        let _shared = self.hold_for_refund(id).await?;
         let limits = *self.inner.refund_limits.lock();
         let window = limits.window.as_secs().max(1);
         let now = now();
@@ -125,6 +128,23 @@ impl<S: Store + 'static> Engine<S> {
             outcome.tx_hash,
             outcome.amount,
         )))
+    }
+
+    /// On a shared store: reloads the channel and holds it in the database for the refund.
+    async fn hold_for_refund(&self, id: ChannelId) -> Result<Option<super::SharedHold>, Reject> {
+        let store = &self.inner.store;
+        if !store.is_shared() {
+            return Ok(None);
+        }
+        if !self.reload(id, "refund").await? {
+            return Ok(None);
+        }
+        let version = self.inner.ledger.record(&id).map_or(0, |r| r.version);
+        match store.hold(id, (version != 0).then_some(version)).await {
+            Ok(crate::store::Hold::Held) => Ok(Some(super::SharedHold::new(store, id))),
+            Ok(_) => Err(Reject::busy(id)),
+            Err(e) => Err(self.store_down(id, &e)),
+        }
     }
 
     /// Writes the refund marks (see [`crate::ledger::RefundMarks`]) durably. The marks are

@@ -52,8 +52,9 @@ impl<S: Store + 'static> Engine<S> {
                 _ => self.payment_refusal(resource, increment, r),
             })?;
         let store = &*self.inner.store;
+        // The stream goes on: a shared store keeps its hold.
         let written = match store
-            .compare_and_set(staged.expected_version(), staged.record())
+            .compare_and_set_held(staged.expected_version(), staged.record())
             .await
         {
             Ok(ticket) => store.wait_durable(ticket).await,

@@ -24,6 +24,9 @@ impl<S: Store + 'static> Engine<S> {
         if self.stale(&id) {
             return Err(Self::stale_reject(id));
         }
+        if self.inner.store.is_shared() {
+            return self.shared_voucher(checked, price).await;
+        }
         let voucher = signed(checked.payload.voucher(), id);
         // ECDSA channels: one recovery under the ledger, no RPC. Smart-wallet channels are
         // refused there with `Erc1271Required`; they are verified through the chain, then
@@ -39,13 +42,42 @@ impl<S: Store + 'static> Engine<S> {
             }
             Err(r) => return Err(r),
         };
-        self.hold(reservation, None)
+        self.hold(reservation, None).await
+    }
+
+    /// The voucher flow over a shared store, where the ledger is a cache: a voucher the cache
+    /// refuses in a way a newer state could explain (the client saw a higher charge, a
+    /// top-up or a claim made through another instance) is checked once more against the
+    /// stored record. A replayed voucher (below the cached charge) never costs a read.
+    async fn shared_voucher(&self, checked: Checked, price: u128) -> Result<Authorized, Reject> {
+        let id = checked.channel_id;
+        if self.inner.ledger.is_held(&id) {
+            return Err(Reject::busy(id));
+        }
+        let verified = self
+            .verify_signature(&checked.config, checked.payload.voucher(), id)
+            .await?;
+        let reservation = match self.inner.ledger.reserve(verified.clone(), price) {
+            Ok(reservation) => reservation,
+            Err(r) if maybe_stale(&r) => {
+                if !self.reload(id, "voucher").await? {
+                    return Err(r);
+                }
+                self.inner.ledger.reserve(verified, price)?
+            }
+            Err(r) => return Err(r),
+        };
+        self.hold(reservation, None).await
     }
 
     /// Makes sure the ledger knows the channel, reading it from chain if it can.
     pub(super) async fn ensure_known(&self, checked: &Checked) -> Result<(), Reject> {
         let id = checked.channel_id;
         if self.inner.ledger.snapshot(&id).is_some() {
+            return Ok(());
+        }
+        // Another instance may have served it: the shared store knows before the chain does.
+        if self.inner.store.is_shared() && self.reload(id, "unknown").await? {
             return Ok(());
         }
         let Some(chain) = &self.inner.chain else {
@@ -172,6 +204,16 @@ impl crate::verify::Erc1271Checker for NoErc1271 {
         _signature: &[u8],
     ) -> Result<bool, crate::verify::Erc1271Error> {
         Ok(false)
+    }
+}
+
+/// Whether a refusal could come from a cache behind the shared store: the voucher is ahead
+/// of the cached charge, above the cached balance, or not above the cached claimed total.
+fn maybe_stale(r: &Reject) -> bool {
+    match &r.detail {
+        Detail::CumulativeMismatch(m) => m.got > m.expected,
+        Detail::ExceedsBalance { .. } | Detail::BelowClaimed { .. } => true,
+        _ => false,
     }
 }
 

@@ -42,6 +42,9 @@ struct Inner {
     domain: EscrowDomain,
     shards: Shards,
     next_token: AtomicU64,
+    /// Channels whose mirrored chain state changed, while tracking is on (the settler of a
+    /// shared store publishes them to the other instances).
+    changed: parking_lot::Mutex<Option<std::collections::HashSet<ChannelId>>>,
 }
 
 impl fmt::Debug for Ledger {
@@ -65,6 +68,7 @@ impl Ledger {
             domain,
             shards: Shards::new(shards),
             next_token: AtomicU64::new(1),
+            changed: parking_lot::Mutex::new(None),
         };
         Self {
             inner: Arc::new(inner),
@@ -93,6 +97,49 @@ impl Ledger {
         n
     }
 
+    /// Takes in records another instance wrote to a shared store (a cache refresh): a record
+    /// replaces the cached one only if its version is higher (or the channel is new). The
+    /// mirrored chain state stays the cached one when that was read later, and claimed
+    /// totals never move down. Returns how many records were taken.
+    pub fn merge(&self, records: impl IntoIterator<Item = ChannelRecord>) -> usize {
+        let mut n = 0;
+        for mut record in records {
+            let mut shard = self.lock(&record.channel_id);
+            match shard.get_mut(&record.channel_id) {
+                Some(slot) if slot.record.version >= record.version => {}
+                Some(slot) => {
+                    let cached = &slot.record;
+                    if cached.onchain_synced_at > record.onchain_synced_at {
+                        record.onchain = cached.onchain;
+                        record.onchain_synced_at = cached.onchain_synced_at;
+                    }
+                    record.onchain.total_claimed = record
+                        .onchain
+                        .total_claimed
+                        .max(cached.onchain.total_claimed);
+                    slot.record = record;
+                    if slot.hold.is_none() {
+                        slot.record.rebase_if_claimed_beyond();
+                    }
+                    n += 1;
+                }
+                None => {
+                    shard.insert(record.channel_id, Slot { record, hold: None });
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Forgets a channel another instance removed (refunded), unless it is held here.
+    pub fn forget(&self, id: &ChannelId) {
+        let mut shard = self.lock(id);
+        if shard.get(id).is_some_and(|slot| slot.hold.is_none()) {
+            shard.remove(id);
+        }
+    }
+
     /// Inserts a channel seen on chain, or refreshes its mirror if known. Returns its id and
     /// snapshot. A non-zero `withdraw_requested_at` stops new reservations immediately.
     pub fn upsert_from_chain(
@@ -107,11 +154,18 @@ impl Ledger {
             record: ChannelRecord::from_chain(id, config, onchain, now),
             hold: None,
         });
+        let before = slot.record.onchain;
         slot.record.mirror(onchain, now);
         if slot.hold.is_none() {
             slot.record.rebase_if_claimed_beyond();
         }
-        (id, slot.record.snapshot())
+        let out = (id, slot.record.snapshot());
+        let moved = slot.record.onchain != before;
+        drop(shard);
+        if moved && let Some(changed) = self.inner.changed.lock().as_mut() {
+            changed.insert(id);
+        }
+        out
     }
 
     /// Refreshes the mirror of a known channel (e.g. from a facilitator's `channelState`
@@ -144,13 +198,45 @@ impl Ledger {
         id: &ChannelId,
         update: impl FnOnce(&mut ChannelRecord),
     ) -> Result<ChannelSnapshot, Reject> {
-        self.with_slot(id, |slot| {
+        let (snapshot, moved) = self.with_slot(id, |slot| {
+            let before = slot.record.onchain;
             update(&mut slot.record);
             if slot.hold.is_none() {
                 slot.record.rebase_if_claimed_beyond();
             }
-            Ok(slot.record.snapshot())
-        })
+            Ok((slot.record.snapshot(), slot.record.onchain != before))
+        })?;
+        if moved && let Some(changed) = self.inner.changed.lock().as_mut() {
+            changed.insert(*id);
+        }
+        Ok(snapshot)
+    }
+
+    /// Starts (`true`) or stops noting which channels' mirrored chain state changes.
+    pub fn track_mirror_changes(&self, on: bool) {
+        let mut changed = self.inner.changed.lock();
+        match (on, changed.is_some()) {
+            (true, false) => *changed = Some(Default::default()),
+            (false, true) => *changed = None,
+            _ => {}
+        }
+    }
+
+    /// The channels whose mirror changed since the last call (empty when not tracking).
+    pub fn take_mirror_changes(&self) -> Vec<ChannelId> {
+        self.inner
+            .changed
+            .lock()
+            .as_mut()
+            .map(|c| c.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Notes `id` as changed again (its publication must be retried).
+    pub fn note_mirror_change(&self, id: ChannelId) {
+        if let Some(changed) = self.inner.changed.lock().as_mut() {
+            changed.insert(id);
+        }
     }
 
     /// Records a cooperative refund executed at the channel's current `charged` (see

@@ -63,6 +63,9 @@ pub enum Detail {
     /// A message for the client that says more than the reason (a chain failure, a server
     /// limit, a malformed field); [`Reject::message`] answers it as is.
     Message(String),
+    /// The server cannot check the payment right now (its channel store is down): answered
+    /// with 503, nothing served, nothing changed; retry later.
+    Unavailable(String),
 }
 
 /// Context of a `cumulative_amount_mismatch`: `extra.channelState` and `extra.voucherState`.
@@ -105,6 +108,17 @@ impl Reject {
         Self::new(Reason::MissingChannel, Some(id))
     }
 
+    /// The channel store is unavailable (`unexpected_verify_error`, answered with 503).
+    pub fn unavailable(id: Option<ChannelId>) -> Self {
+        Self::with(
+            Reason::UnexpectedVerifyError,
+            id,
+            Detail::Unavailable(
+                "the channel store is unavailable; nothing was charged, retry shortly".into(),
+            ),
+        )
+    }
+
     /// A rejection whose message for the client is `message` (see [`Reject::message`]).
     pub fn explained(
         reason: Reason,
@@ -117,7 +131,7 @@ impl Reject {
     /// What the client is told: a [`Detail::Message`] as is, otherwise the display.
     pub fn message(&self) -> String {
         match &self.detail {
-            Detail::Message(message) => message.clone(),
+            Detail::Message(message) | Detail::Unavailable(message) => message.clone(),
             _ => self.to_string(),
         }
     }
@@ -159,7 +173,7 @@ impl fmt::Display for Reject {
             }
             Detail::Signature(fault) => write!(f, ": {fault}"),
             Detail::Erc1271Required => f.write_str(": smart-wallet payer, use ERC-1271"),
-            Detail::Message(message) => write!(f, ": {message}"),
+            Detail::Message(message) | Detail::Unavailable(message) => write!(f, ": {message}"),
         }
     }
 }

@@ -45,7 +45,7 @@ impl Ledger {
     pub fn reserve(&self, voucher: VerifiedVoucher, price: u128) -> Result<Reservation, Reject> {
         let id = voucher.channel_id();
         let token = self.next_token();
-        let (snapshot, payer) = self.with_slot(&id, |slot| {
+        let (snapshot, payer, version) = self.with_slot(&id, |slot| {
             if voucher.signer() != slot.record.signer() {
                 return Err(Reject::signature(Some(id), SignatureFault::WrongSigner));
             }
@@ -54,16 +54,16 @@ impl Ledger {
             }
             slot.record.check_voucher(voucher.max_claimable(), price)?;
             slot.hold = Some(token);
-            Ok((slot.record.snapshot(), slot.record.payer()))
+            Ok((
+                slot.record.snapshot(),
+                slot.record.payer(),
+                slot.record.version,
+            ))
         })?;
-        Ok(Reservation::new(
-            self.clone(),
-            token,
-            voucher,
-            price,
-            snapshot,
-            payer,
-        ))
+        let mut reservation =
+            Reservation::new(self.clone(), token, voucher, price, snapshot, payer);
+        reservation.checked_version = version;
+        Ok(reservation)
     }
 }
 
@@ -80,6 +80,10 @@ pub struct Reservation {
     /// Part of this reservation's charge already made durable by renewal checkpoints (the
     /// record's `charged` includes it); `commit` adds only what exceeds it.
     checkpointed: u128,
+    /// Version of the record the voucher was checked against. If the record changes under
+    /// the hold (a cache reloaded from a shared store), `commit` refuses instead of adding
+    /// the charge to a state the voucher was never checked against.
+    checked_version: u64,
 }
 
 /// A renewal checked against the held channel, waiting for its record to be durable. It
@@ -153,7 +157,13 @@ impl Reservation {
             snapshot,
             payer,
             checkpointed: 0,
+            checked_version: 0,
         }
+    }
+
+    /// Version of the record the voucher was checked against (0: never stored).
+    pub fn checked_version(&self) -> u64 {
+        self.checked_version
     }
 
     /// The held channel.
@@ -282,6 +292,7 @@ impl Reservation {
         self.voucher = voucher;
         self.price = self.price.saturating_add(increment);
         self.checkpointed = stream_charged;
+        self.checked_version = receipt.version;
         Ok(receipt)
     }
 
@@ -310,8 +321,13 @@ impl Reservation {
         let id = self.voucher.channel_id();
         let max = self.voucher.max_claimable();
         let signature = self.voucher.signature().clone();
+        let checked = self.checked_version;
         let staged = self.ledger.with_held(&id, self.token, |slot| {
             let old = &slot.record;
+            if old.version != checked {
+                // Reloaded under the hold: the voucher was checked against another state.
+                return Err(Reject::busy(id));
+            }
             let mut record = old.clone();
             record.charged = old.charged.saturating_add(delta).min(max);
             record.signed_max_claimable = max;
@@ -319,10 +335,11 @@ impl Reservation {
             record.last_request_at = now;
             record.version = old.version.saturating_add(1);
             let expected_version = (old.version != 0).then_some(old.version);
-            (record, expected_version)
+            let base = (old.charged, old.signed_max_claimable);
+            Ok((record, expected_version, base))
         });
-        match staged {
-            Ok((record, expected_version)) => {
+        match staged.and_then(|s| s) {
+            Ok((record, expected_version, base)) => {
                 // The hold passes to the staged commit.
                 self.active = false;
                 Ok(StagedCommit {
@@ -332,6 +349,7 @@ impl Reservation {
                     record,
                     expected_version,
                     charged_amount: actual,
+                    base,
                 })
             }
             // The hold vanished (the ledger was restored underneath us); nothing to release.
@@ -362,6 +380,8 @@ pub struct StagedCommit {
     record: ChannelRecord,
     expected_version: Option<u64>,
     charged_amount: u128,
+    /// `charged` and `signedMaxClaimable` the commit was built on.
+    base: (u128, u128),
 }
 
 impl fmt::Debug for StagedCommit {
@@ -399,6 +419,36 @@ impl StagedCommit {
     /// This request's actual charge.
     pub fn charged_amount(&self) -> u128 {
         self.charged_amount
+    }
+
+    /// After a compare-and-set conflict on a shared store: if `stored` differs from the state
+    /// this commit was built on only in what the chain and the refund marks say (the settler
+    /// published a claim or a withdrawal; `charged` and the voucher did not move), rebuilds
+    /// the commit on top of `stored` and returns `true`: write it again. Otherwise returns
+    /// `false` and the commit must be dropped (another instance charged the channel).
+    pub fn rebase(&mut self, stored: &ChannelRecord) -> bool {
+        let (charged, signed) = self.base;
+        if stored.channel_id != self.record.channel_id
+            || stored.charged != charged
+            || stored.signed_max_claimable != signed
+            || stored.version == 0
+        {
+            return false;
+        }
+        let id = self.record.channel_id;
+        let moved = self.ledger.with_held(&id, self.token, |slot| {
+            slot.record.onchain = stored.onchain;
+            slot.record.onchain_synced_at = stored.onchain_synced_at;
+        });
+        if moved.is_err() {
+            return false;
+        }
+        self.record.onchain = stored.onchain;
+        self.record.onchain_synced_at = stored.onchain_synced_at;
+        self.record.refunds = stored.refunds;
+        self.record.version = stored.version.saturating_add(1);
+        self.expected_version = Some(stored.version);
+        true
     }
 
     /// Makes the staged record the channel's state and releases the channel. Call only once

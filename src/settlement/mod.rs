@@ -7,6 +7,7 @@
 //! | `scheduler.rs` | [`Settlement`] / [`SettlementHandle`]: when to claim and sweep |
 //! | `refunds.rs` | [`refund_idle`]: cooperative refunds of idle channels |
 //! | `watcher.rs` | [`Watcher`]: escrow events → ledger mirror, confirmations, reorgs |
+//! | `shared.rs` | over a shared store: the settler's refresh of every charge, publishing chain state |
 //!
 //! Policy (see `docs/settlement.md`): a channel is claimed when its unclaimed charge reaches
 //! [`SettlementConfig::claim_threshold`], when [`SettlementConfig::claim_interval`] has passed
@@ -17,10 +18,12 @@
 #[doc(hidden)]
 mod refunds;
 mod scheduler;
+mod shared;
 mod watcher;
 
 pub use refunds::{RefundPolicy, Refunded, refund_idle};
-pub use scheduler::{RoundReport, Settlement, SettlementConfig, SettlementHandle};
+pub use scheduler::{Gate, RoundReport, Settlement, SettlementConfig, SettlementHandle};
+pub use shared::{RefreshCursor, publish_mirrors, refresh_from_store};
 pub use watcher::{PollReport, WatchError, Watcher, WatcherConfig};
 
 // Old homes, kept for callers: the claim journal lives in the store, the freshness policy

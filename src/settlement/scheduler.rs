@@ -93,6 +93,21 @@ pub struct Settlement<S: SettlementStore = SledStore> {
     wake: Arc<Notify>,
     timers: Mutex<Timers>,
     refunds: Option<Refunds<S>>,
+    /// Whether this instance may act on chain now (the settler lease of a shared store);
+    /// `None`: always.
+    gate: Option<Gate>,
+    /// Where the refresh from a shared store continues.
+    cursor: tokio::sync::Mutex<super::RefreshCursor>,
+}
+
+/// Whether this instance may act on chain now; see [`Settlement::with_gate`].
+#[derive(Clone)]
+pub struct Gate(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
 }
 
 /// Idle-channel refunds run by the scheduler task (so never concurrently with a claim).
@@ -127,6 +142,8 @@ impl<S: SettlementStore> Settlement<S> {
             config,
             wake: Arc::new(Notify::new()),
             refunds: None,
+            gate: None,
+            cursor: tokio::sync::Mutex::new(Default::default()),
             timers: Mutex::new(Timers {
                 last_claim_round: now,
                 last_settle: now,
@@ -145,6 +162,17 @@ impl<S: SettlementStore> Settlement<S> {
             every,
         });
         self
+    }
+
+    /// Acts on chain (claims, sweeps, refunds) only while `gate` says so: the settler
+    /// lease of a shared store ([`crate::store::SettlerLease::is_safe`]).
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn may_act(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| (g.0)())
     }
 
     /// The journal (tests and tooling inspect it).
@@ -246,6 +274,18 @@ impl<S: SettlementStore> Settlement<S> {
     /// unclaimed charge, as when the claim interval has passed).
     pub async fn claim_round(&self, all: bool) -> RoundReport {
         let mut report = RoundReport::default();
+        if !self.may_act() {
+            return report;
+        }
+        let store = self.journal.store();
+        if store.is_shared() {
+            // Every instance's charges, not only this one's, before deciding what is due.
+            let mut cursor = self.cursor.lock().await;
+            if let Err(e) = super::refresh_from_store(&**store, &self.ledger, &mut cursor).await {
+                tracing::warn!(error = %e, "reading charges from the shared store failed; claims deferred");
+                return report;
+            }
+        }
         match self.reconcile().await {
             Ok(n) => report.reconciled = n,
             Err(e) => {
@@ -457,6 +497,16 @@ impl<S: SettlementStore> Settlement<S> {
             let report = self.claim_round(false).await;
             if report.batches > 0 || report.failed_rows > 0 {
                 tracing::info!(?report, "claim round");
+            }
+            if self.journal.store().is_shared() {
+                super::publish_mirrors(&**self.journal.store(), &self.ledger).await;
+            }
+            if !self.may_act() {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(self.config.tick) => {}
+                }
+                continue;
             }
             let settle_due =
                 self.timers.lock().last_settle.elapsed() >= self.config.settle_interval;

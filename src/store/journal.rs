@@ -101,6 +101,11 @@ impl<S: JournalStore> ClaimJournal<S> {
         })
     }
 
+    /// The backend.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
     /// Journals a new batch of `rows` as [`BatchState::Pending`], durably. Returns its id.
     pub fn begin(&self, rows: &[Claimable], now: u64) -> Result<u64, StoreError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -13,6 +13,7 @@
 //! | `codec.rs` | on-disk format of channel records and journal entries: format byte, bincode 2 payload |
 //! | `persist.rs` | [`persist`]: staged commit → compare-and-set → durable → apply |
 //! | `journal.rs` | [`ClaimJournal`] over the [`JournalStore`] trait: claim batches written durably before they are sent |
+//! | `postgres/` | [`PostgresStore`]: the shared store of several `serve` instances (holds, group commit, settler lease, journal) |
 //!
 //! A backend serves the settlement side through two traits: [`Store`] (channel records;
 //! idle refunds delete through it) and [`JournalStore`] (the claim journal).
@@ -21,6 +22,7 @@ mod codec;
 mod group_commit;
 mod journal;
 mod persist;
+mod postgres;
 mod sled_store;
 
 use std::future::Future;
@@ -33,6 +35,7 @@ use crate::typed_data::ChannelId;
 pub use codec::{FORMAT_V1, FORMAT_V2};
 pub use journal::{BatchState, ClaimJournal, JOURNAL_FORMAT_V1, JournalEntry, JournalStore};
 pub use persist::{PersistError, persist};
+pub use postgres::{PgOptions, PostgresStore, SCHEMA_VERSION, SettlerLease};
 pub use sled_store::{
     CHANNELS_TREE, CLAIM_JOURNAL_TREE, DEFAULT_GROUP_LINGER, SledOptions, SledStore,
 };
@@ -107,6 +110,91 @@ pub trait Store: Send + Sync {
 
     /// Every record, for [`crate::ledger::Ledger::restore`] on start.
     fn load_all(&self) -> impl Future<Output = Result<Vec<ChannelRecord>, StoreError>> + Send;
+
+    /// Whether other processes write the same records (a shared database). The engine then
+    /// treats its ledger as a cache: it takes [`Store::hold`] before every handler and
+    /// reloads a channel whose stored version moved. `false` (the default): this process is
+    /// the only writer and holds in memory are enough.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Holds `channel_id` for one request across every process sharing the store, iff its
+    /// stored version is `expected` (`None`: not stored yet). A shared store answers
+    /// [`Hold::Conflict`] with the stored record when the version moved, and
+    /// [`Hold::Busy`] while another process holds it. The next [`Store::compare_and_set`]
+    /// of the channel releases the hold; so does [`Store::release`]. The default (one
+    /// process) holds nothing and always answers [`Hold::Held`].
+    fn hold(
+        &self,
+        channel_id: ChannelId,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<Hold, StoreError>> + Send {
+        let _ = (channel_id, expected);
+        std::future::ready(Ok(Hold::Held))
+    }
+
+    /// Like [`Store::compare_and_set`], but keeps the hold of [`Store::hold`] (a stream's
+    /// renewal checkpoint: the request goes on).
+    fn compare_and_set_held(
+        &self,
+        expected: Option<u64>,
+        record: &ChannelRecord,
+    ) -> impl Future<Output = Result<WriteTicket, StoreError>> + Send {
+        self.compare_and_set(expected, record)
+    }
+
+    /// Releases this process's hold on `channel_id` without a write (the request charged
+    /// nothing). Best effort: an unreleased hold expires on its own.
+    fn release(&self, channel_id: ChannelId) {
+        let _ = channel_id;
+    }
+
+    /// Records written since `cursor` by any process, and the cursor to ask from next time
+    /// (shared stores; the default has nothing to report). Keeps a cache warm and shows the
+    /// settler what other processes charged.
+    fn changes_since(
+        &self,
+        cursor: u64,
+    ) -> impl Future<Output = Result<Changes, StoreError>> + Send {
+        std::future::ready(Ok(Changes {
+            records: Vec::new(),
+            cursor,
+        }))
+    }
+
+    /// Marks an ERC-3009 authorization nonce as submitted, across every process sharing
+    /// the store. `Ok(false)`: another process (or an earlier request) already did, so the
+    /// deposit must not be sent again. The default (one process) answers `true`; the
+    /// engine's in-memory memory of authorizations covers that case.
+    fn first_use_of_authorization(
+        &self,
+        nonce: alloy_primitives::B256,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = nonce;
+        std::future::ready(Ok(true))
+    }
+}
+
+/// The answer of [`Store::hold`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// The channel is held for this request.
+    Held,
+    /// The stored version is not the expected one: here is the stored record (`None`: the
+    /// channel is not stored). Nothing was held.
+    Conflict(Option<Box<ChannelRecord>>),
+    /// Another process holds the channel for a request right now.
+    Busy,
+}
+
+/// What [`Store::changes_since`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Records written since the cursor (in any order; a record may repeat).
+    pub records: Vec<ChannelRecord>,
+    /// Ask from here next time.
+    pub cursor: u64,
 }
 
 /// Everything the settlement side (claims, the journal, idle refunds) needs of a backend:
@@ -149,6 +237,44 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn load_all(&self) -> impl Future<Output = Result<Vec<ChannelRecord>, StoreError>> + Send {
         (**self).load_all()
+    }
+
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
+
+    fn hold(
+        &self,
+        channel_id: ChannelId,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<Hold, StoreError>> + Send {
+        (**self).hold(channel_id, expected)
+    }
+
+    fn compare_and_set_held(
+        &self,
+        expected: Option<u64>,
+        record: &ChannelRecord,
+    ) -> impl Future<Output = Result<WriteTicket, StoreError>> + Send {
+        (**self).compare_and_set_held(expected, record)
+    }
+
+    fn release(&self, channel_id: ChannelId) {
+        (**self).release(channel_id)
+    }
+
+    fn changes_since(
+        &self,
+        cursor: u64,
+    ) -> impl Future<Output = Result<Changes, StoreError>> + Send {
+        (**self).changes_since(cursor)
+    }
+
+    fn first_use_of_authorization(
+        &self,
+        nonce: alloy_primitives::B256,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).first_use_of_authorization(nonce)
     }
 }
 
@@ -204,6 +330,30 @@ pub enum StoreError {
     /// The flusher thread is gone (the store is shutting down).
     #[error("the store's flusher has stopped")]
     FlusherStopped,
+    /// The database answered with an error.
+    #[error("postgres: {context}")]
+    Postgres {
+        /// What was being done.
+        context: &'static str,
+        /// Cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database cannot be reached (down, restarting, or the connection broke). A write
+    /// that failed this way may or may not have committed: reload before writing again.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the store itself is out of service (as opposed to a conflict or a bad
+    /// record): the request should be refused with 503 and retried later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Postgres { .. } | Self::FlusherStopped
+        )
+    }
 }
 
 /// Why a flush failed.

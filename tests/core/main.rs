@@ -5,5 +5,6 @@ mod ledger_flow;
 mod model;
 mod recovery;
 mod store;
+mod store_postgres;
 mod stream_ledger;
 mod vectors;

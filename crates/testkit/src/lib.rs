@@ -6,6 +6,7 @@
 //! | [`devnet`] | a local anvil with the contracts deployed and funded accounts |
 //! | [`fixture`] | an engine over a sled store in a temp dir and an in-memory chain double, an axum app with priced routes, payload builders |
 //! | [`offchain`] | channels and vouchers without a chain: domain, payer keys, configs, snapshots, signed vouchers |
+//! | [`postgres`] | a throwaway PostgreSQL server per test (`initdb` + `pg_ctl`, random port) |
 //! | [`settlement_fixture`] | the settlement tests' rig on anvil: parties, escrow client, ledger, store; signed vouchers |
 //! | [`interop`] | the anvil rig with contracts at the stock SDK's canonical addresses, our server on it, the node peers |
 //!
@@ -21,6 +22,7 @@ pub mod devnet;
 pub mod fixture;
 pub mod interop;
 pub mod offchain;
+pub mod postgres;
 pub mod settlement_fixture;
 
 /// The repository's root (where `.tools/`, `contracts/`, `interop/` and `scripts/` are).

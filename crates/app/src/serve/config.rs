@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::knobs::{
-    ColdReadKnobs, DepositKnobs, HttpKnobs, RefundKnobs, SettlementKnobs, TxKnobs, WatcherKnobs,
+    ColdReadKnobs, DepositKnobs, HttpKnobs, PostgresKnobs, RefundKnobs, SettlementKnobs, TxKnobs,
+    WatcherKnobs,
 };
 use super::request_target;
 use x402_upto::engine::EngineConfig;
@@ -46,7 +47,9 @@ pub struct ServeConfig {
     /// `maxTimeoutSeconds` of the offers.
     #[serde(default = "default_timeout")]
     pub max_timeout_seconds: u64,
-    /// Channel store directory.
+    /// Channel store: a sled directory, or `postgres://…` for the store shared by several
+    /// instances (same as a `[postgres]` table with that `url`).
+    #[serde(default)]
     pub store: PathBuf,
     /// `none`, `group` (default) or `every`.
     #[serde(default)]
@@ -91,6 +94,9 @@ pub struct ServeConfig {
     /// `[deposits]`: confirmations before a relayed deposit is credited.
     #[serde(default)]
     pub deposits: DepositKnobs,
+    /// `[postgres]`: the channel store shared by several instances.
+    #[serde(default)]
+    pub postgres: Option<PostgresKnobs>,
 }
 
 /// One priced path prefix.
@@ -258,6 +264,25 @@ impl ServeConfig {
         if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*why).to_owned());
         }
+        match (self.postgres(), self.store.as_os_str().is_empty()) {
+            (None, true) => {
+                return Err("store: a directory or postgres://…, or a [postgres] table".into());
+            }
+            (Some(_), false) if self.postgres.is_some() => {
+                return Err("store and [postgres] both name a store; keep one".into());
+            }
+            (Some(pg), _) => {
+                if pg.url.is_empty() {
+                    return Err("postgres.url is required".into());
+                }
+                if pg.lease_secs < 3 || pg.refresh_ms < 10 || pg.hold_secs < 1 {
+                    return Err(
+                        "postgres: lease_secs ≥ 3, refresh_ms ≥ 10 and hold_secs ≥ 1".into(),
+                    );
+                }
+            }
+            (None, false) => {}
+        }
         if let Some(url) = &self.public_url {
             check_public_url(url)?;
         }
@@ -271,6 +296,21 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The shared store's settings, if the channel store is PostgreSQL (`[postgres]`, or
+    /// `store = "postgres://…"`).
+    pub fn postgres(&self) -> Option<PostgresKnobs> {
+        if let Some(pg) = &self.postgres {
+            return Some(pg.clone());
+        }
+        let store = self.store.to_str()?;
+        (store.starts_with("postgres://") || store.starts_with("postgresql://")).then(|| {
+            PostgresKnobs {
+                url: store.to_owned(),
+                ..PostgresKnobs::default()
+            }
+        })
     }
 
     /// The store options (`durability`, `fdatasync`, `group_linger_us`).

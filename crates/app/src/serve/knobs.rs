@@ -1,5 +1,6 @@
 //! The `serve` TOML tables (`[settlement]`, `[refunds]`, `[watcher]`, `[tx]`, `[cold_reads]`,
-//! `[http]`, `[deposits]`): each a knob set with its defaults and the library config it makes.
+//! `[http]`, `[deposits]`, `[postgres]`): each a knob set with its defaults and the library
+//! config it makes.
 
 use std::time::Duration;
 
@@ -334,5 +335,51 @@ impl DepositKnobs {
             timeout: secs(self.timeout_secs),
             poll: Duration::from_millis(self.poll_ms),
         }
+    }
+}
+
+/// `[postgres]`: the shared channel store of several instances
+/// ([`x402_upto::store::PostgresStore`]; `docs/operations.md`, "Several instances").
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresKnobs {
+    /// Connection string (`postgres://user@host/db` or libpq `key=value` form).
+    pub url: String,
+    /// Connections for reads and holds (each pipelines concurrent queries).
+    pub pool_size: usize,
+    /// How long a request's hold on a channel lasts at most (a dead instance's holds expire
+    /// after this), seconds.
+    pub hold_secs: u64,
+    /// The settler lease's length, seconds: a dead settler is replaced within about this.
+    pub lease_secs: u64,
+    /// How often every instance reads what the others wrote (cache refresh), milliseconds.
+    pub refresh_ms: u64,
+    /// This instance's name in holds and the lease (default: `pid-<pid>-<random>`).
+    pub instance: Option<String>,
+}
+
+impl Default for PostgresKnobs {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 4,
+            hold_secs: 30,
+            lease_secs: 15,
+            refresh_ms: 1000,
+            instance: None,
+        }
+    }
+}
+
+impl PostgresKnobs {
+    /// The store's options.
+    pub fn options(&self) -> x402_upto::store::PgOptions {
+        let mut o = x402_upto::store::PgOptions::new(self.url.clone());
+        o.pool_size = self.pool_size.max(1);
+        o.hold = Duration::from_secs(self.hold_secs.max(1));
+        if let Some(name) = &self.instance {
+            o.instance = name.clone();
+        }
+        o
     }
 }

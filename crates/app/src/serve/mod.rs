@@ -12,7 +12,9 @@
 //! | [`proxy`] | [`proxy_router`]: pricing by prefix, dispatch, forwarding upstream |
 //! | [`listener`] | connection limits and timeouts around hyper |
 //! | [`request_target`] | request-target normalisation |
+//! | `cluster` | several instances on one PostgreSQL store: the settler lease, cache refresh |
 
+mod cluster;
 pub mod config;
 pub mod knobs;
 pub mod listener;
@@ -21,7 +23,8 @@ pub mod request_target;
 
 pub use config::{RouteConfig, ServeConfig};
 pub use knobs::{
-    ColdReadKnobs, DepositKnobs, HttpKnobs, RefundKnobs, SettlementKnobs, TxKnobs, WatcherKnobs,
+    ColdReadKnobs, DepositKnobs, HttpKnobs, PostgresKnobs, RefundKnobs, SettlementKnobs, TxKnobs,
+    WatcherKnobs,
 };
 pub use proxy::{CHARGE_HEADER, MAX_PROXY_BODY, proxy_router};
 
@@ -81,106 +84,202 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    use alloy::network::EthereumWallet;
-    use alloy::providers::{Provider, ProviderBuilder};
-
     cfg.validate()?;
-
-    let url: reqwest::Url = cfg.rpc.parse().map_err(|e| format!("rpc url: {e}"))?;
-    let provider = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(relayer.clone()))
-        .connect_http(url)
-        .erased();
-    let domain = x402_upto::typed_data::EscrowDomain::new(cfg.chain_id, cfg.escrow);
-    let sender = x402_upto::chain::tx::TxSender::new(
-        provider.clone(),
-        relayer,
-        cfg.chain_id,
-        cfg.tx.policy(),
-    );
-    let receiver_authorizer = authorizer.address();
-    let escrow = Arc::new(
-        x402_upto::chain::escrow::EscrowClient::new(
-            provider.clone(),
-            cfg.escrow,
-            cfg.collector,
-            Arc::new(sender),
-            Some(authorizer),
-            domain.clone(),
-        )
-        .with_deposit_confirmations(cfg.deposits.policy()),
-    );
+    let chain = ChainParts::connect(&cfg, relayer, authorizer)?;
+    if let Some(pg) = cfg.postgres() {
+        let store = x402_upto::store::PostgresStore::open(pg.options())
+            .await
+            .map_err(|e| format!("store (postgres): {e}"))?;
+        return cluster::serve_shared(cfg, pg, chain, Arc::new(store), listener, shutdown).await;
+    }
     let store = Arc::new(
         x402_upto::SledStore::open(&cfg.store, cfg.store_options())
             .map_err(|e| format!("store {}: {e}", cfg.store.display()))?,
     );
-    let ledger = x402_upto::Ledger::new(domain);
-    let engine = Engine::new(
-        cfg.engine_config(receiver_authorizer),
-        ledger.clone(),
-        Arc::clone(&store),
-        Some(escrow.clone()),
-    )?;
-    engine.set_cold_read_limits(cfg.cold_reads.limits());
-    engine.set_refund_limits(cfg.refunds.limits())?;
-    let restored = engine.restore().await.map_err(|e| e.to_string())?;
-    if let Some(addr) = cfg.metrics_listen {
-        crate::telemetry::install_prometheus(addr).map_err(|e| format!("metrics {addr}: {e}"))?;
+    let (engine, ledger) = chain.engine(&cfg, Arc::clone(&store)).await?;
+    let freshness = freshness_of(&cfg, &engine);
+    let settler = Settler::start(&cfg, &chain, ledger, store, freshness, None).await?;
+    let served = serve_app(&cfg, engine, listener, shutdown).await;
+    settler.stop().await;
+    served
+}
+
+/// The chain side every instance needs: provider, escrow client, domain.
+struct ChainParts {
+    provider: alloy::providers::DynProvider,
+    escrow: Arc<x402_upto::chain::escrow::EscrowClient>,
+    domain: x402_upto::typed_data::EscrowDomain,
+    receiver_authorizer: alloy_primitives::Address,
+}
+
+impl ChainParts {
+    fn connect(
+        cfg: &ServeConfig,
+        relayer: PrivateKeySigner,
+        authorizer: PrivateKeySigner,
+    ) -> Result<Self, String> {
+        use alloy::network::EthereumWallet;
+        use alloy::providers::{Provider, ProviderBuilder};
+
+        let url: reqwest::Url = cfg.rpc.parse().map_err(|e| format!("rpc url: {e}"))?;
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(relayer.clone()))
+            .connect_http(url)
+            .erased();
+        let domain = x402_upto::typed_data::EscrowDomain::new(cfg.chain_id, cfg.escrow);
+        let sender = x402_upto::chain::tx::TxSender::new(
+            provider.clone(),
+            relayer,
+            cfg.chain_id,
+            cfg.tx.policy(),
+        );
+        let receiver_authorizer = authorizer.address();
+        let escrow = Arc::new(
+            x402_upto::chain::escrow::EscrowClient::new(
+                provider.clone(),
+                cfg.escrow,
+                cfg.collector,
+                Arc::new(sender),
+                Some(authorizer),
+                domain.clone(),
+            )
+            .with_deposit_confirmations(cfg.deposits.policy()),
+        );
+        Ok(Self {
+            provider,
+            escrow,
+            domain,
+            receiver_authorizer,
+        })
     }
 
-    // Vouchers only become money when claimed: the scheduler claims (threshold, interval, at
-    // once on a withdrawal), sweeps and refunds idle channels; the watcher keeps the mirror
-    // of every channel fresh and wakes the scheduler when a payer starts a withdrawal.
-    let journal = x402_upto::settlement::ClaimJournal::open(&store)
-        .map_err(|e| format!("claim journal: {e}"))?;
-    let mut settlement = x402_upto::settlement::Settlement::new(
-        ledger.clone(),
-        escrow.clone(),
-        journal,
-        cfg.settlement.config(),
-    );
-    if cfg.refunds.enabled {
-        settlement = settlement.with_refunds(
-            Arc::clone(&store),
-            cfg.refunds.policy(),
-            Duration::from_secs(cfg.refunds.every_secs),
-        );
+    /// The engine over `store`, with every channel restored into its ledger.
+    async fn engine<S: x402_upto::store::Store + 'static>(
+        &self,
+        cfg: &ServeConfig,
+        store: Arc<S>,
+    ) -> Result<(Engine<S>, x402_upto::Ledger), String> {
+        let ledger = x402_upto::Ledger::new(self.domain.clone());
+        let engine = Engine::new(
+            cfg.engine_config(self.receiver_authorizer),
+            ledger.clone(),
+            store,
+            Some(self.escrow.clone()),
+        )?;
+        engine.set_cold_read_limits(cfg.cold_reads.limits());
+        engine.set_refund_limits(cfg.refunds.limits())?;
+        let restored = engine.restore().await.map_err(|e| e.to_string())?;
+        tracing::info!(restored, "channels restored");
+        if let Some(addr) = cfg.metrics_listen {
+            crate::telemetry::install_prometheus(addr)
+                .map_err(|e| format!("metrics {addr}: {e}"))?;
+        }
+        Ok((engine, ledger))
     }
-    let settlement = settlement.spawn();
-    let head = provider
-        .get_block_number()
-        .await
-        .map_err(|e| format!("rpc {}: {e}", cfg.rpc))?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut watcher = x402_upto::settlement::Watcher::new(
-        escrow,
-        ledger,
-        cfg.watcher.config(),
-        Some(settlement.waker()),
-        head + 1,
-    );
-    // During an RPC outage the mirror ages; past `max_staleness_secs` vouchers are refused
-    // (a withdrawal started meanwhile would be unseen) until a read or a poll succeeds.
-    if cfg.watcher.max_staleness_secs > 0 {
+}
+
+/// During an RPC outage the mirror ages; past `max_staleness_secs` vouchers are refused (a
+/// withdrawal started meanwhile would be unseen) until a read or a poll succeeds.
+fn freshness_of<S: x402_upto::store::Store + 'static>(
+    cfg: &ServeConfig,
+    engine: &Engine<S>,
+) -> Option<x402_upto::settlement::Freshness> {
+    (cfg.watcher.max_staleness_secs > 0).then(|| {
         let freshness = x402_upto::settlement::Freshness::new(Duration::from_secs(
             cfg.watcher.max_staleness_secs,
         ));
         engine.set_freshness(freshness.clone());
-        watcher = watcher.with_freshness(freshness);
-    }
-    let watcher = watcher.spawn(stop.clone());
+        freshness
+    })
+}
 
-    let app = proxy_router(engine, &cfg)?;
+/// The claim scheduler (claims, sweeps, idle refunds) and the chain watcher, running.
+///
+/// Vouchers only become money when claimed: the scheduler claims (threshold, interval, at
+/// once on a withdrawal), sweeps and refunds idle channels; the watcher keeps the mirror of
+/// every channel fresh and wakes the scheduler when a payer starts a withdrawal.
+struct Settler<S: x402_upto::store::SettlementStore> {
+    settlement: x402_upto::settlement::SettlementHandle<S>,
+    watcher: tokio::task::JoinHandle<()>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl<S: x402_upto::store::SettlementStore> Settler<S> {
+    async fn start(
+        cfg: &ServeConfig,
+        chain: &ChainParts,
+        ledger: x402_upto::Ledger,
+        store: Arc<S>,
+        freshness: Option<x402_upto::settlement::Freshness>,
+        gate: Option<x402_upto::settlement::Gate>,
+    ) -> Result<Self, String> {
+        use alloy::providers::Provider;
+
+        let journal = x402_upto::settlement::ClaimJournal::open(&store)
+            .map_err(|e| format!("claim journal: {e}"))?;
+        let mut settlement = x402_upto::settlement::Settlement::new(
+            ledger.clone(),
+            chain.escrow.clone(),
+            journal,
+            cfg.settlement.config(),
+        );
+        if cfg.refunds.enabled {
+            settlement = settlement.with_refunds(
+                Arc::clone(&store),
+                cfg.refunds.policy(),
+                Duration::from_secs(cfg.refunds.every_secs),
+            );
+        }
+        if let Some(gate) = gate {
+            settlement = settlement.with_gate(gate);
+        }
+        let head = chain
+            .provider
+            .get_block_number()
+            .await
+            .map_err(|e| format!("rpc {}: {e}", cfg.rpc))?;
+        let settlement = settlement.spawn();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut watcher = x402_upto::settlement::Watcher::new(
+            chain.escrow.clone(),
+            ledger,
+            cfg.watcher.config(),
+            Some(settlement.waker()),
+            head + 1,
+        );
+        if let Some(freshness) = freshness {
+            watcher = watcher.with_freshness(freshness);
+        }
+        let watcher = watcher.spawn(stop.clone());
+        Ok(Self {
+            settlement,
+            watcher,
+            stop,
+        })
+    }
+
+    /// Stops watching, then lets the scheduler finish its round so a started claim is
+    /// journalled.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.watcher.await;
+        self.settlement.shutdown().await;
+    }
+}
+
+/// Serves the proxy on `listener` until `shutdown`.
+async fn serve_app<S: x402_upto::store::Store + 'static>(
+    cfg: &ServeConfig,
+    engine: Engine<S>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let app = proxy_router(engine, cfg)?;
     let local = listener
         .local_addr()
         .map_or_else(|_| cfg.listen.clone(), |a| a.to_string());
-    tracing::info!(listen = %local, upstream = %cfg.upstream, restored, "serving");
-    let served = serve_connections(listener, app, cfg.http.connection_limits(), shutdown)
+    tracing::info!(listen = %local, upstream = %cfg.upstream, "serving");
+    serve_connections(listener, app, cfg.http.connection_limits(), shutdown)
         .await
-        .map_err(|e| e.to_string());
-    // Stop watching, then let the scheduler finish its round so a started claim is journalled.
-    stop.cancel();
-    let _ = watcher.await;
-    settlement.shutdown().await;
-    served
+        .map_err(|e| e.to_string())
 }
