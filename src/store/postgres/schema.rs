@@ -47,22 +47,23 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Brings the schema to [`SCHEMA_VERSION`]. Returns the version found before.
 pub(super) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
     let pg = |context| move |source| StoreError::Postgres { context, source };
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS x402_schema (
-                 version    bigint PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .await
-        .map_err(pg("creating the schema table"))?;
     let tx = client
         .transaction()
         .await
         .map_err(pg("starting the migration"))?;
+    // First the lock, then even the bookkeeping table: instances starting together would
+    // otherwise race on its creation.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg("taking the migration lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS x402_schema (
+             version    bigint PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(pg("creating the schema table"))?;
     let found: i64 = tx
         .query_one("SELECT coalesce(max(version), 0) FROM x402_schema", &[])
         .await
