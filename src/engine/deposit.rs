@@ -120,6 +120,7 @@ impl<S: Store + 'static> Engine<S> {
                     // Refused by the estimate: nothing was broadcast, so the same
                     // authorization may be retried (the estimate refuses a used one again).
                     flight.not_sent();
+                    self.inner.store.forget_authorization(nonce).await;
                 }
                 return Err(Self::chain_reject(id, f));
             }

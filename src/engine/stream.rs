@@ -13,7 +13,7 @@ use super::{Engine, Paid, Refusal, decode::decode, offer};
 use crate::clock::unix_now as now;
 use crate::ledger::Reject;
 use crate::reason::Reason;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::typed_data::ChannelId;
 use crate::verify::VerifiedVoucher;
 use crate::wire::{BatchPayload, ResourceInfo, SettleResponse};
@@ -41,7 +41,7 @@ impl<S: Store + 'static> Engine<S> {
             .check_renewal(id, header, increment)
             .await
             .map_err(|r| self.payment_refusal(resource, increment, r))?;
-        let staged = paid
+        let mut staged = paid
             .reservation
             .stage_renewal(verified, increment, stream_charged, now())
             .map_err(|r| match r.reason {
@@ -52,13 +52,28 @@ impl<S: Store + 'static> Engine<S> {
                 _ => self.payment_refusal(resource, increment, r),
             })?;
         let store = &*self.inner.store;
-        // The stream goes on: a shared store keeps its hold.
-        let written = match store
-            .compare_and_set_held(staged.expected_version(), staged.record())
-            .await
-        {
-            Ok(ticket) => store.wait_durable(ticket).await,
-            Err(e) => Err(e),
+        let mut attempts = 0;
+        let written = loop {
+            attempts += 1;
+            // The stream goes on: a shared store keeps its hold.
+            let result = match store
+                .compare_and_set_held(staged.expected_version(), staged.record())
+                .await
+            {
+                Ok(ticket) => store.wait_durable(ticket).await,
+                Err(e) => Err(e),
+            };
+            // Over a shared store, a conflict that only the chain's side explains (the
+            // settler published a claim) is rebased, as in `Engine::settle`.
+            if let Err(StoreError::Conflict { .. }) = &result
+                && attempts < 4
+                && store.is_shared()
+                && let Ok(Some(stored)) = store.load(id).await
+                && staged.rebase(&stored, &self.inner.ledger)
+            {
+                continue;
+            }
+            break result;
         };
         if let Err(e) = written {
             // Nothing was applied in memory. If the write landed but its durability wait

@@ -96,6 +96,8 @@ pub struct StagedRenewal {
     voucher: VerifiedVoucher,
     increment: u128,
     stream_charged: u128,
+    /// `charged` and `signedMaxClaimable` the checkpoint was built on.
+    base: (u128, u128),
 }
 
 impl fmt::Debug for StagedRenewal {
@@ -118,6 +120,53 @@ impl StagedRenewal {
     pub fn expected_version(&self) -> Option<u64> {
         self.expected_version
     }
+
+    /// Like [`StagedCommit::rebase`], for a checkpoint: after a conflict that only the
+    /// chain's side of `stored` explains, rebuilds the checkpoint on `stored`.
+    pub fn rebase(&mut self, stored: &ChannelRecord, ledger: &Ledger) -> bool {
+        rebase_record(
+            ledger,
+            self.token,
+            self.base,
+            &mut self.record,
+            &mut self.expected_version,
+            stored,
+        )
+    }
+}
+
+/// Rebuilds `record` (built on a state with `base` = (`charged`, `signedMaxClaimable`)) on
+/// `stored`, if `stored` differs from that state only in its chain mirror and refund
+/// marks; also refreshes the held slot's mirror. Returns whether it did.
+fn rebase_record(
+    ledger: &Ledger,
+    token: u64,
+    base: (u128, u128),
+    record: &mut ChannelRecord,
+    expected_version: &mut Option<u64>,
+    stored: &ChannelRecord,
+) -> bool {
+    let (charged, signed) = base;
+    if stored.channel_id != record.channel_id
+        || stored.charged != charged
+        || stored.signed_max_claimable != signed
+        || stored.version == 0
+    {
+        return false;
+    }
+    let moved = ledger.with_held(&record.channel_id, token, |slot| {
+        slot.record.onchain = stored.onchain;
+        slot.record.onchain_synced_at = stored.onchain_synced_at;
+    });
+    if moved.is_err() {
+        return false;
+    }
+    record.onchain = stored.onchain;
+    record.onchain_synced_at = stored.onchain_synced_at;
+    record.refunds = stored.refunds;
+    record.version = stored.version.saturating_add(1);
+    *expected_version = Some(stored.version);
+    true
 }
 
 impl fmt::Debug for Reservation {
@@ -246,9 +295,10 @@ impl Reservation {
             record.last_request_at = now;
             record.version = old.version.saturating_add(1);
             let expected_version = (old.version != 0).then_some(old.version);
-            Ok((record, expected_version))
+            let base = (old.charged, old.signed_max_claimable);
+            Ok((record, expected_version, base))
         })??;
-        let (record, expected_version) = staged;
+        let (record, expected_version, base) = staged;
         Ok(StagedRenewal {
             id,
             token: self.token,
@@ -257,6 +307,7 @@ impl Reservation {
             voucher,
             increment,
             stream_charged,
+            base,
         })
     }
 
@@ -427,28 +478,14 @@ impl StagedCommit {
     /// the commit on top of `stored` and returns `true`: write it again. Otherwise returns
     /// `false` and the commit must be dropped (another instance charged the channel).
     pub fn rebase(&mut self, stored: &ChannelRecord) -> bool {
-        let (charged, signed) = self.base;
-        if stored.channel_id != self.record.channel_id
-            || stored.charged != charged
-            || stored.signed_max_claimable != signed
-            || stored.version == 0
-        {
-            return false;
-        }
-        let id = self.record.channel_id;
-        let moved = self.ledger.with_held(&id, self.token, |slot| {
-            slot.record.onchain = stored.onchain;
-            slot.record.onchain_synced_at = stored.onchain_synced_at;
-        });
-        if moved.is_err() {
-            return false;
-        }
-        self.record.onchain = stored.onchain;
-        self.record.onchain_synced_at = stored.onchain_synced_at;
-        self.record.refunds = stored.refunds;
-        self.record.version = stored.version.saturating_add(1);
-        self.expected_version = Some(stored.version);
-        true
+        rebase_record(
+            &self.ledger,
+            self.token,
+            self.base,
+            &mut self.record,
+            &mut self.expected_version,
+            stored,
+        )
     }
 
     /// Makes the staged record the channel's state and releases the channel. Call only once

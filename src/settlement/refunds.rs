@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::clock::unix_now;
 use crate::ledger::{Claimable, Ledger, OnchainState};
-use crate::store::Store;
+use crate::store::{Hold, Store};
 use crate::typed_data::ChannelId;
 
 /// When an idle channel is refunded.
@@ -87,6 +87,21 @@ pub async fn refund_idle<S: Store + ?Sized>(
         let Some(current) = ledger.record(&id) else {
             continue;
         };
+        // Over a shared store, other instances serve this channel too: hold it in the
+        // database at the version refunded against, or leave it for the next round. The
+        // hold lasts until the refund's outcome is written (no instance may serve on the
+        // balance from before the refund).
+        if store.is_shared()
+            && !matches!(
+                store
+                    .hold(id, (current.version != 0).then_some(current.version))
+                    .await,
+                Ok(Hold::Held)
+            )
+        {
+            let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+            continue;
+        }
         let claim = Claimable::of(&current);
         let remainder = record.onchain.balance.saturating_sub(current.charged);
         if remainder == 0 {
@@ -106,9 +121,15 @@ pub async fn refund_idle<S: Store + ?Sized>(
                 if done.state.balance == done.state.total_claimed
                     && let Ok(removed) = ledger.remove(&id)
                     && removed.version != 0
-                    && let Err(e) = store.remove(id, removed.version).await
                 {
-                    tracing::warn!(channel = %id, error = %e, "store removal after refund failed");
+                    if let Err(e) = store.remove(id, removed.version).await {
+                        tracing::warn!(channel = %id, error = %e, "store removal after refund failed");
+                    }
+                } else if store.is_shared() {
+                    // The new balance reaches the other instances with this write; only
+                    // then may they serve the channel again.
+                    super::shared::publish_one(store, ledger, id).await;
+                    store.release(id);
                 }
                 out.push(Ok(Refunded {
                     channel_id: id,
@@ -120,6 +141,7 @@ pub async fn refund_idle<S: Store + ?Sized>(
             Err(e) => {
                 // Unfence: the mirror goes back to what chain said before.
                 let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+                store.release(id);
                 tracing::warn!(channel = %id, error = %e, reason = %e.reason(), "refund failed");
                 out.push(Err((id, e)));
             }

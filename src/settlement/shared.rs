@@ -7,6 +7,7 @@
 
 use crate::ledger::Ledger;
 use crate::store::{Store, StoreError};
+use crate::typed_data::ChannelId;
 
 /// Takes every record written since `*cursor` into `ledger` and moves the cursor.
 ///
@@ -55,39 +56,57 @@ pub async fn publish_mirrors<S: Store + ?Sized>(store: &S, ledger: &Ledger) -> u
             ledger.note_mirror_change(id);
             continue;
         }
-        for _ in 0..3 {
-            let Some(record) = ledger.record(&id) else {
-                break;
-            };
-            if record.version == 0 {
-                // Never stored: other instances read such a channel from chain themselves.
-                break;
-            }
-            let mut next = record.clone();
-            next.version = record.version.saturating_add(1);
-            let result = match store.compare_and_set(Some(record.version), &next).await {
-                Ok(ticket) => store.wait_durable(ticket).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => {
-                    ledger.persisted(&id, record.version, next.version);
-                    written += 1;
-                    break;
-                }
-                Err(StoreError::Conflict { .. }) => match store.load(id).await {
-                    Ok(Some(stored)) => {
-                        ledger.merge([stored]);
-                    }
-                    _ => break,
-                },
-                Err(e) => {
-                    tracing::warn!(channel = %id, error = %e, "publishing chain state failed; retrying later");
-                    ledger.note_mirror_change(id);
-                    break;
-                }
-            }
+        if publish_one(store, ledger, id).await {
+            written += 1;
         }
     }
     written
+}
+
+/// Writes `id`'s cached record (its mirror) to the shared store now; see
+/// [`publish_mirrors`]. Returns whether it was written.
+pub(crate) async fn publish_one<S: Store + ?Sized>(
+    store: &S,
+    ledger: &Ledger,
+    id: ChannelId,
+) -> bool {
+    for _ in 0..3 {
+        let Some(record) = ledger.record(&id) else {
+            return false;
+        };
+        if record.version == 0 {
+            // Never stored: other instances read such a channel from chain themselves.
+            return false;
+        }
+        let mut next = record.clone();
+        next.version = record.version.saturating_add(1);
+        // `_held`: a request another instance is serving keeps its hold (its commit rebases
+        // over this chain-only change).
+        let result = match store
+            .compare_and_set_held(Some(record.version), &next)
+            .await
+        {
+            Ok(ticket) => store.wait_durable(ticket).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                ledger.persisted(&id, record.version, next.version);
+                return true;
+            }
+            Err(StoreError::Conflict { .. }) => match store.load(id).await {
+                Ok(Some(stored)) => {
+                    ledger.merge([stored]);
+                }
+                _ => return false,
+            },
+            Err(e) => {
+                tracing::warn!(channel = %id, error = %e, "publishing chain state failed; retrying later");
+                ledger.note_mirror_change(id);
+                return false;
+            }
+        }
+    }
+    ledger.note_mirror_change(id);
+    false
 }

@@ -174,6 +174,16 @@ pub trait Store: Send + Sync {
         let _ = nonce;
         std::future::ready(Ok(true))
     }
+
+    /// Undoes [`Store::first_use_of_authorization`] for an authorization that was never
+    /// broadcast (its estimate failed), so the payer may submit it again. Best effort.
+    fn forget_authorization(
+        &self,
+        nonce: alloy_primitives::B256,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = nonce;
+        std::future::ready(())
+    }
 }
 
 /// The answer of [`Store::hold`].
@@ -275,6 +285,13 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         nonce: alloy_primitives::B256,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).first_use_of_authorization(nonce)
+    }
+
+    fn forget_authorization(
+        &self,
+        nonce: alloy_primitives::B256,
+    ) -> impl Future<Output = ()> + Send {
+        (**self).forget_authorization(nonce)
     }
 }
 

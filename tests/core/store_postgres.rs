@@ -307,3 +307,99 @@ async fn pay(
         Authorized::Refunded(_) => panic!("not a refund"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_authorization_is_sent_once_across_instances() {
+    let pg = PgServer::start();
+    let f = Fixture::new().await;
+    let c = f.config(5);
+    let a = engine(&pg, "a", &f).await;
+    let b = engine(&pg, "b", &f).await;
+    let header = encode_header(&f.deposit_payload(&c, PRICE, 50_000));
+
+    // The estimate refuses it first: nothing was broadcast, so it may come again.
+    *f.chain.fail_deposit.lock() = Some(Reason::DepositSimulationFailed);
+    let refused = authorize(&a, &header).await.expect_err("refused");
+    assert_eq!(refused.reason, Some(Reason::DepositSimulationFailed));
+    *f.chain.fail_deposit.lock() = None;
+
+    let paid = authorize(&b, &header).await.expect("deposited through b");
+    let calls = f
+        .chain
+        .deposit_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        f.chain.deposits.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // The same header at the other instance while b's request runs (its voucher still
+    // fits): refused before any estimate or transaction.
+    let replay = authorize(&a, &header).await.expect_err("replay refused");
+    assert_eq!(replay.reason, Some(Reason::DepositSimulationFailed));
+    assert!(
+        replay.message.contains("already submitted"),
+        "{}",
+        replay.message
+    );
+    assert_eq!(
+        f.chain
+            .deposit_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        calls
+    );
+    b.settle(paid, PRICE).await.expect("settled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_executed_by_one_instance_is_spent_at_the_others() {
+    let pg = PgServer::start();
+    let f = Fixture::new().await;
+    let c = f.config(6);
+    f.fund(&c, 100_000);
+    let a = engine(&pg, "a", &f).await;
+    let b = engine(&pg, "b", &f).await;
+    let paid = pay(&a, &f, &c, PRICE).await.expect("paid");
+    a.settle(paid, 700).await.expect("settled");
+    // b learns the channel (and caches it) before the refund.
+    let _ = b.store().load_all().await.expect("load");
+    let seen = pay(&b, &f, &c, 700 + PRICE).await.expect("b serves");
+    drop(seen);
+
+    let refund = encode_header(&f.refund_payload(&c, 700, Some(10_000)));
+    match a
+        .authorize(Some(refund.as_bytes()), PRICE, &resource())
+        .await
+    {
+        Ok(Authorized::Refunded(r)) => assert!(r.success),
+        other => panic!("refund: {other:?}"),
+    }
+    assert_eq!(f.chain.refunds.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The same refund header at b: b's cache is behind, the store is not.
+    let replay = b
+        .authorize(Some(refund.as_bytes()), PRICE, &resource())
+        .await
+        .expect_err("replay refused");
+    assert_eq!(replay.reason, Some(Reason::RefundAlreadyExecuted));
+    assert_eq!(f.chain.refunds.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+fn resource() -> ResourceInfo {
+    ResourceInfo {
+        url: "http://localhost/paid".into(),
+        description: None,
+        mime_type: None,
+    }
+}
+
+async fn authorize(
+    e: &Engine<PostgresStore>,
+    header: &str,
+) -> Result<x402_upto::engine::Paid, x402_upto::engine::Refusal> {
+    match e
+        .authorize(Some(header.as_bytes()), PRICE, &resource())
+        .await?
+    {
+        Authorized::Paid(p) => Ok(p),
+        Authorized::Refunded(_) => panic!("not a refund"),
+    }
+}

@@ -162,6 +162,60 @@ impl PostgresStore {
         )
     }
 
+    /// Registers this instance as live with its relayer address, unless another live
+    /// instance (seen within `live`) already sends with it: two processes sending from one
+    /// key race on its nonces. Returns the other instance's name in that case.
+    pub async fn register_instance(
+        &self,
+        relayer: alloy_primitives::Address,
+        live: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let conn = self.read_link().conn().await?;
+        let ms = millis(live);
+        let other = conn
+            .client
+            .query_opt(
+                "SELECT name FROM x402_instances WHERE relayer = $1 AND name <> $2 \
+                 AND seen_at > clock_timestamp() - $3::bigint * interval '1 millisecond'",
+                &[&relayer.as_slice(), &self.options.instance, &ms],
+            )
+            .await
+            .map_err(unavailable("reading live instances"))?;
+        if let Some(row) = other {
+            return Ok(Some(row.get(0)));
+        }
+        self.heartbeat(relayer).await?;
+        Ok(None)
+    }
+
+    /// Marks this instance live now (see [`Self::register_instance`]).
+    pub async fn heartbeat(&self, relayer: alloy_primitives::Address) -> Result<(), StoreError> {
+        let conn = self.read_link().conn().await?;
+        conn.client
+            .execute(
+                "INSERT INTO x402_instances (name, relayer, seen_at) \
+                 VALUES ($1, $2, clock_timestamp()) \
+                 ON CONFLICT (name) DO UPDATE SET relayer = EXCLUDED.relayer, seen_at = EXCLUDED.seen_at",
+                &[&self.options.instance, &relayer.as_slice()],
+            )
+            .await
+            .map_err(unavailable("recording this instance"))?;
+        Ok(())
+    }
+
+    /// Forgets this instance (graceful shutdown).
+    pub async fn deregister_instance(&self) -> Result<(), StoreError> {
+        let conn = self.read_link().conn().await?;
+        conn.client
+            .execute(
+                "DELETE FROM x402_instances WHERE name = $1",
+                &[&self.options.instance],
+            )
+            .await
+            .map_err(unavailable("forgetting this instance"))?;
+        Ok(())
+    }
+
     fn read_link(&self) -> &Link {
         let i = self.next_read.fetch_add(1, Ordering::Relaxed) % self.reads.len();
         &self.reads[i]
@@ -371,6 +425,23 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable("recording a deposit authorization"))?;
         Ok(inserted == 1)
+    }
+
+    async fn forget_authorization(&self, nonce: B256) {
+        let result = match self.read_link().conn().await {
+            Ok(conn) => conn
+                .client
+                .execute(
+                    "DELETE FROM x402_authorizations WHERE nonce = $1",
+                    &[&nonce.as_slice()],
+                )
+                .await
+                .map_err(unavailable("forgetting a deposit authorization")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(%nonce, error = %e, "an unsent authorization stays marked as submitted");
+        }
     }
 }
 

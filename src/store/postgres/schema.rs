@@ -13,7 +13,7 @@ const MIGRATION_LOCK: i64 = 0x7834_3032_7570_746f;
 const MIGRATIONS: &[&str] = &[
     // 1: channel records (the codec's bytes: the same format as sled), the cross-instance
     // hold, a change sequence for caches; the claim journal; submitted deposit
-    // authorizations; the settler lease.
+    // authorizations; the settler lease; live instances and their relayer addresses.
     "CREATE SEQUENCE x402_channel_seq;
      CREATE TABLE x402_channels (
          id         bytea PRIMARY KEY CHECK (length(id) = 32),
@@ -38,6 +38,11 @@ const MIGRATIONS: &[&str] = &[
          expires_at timestamptz NOT NULL,
          epoch      bigint NOT NULL,
          polled_at  bigint NOT NULL DEFAULT 0
+     );
+     CREATE TABLE x402_instances (
+         name    text PRIMARY KEY,
+         relayer bytea NOT NULL,
+         seen_at timestamptz NOT NULL
      );",
 ];
 

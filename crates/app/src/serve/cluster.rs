@@ -31,6 +31,21 @@ pub(super) async fn serve_shared(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    // One relayer key per instance (see the module docs): refuse a key another live
+    // instance sends with.
+    let live = Duration::from_secs(pg.lease_secs);
+    match store.register_instance(chain.relayer, live).await {
+        Ok(None) => {}
+        Ok(Some(other)) => {
+            return Err(format!(
+                "relayer {} is in use by the live instance {other:?}: give each instance its own \
+                 relayer key (or wait {} s after a crash, or reuse the crashed instance's \
+                 [postgres] instance name)",
+                chain.relayer, pg.lease_secs
+            ));
+        }
+        Err(e) => return Err(format!("registering this instance: {e}")),
+    }
     let (engine, ledger) = chain.engine(&cfg, Arc::clone(&store)).await?;
     let freshness = freshness_of(&cfg, &engine);
     // One settler per escrow, chain and receiver: instances of another deployment may share
@@ -93,6 +108,9 @@ impl Role {
                 tracing::warn!(error = %e, "releasing the settler lease failed; it expires");
             }
         }
+        if let Err(e) = self.store.deregister_instance().await {
+            tracing::warn!(error = %e, "forgetting this instance failed; it ages out");
+        }
     }
 
     /// One renewal: keeps, starts or stops the settler.
@@ -100,6 +118,9 @@ impl Role {
         &self,
         settler: Option<Settler<PostgresStore>>,
     ) -> Option<Settler<PostgresStore>> {
+        if let Err(e) = self.store.heartbeat(self.chain.relayer).await {
+            tracing::warn!(error = %e, "recording this instance as live failed");
+        }
         let polled = self.freshness.as_ref().map_or(0, Freshness::last_poll);
         let held = match self.lease.acquire(polled).await {
             Ok(epoch) => epoch,

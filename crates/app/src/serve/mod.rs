@@ -110,6 +110,8 @@ struct ChainParts {
     escrow: Arc<x402_upto::chain::escrow::EscrowClient>,
     domain: x402_upto::typed_data::EscrowDomain,
     receiver_authorizer: alloy_primitives::Address,
+    /// The address this instance sends its transactions from.
+    relayer: alloy_primitives::Address,
 }
 
 impl ChainParts {
@@ -127,6 +129,7 @@ impl ChainParts {
             .connect_http(url)
             .erased();
         let domain = x402_upto::typed_data::EscrowDomain::new(cfg.chain_id, cfg.escrow);
+        let relayer_address = relayer.address();
         let sender = x402_upto::chain::tx::TxSender::new(
             provider.clone(),
             relayer,
@@ -150,6 +153,7 @@ impl ChainParts {
             escrow,
             domain,
             receiver_authorizer,
+            relayer: relayer_address,
         })
     }
 

@@ -79,12 +79,43 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let config = self.dir.path().join(format!("serve-{i}.toml"));
-        let head = self.chain.serve_toml(
-            &format!("127.0.0.1:{}", self.ports[i]),
-            &self.upstream,
-            "UNUSED",
+        let config = self.write_config(
+            &format!("serve-{i}"),
+            self.ports[i],
+            &format!("instance-{i}"),
         );
+        let log = std::fs::File::create(self.dir.path().join(format!("serve-{i}.log")))
+            .expect("log file");
+        let child = self
+            .command(&config, RELAYERS[i])
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn serve");
+        self.children[i] = Some(child);
+    }
+
+    fn command(&self, config: &std::path::Path, relayer: usize) -> tokio::process::Command {
+        let key = |n: usize| {
+            format!(
+                "0x{}",
+                hex::encode(self.chain.net.key(n).expect("key").to_bytes())
+            )
+        };
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("X402_RELAYER_KEY", key(relayer))
+            .env("X402_RECEIVER_AUTHORIZER_KEY", key(AUTHORIZER))
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    fn write_config(&self, file: &str, port: u16, instance: &str) -> std::path::PathBuf {
+        let config = self.dir.path().join(format!("{file}.toml"));
+        let head = self
+            .chain
+            .serve_toml(&format!("127.0.0.1:{port}"), &self.upstream, "UNUSED");
         let head = head.replace("store = \"UNUSED\"\n", "");
         let toml = format!(
             r#"{head}
@@ -104,30 +135,12 @@ url = "{url}"
 hold_secs = 3
 lease_secs = 3
 refresh_ms = 200
-instance = "instance-{i}"
+instance = "{instance}"
 "#,
             url = self.pg.url()
         );
         std::fs::write(&config, toml).expect("config");
-        let key = |n: usize| {
-            format!(
-                "0x{}",
-                hex::encode(self.chain.net.key(n).expect("key").to_bytes())
-            )
-        };
-        let log = std::fs::File::create(self.dir.path().join(format!("serve-{i}.log")))
-            .expect("log file");
-        let child = tokio::process::Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("X402_RELAYER_KEY", key(RELAYERS[i]))
-            .env("X402_RECEIVER_AUTHORIZER_KEY", key(AUTHORIZER))
-            .env("RUST_LOG", "info")
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn serve");
-        self.children[i] = Some(child);
+        config
     }
 
     /// SIGKILL, no goodbye.
@@ -357,6 +370,20 @@ async fn three_instances_charge_exactly_once_and_survive_kills_and_a_database_re
             tail(&c.log(i))
         );
     }
+
+    // A fourth instance with instance 0's relayer key is refused at start: two processes
+    // sending from one key would race on its nonces.
+    let config = c.write_config("intruder", free_port(), "intruder");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.command(&config, RELAYERS[0]).output(),
+    )
+    .await
+    .expect("the intruder exits")
+    .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by the live instance"), "{err}");
 
     // Phase 2, kill -9 under load, twice, the settler (instance 0 took the lease first) first.
     for victim in [0usize, 1] {
