@@ -216,6 +216,21 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// The database's committed transactions so far (`pg_stat_database.xact_commit`: every
+    /// client's, not only ours), for benchmarks.
+    pub async fn database_commits(&self) -> Result<u64, StoreError> {
+        let conn = self.read_link().conn().await?;
+        let row = conn
+            .client
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(unavailable("reading pg_stat_database"))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
     fn read_link(&self) -> &Link {
         let i = self.next_read.fetch_add(1, Ordering::Relaxed) % self.reads.len();
         &self.reads[i]

@@ -28,7 +28,7 @@ use serde_json::json;
 use x402_upto::client::{CANONICAL_COLLECTOR, CANONICAL_ESCROW};
 use x402_upto::engine::{ChainAccess, ColdReadLimits, Engine, EngineConfig};
 use x402_upto::server::{Charge, PaymentLayer};
-use x402_upto::store::{Durability, SledOptions, SledStore};
+use x402_upto::store::{Durability, PgOptions, PostgresStore, SledOptions, SledStore, Store};
 use x402_upto::typed_data::EscrowDomain;
 use x402_upto::verify::recover_signer;
 use x402_upto::wire::{
@@ -80,6 +80,13 @@ pub struct BenchServerArgs {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Keep the channels in this PostgreSQL database (the shared store of several
+    /// instances) instead of sled; `--durability` does not apply (commits are durable).
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// This instance's name in the shared store (several bench servers on one database).
+    #[arg(long)]
+    pub instance: Option<String>,
 }
 
 /// Arguments of `internal bench-ceiling`.
@@ -201,11 +208,6 @@ async fn run_server(args: &BenchServerArgs) -> crate::Result<()> {
         Some(authorizer.clone()),
         domain.clone(),
     ));
-    let dir = tempfile::tempdir().map_err(|e| fail("temp dir", e))?;
-    let store = Arc::new(
-        SledStore::open(dir.path(), SledOptions::with_durability(args.durability))
-            .map_err(|e| fail("store", e))?,
-    );
     let config = EngineConfig {
         network: Eip155Network(chain_id),
         pay_to: args.pay_to.unwrap_or(authorizer.address()),
@@ -219,8 +221,71 @@ async fn run_server(args: &BenchServerArgs) -> crate::Result<()> {
     };
     let ledger = x402_upto::Ledger::new(domain);
     let access: Arc<dyn ChainAccess> = escrow;
-    let engine = Engine::new(config, ledger.clone(), Arc::clone(&store), Some(access))
-        .map_err(|e| fail("engine", e))?;
+    if let Some(url) = &args.postgres {
+        let mut options = PgOptions::new(url.clone());
+        if let Some(name) = &args.instance {
+            options.instance = name.clone();
+        }
+        let store = Arc::new(
+            PostgresStore::open(options)
+                .await
+                .map_err(|e| fail("postgres store", e))?,
+        );
+        let commits = {
+            let store = Arc::clone(&store);
+            move || {
+                let store = Arc::clone(&store);
+                async move { store.database_commits().await.ok() }
+            }
+        };
+        let label = "postgres";
+        return serve_engine(
+            args, chain_id, config, ledger, access, store, label, commits,
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().map_err(|e| fail("temp dir", e))?;
+    let store = Arc::new(
+        SledStore::open(dir.path(), SledOptions::with_durability(args.durability))
+            .map_err(|e| fail("store", e))?,
+    );
+    let label = format!("{:?}", args.durability).to_lowercase();
+    let served = serve_engine(
+        args,
+        chain_id,
+        config,
+        ledger,
+        access,
+        store,
+        &label,
+        || async { None },
+    )
+    .await;
+    // Dropped last: the store directory goes away only after the server stopped.
+    drop(dir);
+    served
+}
+
+/// Serves the paid route over an engine on `store` until SIGTERM. `commits` reads the
+/// database's commit counter, where there is one (reported in `/admin/stats`).
+#[allow(clippy::too_many_arguments)]
+async fn serve_engine<S, F, Fut>(
+    args: &BenchServerArgs,
+    chain_id: u64,
+    config: EngineConfig,
+    ledger: x402_upto::Ledger,
+    access: Arc<dyn ChainAccess>,
+    store: Arc<S>,
+    durability: &str,
+    commits: F,
+) -> crate::Result<()>
+where
+    S: Store + 'static,
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<u64>> + Send,
+{
+    let engine =
+        Engine::new(config, ledger.clone(), store, Some(access)).map_err(|e| fail("engine", e))?;
     // A load run opens every virtual client's channel at once; the default cold-read bucket
     // (500 burst) is sized for strangers, not for a benchmark's own warm-up.
     engine.set_cold_read_limits(ColdReadLimits {
@@ -244,6 +309,7 @@ async fn run_server(args: &BenchServerArgs) -> crate::Result<()> {
                 "paidResponses": stats.paid_responses.load(Ordering::Relaxed),
                 "chargedTotal": charged.to_string(),
                 "channels": records.len(),
+                "dbCommits": commits().await,
             }))
         }
     };
@@ -267,15 +333,12 @@ async fn run_server(args: &BenchServerArgs) -> crate::Result<()> {
         "READY {}",
         json!({"url": url, "paid": format!("{url}/paid"), "stats": format!("{url}/admin/stats"),
                "price": args.price.to_string(), "charge": args.charge.to_string(),
-               "durability": format!("{:?}", args.durability).to_lowercase(), "chainId": chain_id})
+               "durability": durability, "chainId": chain_id})
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(stopped())
         .await
-        .map_err(|e| fail("serve", e))?;
-    // Dropped last: the store directory goes away only after the server stopped.
-    drop(dir);
-    Ok(())
+        .map_err(|e| fail("serve", e))
 }
 
 /// What the ceiling needs from `payload`: the same fields our engine reads for a voucher.
