@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark (docs/benchmarks.md, "Side-by-side"): our server, the official
-# @x402/express batch-settlement server and the one-recovery ceiling, on the same machine, in
-# one run, at the same concurrency, measured by the same Rust load generator (`x402-upto bench`).
+# Side-by-side benchmark (docs/benchmarks.md, "Side-by-side"): our server (on sled, and on
+# PostgreSQL with one and two instances), the official @x402/express batch-settlement server
+# and the one-recovery ceiling, on the same machine, in one run, at the same concurrency,
+# measured by the same Rust load generator (`x402-upto bench`).
 #
 #   bash scripts/bench.sh                 # full: C = 8 and 32, 10 s per target, 3 rounds (≈ 6 min)
 #   bash scripts/bench.sh --quick         # CI: C = 4, 2 s per target, 1 round (≈ 30 s after the build)
@@ -53,9 +54,14 @@ fi
 
 work="$(mktemp -d -t x402-bench.XXXXXX)"
 pids=()
+pg_bin=""
+as_postgres=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "$pg_bin" ] && [ -f "$work/pg/data/postmaster.pid" ]; then
+    "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -95,13 +101,45 @@ pids+=($!); ours_pid=$!
 pids+=($!); stock_pid=$!
 "${server_cpu[@]}" "$bin" internal bench-ceiling --price 1000 >"$work/ceiling.log" 2>"$work/ceiling.err" &
 pids+=($!); ceiling_pid=$!
-extra=(--pids "ours=$ours_pid,stock=$stock_pid,ceiling=$ceiling_pid")
+# Our server on the PostgreSQL store, one instance and two (each its own relayer: anvil #7,
+# #8, #9), each row on its own database of one throwaway cluster on the same cores, fsync on.
+pg_bin="$(bash scripts/postgres.sh)"
+mkdir -p "$work/pg"
+if [ "$(id -u)" = 0 ]; then
+  chown postgres:postgres "$work" "$work/pg"
+  as_postgres=(runuser -u postgres --)
+fi
+pg_port="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
+"${as_postgres[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres --auth=trust --no-sync -E UTF8 >"$work/pg-init.log" 2>&1
+"${server_cpu[@]}" "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w \
+  -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=100" start >/dev/null
+pg_pid="$(head -n 1 "$work/pg/data/postmaster.pid")"
+"$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres pg1
+"$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres pg2
+pg_url() { echo "postgres://postgres@127.0.0.1:$pg_port/$1"; }
+pg_server() { # name, database, relayer key
+  "${server_cpu[@]}" "$bin" internal bench-server --rpc "$rpc" --token "$token" --price 1000 --charge 500 \
+    --postgres "$(pg_url "$2")" --instance "$1" --relayer-key "$3" >"$work/$1.log" 2>"$work/$1.err" &
+  pids+=($!)
+}
+pg_server ours-pg pg1 0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356
+pg1_pid=$!
+pg_server ours-pg2-a pg2 0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97
+pg2a_pid=$!
+pg_server ours-pg2-b pg2 0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6
+pg2b_pid=$!
+ours_pg="$(json_field "$(ready "$work/ours-pg.log" "READY " "$pg1_pid")" paid)"
+ours_pg2="$(json_field "$(ready "$work/ours-pg2-a.log" "READY " "$pg2a_pid")" paid),$(json_field "$(ready "$work/ours-pg2-b.log" "READY " "$pg2b_pid")" paid)"
+pg_pids="ours-pg=$pg1_pid,ours-pg2=$pg2a_pid+$pg2b_pid,db=$pg_pid"
+
+extra=(--pids "ours=$ours_pid,stock=$stock_pid,ceiling=$ceiling_pid,$pg_pids" --ours-pg "$ours_pg" --ours-pg2 "$ours_pg2")
 if [ "$quick" = 0 ]; then
   # Diagnostic row: the same server without the durable write (not a goal target).
   "${server_cpu[@]}" "$bin" internal bench-server --rpc "$rpc" --token "$token" --price 1000 --charge 500 \
     --durability none --relayer-key "$relayer_none" >"$work/ours-none.log" 2>"$work/ours-none.err" &
   pids+=($!); none_pid=$!
-  extra=(--pids "ours=$ours_pid,stock=$stock_pid,ceiling=$ceiling_pid,ours-none=$none_pid"
+  extra=(--pids "ours=$ours_pid,stock=$stock_pid,ceiling=$ceiling_pid,ours-none=$none_pid,$pg_pids"
+         --ours-pg "$ours_pg" --ours-pg2 "$ours_pg2"
          --ours-none "$(json_field "$(ready "$work/ours-none.log" "READY " "$none_pid")" paid)")
 fi
 ours="$(json_field "$(ready "$work/ours.log" "READY " "$ours_pid")" paid)"

@@ -399,8 +399,12 @@ impl Store for PostgresStore {
         let Some(conn) = self.holds_now() else {
             return;
         };
+        // Dropped outside a runtime (shutdown): the hold expires on its own.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let me = self.options.instance.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let id = channel_id.0.as_slice();
             if let Err(e) = conn.client.execute(&conn.st.release, &[&id, &me]).await {
                 tracing::debug!(channel = %channel_id, error = %e, "releasing a hold failed; it expires");

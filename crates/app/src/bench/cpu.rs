@@ -14,6 +14,9 @@ pub struct CpuUse {
     pub machine: f64,
     /// Server CPU time per paid request, µs.
     pub server_us_per_request: Option<f64>,
+    /// The database server (PostgreSQL's postmaster and its backends), when the target
+    /// uses one.
+    pub db: Option<f64>,
 }
 
 /// Clock ticks of a process (`utime + stime` from `/proc/<pid>/stat`).
@@ -23,6 +26,34 @@ fn proc_ticks(pid: &str) -> Option<u64> {
     let rest = stat.rsplit_once(") ")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks of process `root` and its direct children (PostgreSQL: the postmaster and
+/// its backends), scanning `/proc`.
+fn tree_ticks(root: u32) -> Option<u64> {
+    let mut total = proc_ticks(&root.to_string())?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(root) {
+            let ticks = f.get(11).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+            total += ticks;
+        }
+    }
+    Some(total)
 }
 
 /// (busy, total) clock ticks of the whole machine, from `/proc/stat`.
@@ -41,14 +72,25 @@ fn machine_ticks() -> Option<(u64, u64)> {
 #[derive(Clone, Copy)]
 pub(super) struct CpuMark {
     server: Option<u64>,
+    db: Option<u64>,
     me: Option<u64>,
     machine: Option<(u64, u64)>,
 }
 
 impl CpuMark {
-    pub(super) fn now(pid: Option<u32>) -> Self {
+    /// Ticks now of the server processes `pids` (summed: several instances of one target)
+    /// and of the database whose postmaster is `db`.
+    pub(super) fn now(pids: &[u32], db: Option<u32>) -> Self {
+        let server = (!pids.is_empty())
+            .then(|| {
+                pids.iter()
+                    .map(|p| proc_ticks(&p.to_string()))
+                    .sum::<Option<u64>>()
+            })
+            .flatten();
         Self {
-            server: pid.and_then(|p| proc_ticks(&p.to_string())),
+            server,
+            db: db.and_then(tree_ticks),
             me: proc_ticks("self"),
             machine: machine_ticks(),
         }
@@ -70,6 +112,7 @@ impl CpuMark {
         let server = self.server.zip(later.server).map(|(a, b)| pct(a, b));
         Some(CpuUse {
             server,
+            db: self.db.zip(later.db).map(|(a, b)| pct(a, b)),
             loadgen: pct(self.me?, later.me?),
             machine,
             server_us_per_request: self

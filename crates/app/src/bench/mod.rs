@@ -44,6 +44,13 @@ pub struct BenchArgs {
     /// how much of the gap to the ceiling is the durable write).
     #[arg(long)]
     pub ours_none: Option<String>,
+    /// Paid URL of our server on the PostgreSQL store (`bench-server --postgres`).
+    #[arg(long)]
+    pub ours_pg: Option<String>,
+    /// Paid URLs, comma-separated, of two (or more) instances of our server on one
+    /// PostgreSQL store; virtual client i pays instance i mod n.
+    #[arg(long)]
+    pub ours_pg2: Option<String>,
     /// Paid URL of the stock `@x402/express` server (`?charge=<charge>` is appended).
     #[arg(long)]
     pub stock: Option<String>,
@@ -81,7 +88,8 @@ pub struct BenchArgs {
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
-    /// Server process ids for CPU accounting, `name=pid` (names: ours, stock, ceiling).
+    /// Server process ids for CPU accounting, `name=pid` or `name=pid+pid` (names: ours,
+    /// stock, ceiling, ours-none, ours-pg, ours-pg2; `db`: PostgreSQL's postmaster).
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<String>,
     /// Also write every measurement as JSON here.
@@ -105,6 +113,10 @@ pub struct Ratios {
     pub stock_p99_over_ours: Option<Spread>,
     /// ours req/s ÷ ceiling req/s (goal ≥ 0.9).
     pub ours_over_ceiling: Option<Spread>,
+    /// ours on PostgreSQL (1 instance) req/s ÷ ours on sled req/s (goal ≥ 0.5).
+    pub pg_over_ours: Option<Spread>,
+    /// ours on PostgreSQL (2 instances) req/s ÷ ours on sled req/s.
+    pub pg2_over_ours: Option<Spread>,
 }
 
 /// Median and range of per-round ratios.
@@ -166,11 +178,27 @@ fn targets(args: &BenchArgs) -> Vec<Target> {
         let u: http::Uri = url.parse().ok()?;
         Some(format!("http://{}/admin/stats", u.authority()?))
     };
-    let pid = |name: &str| -> Option<u32> {
-        args.pids.iter().find_map(|p| {
-            let (n, v) = p.split_once('=')?;
-            (n == name).then(|| v.parse().ok()).flatten()
-        })
+    let pids = |name: &str| -> Vec<u32> {
+        args.pids
+            .iter()
+            .filter_map(|p| p.split_once('='))
+            .filter(|(n, _)| *n == name)
+            .flat_map(|(_, v)| v.split('+').filter_map(|x| x.parse().ok()))
+            .collect()
+    };
+    let db = pids("db").first().copied();
+    let ours = |name: &str, url: &str, db_pid: Option<u32>| {
+        let stats: Vec<String> = url.split(',').filter_map(origin_stats).collect();
+        Target {
+            name: name.into(),
+            url: url.to_owned(),
+            stats: (!stats.is_empty()).then(|| stats.join(",")),
+            deposit: true,
+            budget_rate: args.budget_fast,
+            cycle: false,
+            pids: pids(name),
+            db_pid,
+        }
     };
     let mut t = Vec::new();
     if let Some(u) = &args.ceiling {
@@ -181,30 +209,21 @@ fn targets(args: &BenchArgs) -> Vec<Target> {
             deposit: false,
             budget_rate: args.budget_fast,
             cycle: true,
-            pid: pid("ceiling"),
+            pids: pids("ceiling"),
+            db_pid: None,
         });
     }
     if let Some(u) = &args.ours {
-        t.push(Target {
-            name: "ours".into(),
-            url: u.clone(),
-            stats: origin_stats(u),
-            deposit: true,
-            budget_rate: args.budget_fast,
-            cycle: false,
-            pid: pid("ours"),
-        });
+        t.push(ours("ours", u, None));
+    }
+    if let Some(u) = &args.ours_pg {
+        t.push(ours("ours-pg", u, db));
+    }
+    if let Some(u) = &args.ours_pg2 {
+        t.push(ours("ours-pg2", u, db));
     }
     if let Some(u) = &args.ours_none {
-        t.push(Target {
-            name: "ours-none".into(),
-            url: u.clone(),
-            stats: origin_stats(u),
-            deposit: true,
-            budget_rate: args.budget_fast,
-            cycle: false,
-            pid: pid("ours-none"),
-        });
+        t.push(ours("ours-none", u, None));
     }
     if let Some(u) = &args.stock {
         let sep = if u.contains('?') { '&' } else { '?' };
@@ -215,7 +234,8 @@ fn targets(args: &BenchArgs) -> Vec<Target> {
             deposit: true,
             budget_rate: args.budget_stock,
             cycle: false,
-            pid: pid("stock"),
+            pids: pids("stock"),
+            db_pid: None,
         });
     }
     t
@@ -355,6 +375,7 @@ fn medians(runs: &[Measurement], cs: &[usize], targets: &[Target]) -> Vec<Measur
 
 fn ratios(runs: &[Measurement], c: usize, rounds: usize) -> Ratios {
     let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pg, mut pg2) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let get = |name: &str| {
             runs.iter()
@@ -365,12 +386,24 @@ fn ratios(runs: &[Measurement], c: usize, rounds: usize) -> Ratios {
         a.extend(ours.zip(stock).and_then(|(o, s)| div(o.rps, s.rps)));
         b.extend(ours.zip(stock).and_then(|(o, s)| div(s.p99_ms, o.p99_ms)));
         d.extend(ours.zip(ceiling).and_then(|(o, x)| div(o.rps, x.rps)));
+        pg.extend(
+            get("ours-pg")
+                .zip(ours)
+                .and_then(|(p, o)| div(p.rps, o.rps)),
+        );
+        pg2.extend(
+            get("ours-pg2")
+                .zip(ours)
+                .and_then(|(p, o)| div(p.rps, o.rps)),
+        );
     }
     Ratios {
         concurrency: c,
         ours_over_stock: spread(a),
         stock_p99_over_ours: spread(b),
         ours_over_ceiling: spread(d),
+        pg_over_ours: spread(pg),
+        pg2_over_ours: spread(pg2),
     }
 }
 
@@ -380,6 +413,8 @@ fn label(target: &str) -> &str {
         "stock" => "official @x402/express (in memory)",
         "ceiling" => "ceiling (1 recovery)",
         "ours-none" => "ours, durability `none` (diagnostic)",
+        "ours-pg" => "ours on PostgreSQL, 1 instance",
+        "ours-pg2" => "ours on PostgreSQL, 2 instances",
         other => other,
     }
 }
@@ -422,11 +457,11 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
     }
     let _ = writeln!(
         s,
-        "\n| C | target | paid req/s | p50 ms | p90 ms | p99 ms | max ms | 200s | errors | server books | server CPU % | server CPU µs/req | load gen CPU % | machine CPU % |"
+        "\n| C | target | paid req/s | p50 ms | p90 ms | p99 ms | max ms | 200s | errors | server books | server CPU % | server CPU µs/req | load gen CPU % | machine CPU % | db CPU % | db commits/s |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     for m in table {
         let books = match &m.accounting {
@@ -442,7 +477,7 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0}{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0}{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             m.concurrency,
             label(&m.target),
             m.rps,
@@ -458,6 +493,8 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
             opt(m.cpu.and_then(|c| c.server_us_per_request), 0),
             opt(m.cpu.map(|c| c.loadgen), 0),
             opt(m.cpu.map(|c| c.machine), 0),
+            opt(m.cpu.and_then(|c| c.db), 0),
+            opt(m.db_commits_per_s, 0),
         );
     }
     let _ = writeln!(
@@ -474,6 +511,24 @@ fn markdown(args: &BenchArgs, table: &[Measurement], ratios: &[Ratios], clean: b
             verdict(r.stock_p99_over_ours, 10.0, "×"),
             verdict(r.ours_over_ceiling, 0.9, ""),
         );
+    }
+    if ratios
+        .iter()
+        .any(|r| r.pg_over_ours.is_some() || r.pg2_over_ours.is_some())
+    {
+        let _ = writeln!(
+            s,
+            "\nThe PostgreSQL store against sled, within each round (the database on the same cores):\n\n| C | PostgreSQL 1 instance ÷ sled, req/s (goal ≥ 0.5) | PostgreSQL 2 instances ÷ sled, req/s |\n|---|---|---|"
+        );
+        for r in ratios {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                r.concurrency,
+                verdict(r.pg_over_ours, 0.5, ""),
+                opt(r.pg2_over_ours.map(|v| v.median), 2),
+            );
+        }
     }
     if !clean {
         let _ = writeln!(

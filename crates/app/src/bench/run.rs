@@ -54,8 +54,12 @@ pub struct Target {
     /// presigned vouchers instead of a fresh one per request. Every request still costs the
     /// server one full decode and recovery.
     pub cycle: bool,
-    /// Process id of the server, to report its CPU time over the timed phase.
-    pub pid: Option<u32>,
+    /// Process ids of the server (several: instances behind one target), to report their
+    /// CPU time over the timed phase.
+    pub pids: Vec<u32>,
+    /// PostgreSQL's postmaster, when the target keeps its channels there: its CPU and its
+    /// commits per second are reported too.
+    pub db_pid: Option<u32>,
 }
 
 /// Settings shared by every target of a run.
@@ -139,6 +143,8 @@ pub struct Measurement {
     pub accounting: Option<Accounting>,
     /// CPU use over the timed phase, % of one core (Linux `/proc`; `None` elsewhere).
     pub cpu: Option<CpuUse>,
+    /// Database commits per second over the timed phase (every client's), if any.
+    pub db_commits_per_s: Option<f64>,
 }
 
 impl Measurement {
@@ -165,8 +171,9 @@ fn run_error(target: &Target, what: impl std::fmt::Display) -> RunError {
 
 /// The target's 402 for `url`.
 async fn offer(http: &reqwest::Client, target: &Target) -> Result<PaymentRequired, RunError> {
+    let first = target.url.split(',').next().unwrap_or_default();
     let res = http
-        .get(&target.url)
+        .get(first)
         .send()
         .await
         .map_err(|e| run_error(target, format!("unpaid GET: {e}")))?;
@@ -188,9 +195,24 @@ async fn server_counts(
     http: &reqwest::Client,
     target: &Target,
 ) -> Result<Option<ServerCounts>, RunError> {
-    let Some(url) = &target.stats else {
+    let Some(urls) = &target.stats else {
         return Ok(None);
     };
+    // Several instances behind one target: their counts add up.
+    let mut sum = ServerCounts::default();
+    for url in urls.split(',') {
+        let c = instance_counts(http, target, url).await?;
+        sum.paid_responses += c.paid_responses;
+        sum.charged += c.charged;
+    }
+    Ok(Some(sum))
+}
+
+async fn instance_counts(
+    http: &reqwest::Client,
+    target: &Target,
+    url: &str,
+) -> Result<ServerCounts, RunError> {
     let v: Value = http
         .get(url)
         .send()
@@ -218,10 +240,10 @@ async fn server_counts(
             .map(|m| m.values().filter_map(|c| num(&c["charged"])).sum())
             .unwrap_or(0),
     };
-    Ok(Some(ServerCounts {
+    Ok(ServerCounts {
         paid_responses: paid,
         charged,
-    }))
+    })
 }
 
 /// Runs one target at `settings.concurrency`.
@@ -263,13 +285,16 @@ pub async fn measure(
         (target.budget_rate as f64 * settings.duration.as_secs_f64() / c as f64).ceil() as u64 + 16
     };
     let step = settings.charge;
+    let urls: Vec<&str> = target.url.split(',').collect();
     let before = server_counts(http, target).await?;
 
     // 1. Warm-up: open the channels (a few at a time: each deposit is a transaction).
     let mut errors = 0u64;
     let mut samples = Vec::new();
     let mut warm_ok = 0u64;
-    let mut channels: Vec<(ChannelConfigWire, ChannelId, u128)> = Vec::with_capacity(c);
+    // Each channel with the instance (index into `urls`) that opened it: it keeps paying
+    // that one, so each instance's books cover exactly its own channels.
+    let mut channels: Vec<(ChannelConfigWire, ChannelId, u128, usize)> = Vec::with_capacity(c);
     if target.deposit {
         use futures_util::StreamExt as _;
         // The deposit covers every presigned voucher: no top-up during the timed phase.
@@ -282,7 +307,9 @@ pub async fn measure(
                 cfg.deposit_multiplier = deposit.div_ceil(price);
                 cfg.spend_limit = u128::MAX / 4;
                 let client = PayingClient::with_http(http.clone(), cfg);
-                let url = target.url.clone();
+                // Several instances: virtual client i pays instance i mod n, every time.
+                let place = i % urls.len();
+                let url = urls[place].to_owned();
                 async move {
                     let answer = client
                         .get(&url)
@@ -303,7 +330,7 @@ pub async fn measure(
                         .into_iter()
                         .next()
                         .ok_or("warm-up: no channel")?;
-                    Ok::<_, String>((state, answer.charged()))
+                    Ok::<_, String>((state, answer.charged(), place))
                 }
             })
             .buffer_unordered(8)
@@ -311,11 +338,11 @@ pub async fn measure(
             .await;
         for r in opened {
             match r {
-                Ok((state, charged)) if charged == Some(step) => {
+                Ok((state, charged, place)) if charged == Some(step) => {
                     warm_ok += 1;
-                    channels.push((state.config, state.channel_id, state.charged));
+                    channels.push((state.config, state.channel_id, state.charged, place));
                 }
-                Ok((_, charged)) => {
+                Ok((_, charged, _)) => {
                     errors += 1;
                     samples.push(format!("warm-up charged {charged:?}, expected {step}"));
                 }
@@ -354,14 +381,14 @@ pub async fn measure(
                 withdraw_delay: extra.withdraw_delay,
                 salt: config.salt,
             };
-            channels.push((wire, id, 0));
+            channels.push((wire, id, 0, i % urls.len()));
         }
     }
 
     // 2. Presign (not timed).
     let t_sign = Instant::now();
     let mut prepared = Vec::with_capacity(channels.len());
-    for (config, id, charged) in &channels {
+    for (config, id, charged, place) in &channels {
         let template = Template::new(&offer, &resource, config, *id)
             .ok_or_else(|| run_error(target, "header template"))?;
         let first_max = charged + price;
@@ -376,27 +403,36 @@ pub async fn measure(
             )
         })
         .map_err(|e| run_error(target, e))?;
-        prepared.push(Prepared {
-            template,
-            first_max,
-            signatures,
-        });
+        prepared.push((
+            Prepared {
+                template,
+                first_max,
+                signatures,
+            },
+            *place,
+        ));
     }
     let presign_seconds = t_sign.elapsed().as_secs_f64();
-    let presigned = prepared.iter().map(|p| p.signatures.len() as u64).sum();
+    let presigned = prepared
+        .iter()
+        .map(|(p, _)| p.signatures.len() as u64)
+        .sum();
 
     // 3. Timed phase.
-    let url: http::Uri = target
-        .url
-        .parse()
-        .map_err(|e| run_error(target, format!("url: {e}")))?;
-    let authority = url
-        .authority()
-        .map(|a| a.to_string())
-        .ok_or_else(|| run_error(target, "url without host"))?;
-    let path = url
-        .path_and_query()
-        .map_or("/".to_owned(), |p| p.to_string());
+    let mut places = Vec::with_capacity(urls.len());
+    for u in &urls {
+        let url: http::Uri = u
+            .parse()
+            .map_err(|e| run_error(target, format!("url: {e}")))?;
+        let authority = url
+            .authority()
+            .map(|a| a.to_string())
+            .ok_or_else(|| run_error(target, "url without host"))?;
+        let path = url
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.to_string());
+        places.push((authority, path));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let exhausted = Arc::new(AtomicBool::new(false));
     let start = Arc::new(tokio::sync::Barrier::new(prepared.len() + 1));
@@ -406,16 +442,17 @@ pub async fn measure(
         must_be_paid: target.deposit,
         cycle: target.cycle,
     };
-    for p in prepared {
+    for (p, place) in prepared {
         let (stop, exhausted, start) = (stop.clone(), exhausted.clone(), start.clone());
-        let (authority, path) = (authority.clone(), path.clone());
+        let (authority, path) = places[place % places.len()].clone();
         tasks.spawn(async move {
             client_loop(p, &authority, &path, rules, &stop, &exhausted, &start).await
         });
     }
     start.wait().await;
     let t0 = Instant::now();
-    let cpu0 = CpuMark::now(target.pid);
+    let cpu0 = CpuMark::now(&target.pids, target.db_pid);
+    let commits0 = db_commits(http, target).await;
     let timer = {
         let stop = stop.clone();
         let d = settings.duration;
@@ -445,7 +482,8 @@ pub async fn measure(
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let cpu = cpu0.since(CpuMark::now(target.pid), seconds, ok);
+    let cpu = cpu0.since(CpuMark::now(&target.pids, target.db_pid), seconds, ok);
+    let commits1 = db_commits(http, target).await;
     timer.abort();
     latencies.sort_unstable();
     let pct = |q: f64| -> f64 {
@@ -498,5 +536,18 @@ pub async fn measure(
         presign_seconds,
         accounting,
         cpu,
+        db_commits_per_s: commits0
+            .zip(commits1)
+            .filter(|_| seconds > 0.0)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / seconds),
     })
+}
+
+/// The database's commit counter, from the target's first stats URL (`dbCommits`), if it
+/// reports one.
+async fn db_commits(http: &reqwest::Client, target: &Target) -> Option<u64> {
+    target.db_pid?;
+    let url = target.stats.as_deref()?.split(',').next()?;
+    let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+    v["dbCommits"].as_u64()
 }

@@ -385,8 +385,9 @@ async fn three_instances_charge_exactly_once_and_survive_kills_and_a_database_re
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by the live instance"), "{err}");
 
-    // Phase 2, kill -9 under load, twice, the settler (instance 0 took the lease first) first.
-    for victim in [0usize, 1] {
+    // Phase 2, kill -9 under load, each instance in turn, the settler (instance 0 took the
+    // lease first) first.
+    for victim in [0usize, 1, 2] {
         let load = round(8);
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.kill(victim).await;
