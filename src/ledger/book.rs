@@ -98,15 +98,27 @@ impl Ledger {
     }
 
     /// Takes in records another instance wrote to a shared store (a cache refresh): a record
-    /// replaces the cached one only if its version is higher (or the channel is new). The
-    /// mirrored chain state stays the cached one when that was read later, and claimed
-    /// totals never move down. Returns how many records were taken.
+    /// replaces the cached one only if its version is higher (or the channel is new) and no
+    /// request here holds it (then only its newer chain state comes in). The mirrored chain
+    /// state stays the cached one when that was read later, and claimed totals never move
+    /// down. Returns how many records were taken.
     pub fn merge(&self, records: impl IntoIterator<Item = ChannelRecord>) -> usize {
         let mut n = 0;
         for mut record in records {
             let mut shard = self.lock(&record.channel_id);
             match shard.get_mut(&record.channel_id) {
                 Some(slot) if slot.record.version >= record.version => {}
+                Some(slot) if slot.hold.is_some() => {
+                    // A request here holds it: its commit meets the newer version in the
+                    // store and rebases or refuses there. Only newer chain state comes in.
+                    if record.onchain_synced_at > slot.record.onchain_synced_at {
+                        let claimed = slot.record.onchain.total_claimed;
+                        slot.record.onchain = record.onchain;
+                        slot.record.onchain.total_claimed =
+                            slot.record.onchain.total_claimed.max(claimed);
+                        slot.record.onchain_synced_at = record.onchain_synced_at;
+                    }
+                }
                 Some(slot) => {
                     let cached = &slot.record;
                     if cached.onchain_synced_at > record.onchain_synced_at {

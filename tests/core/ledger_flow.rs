@@ -384,3 +384,40 @@ fn contending_threads_serialise_on_one_channel_and_lose_no_commit() {
     assert_eq!(record.version, n);
     assert_eq!(record.onchain.refund_nonce, U256::ZERO);
 }
+
+/// A cache over a shared store: a newer stored version replaces the cached record, an older
+/// one does not, and under a hold only the chain side comes in (the held request's commit
+/// then refuses or rebases against the store; it never adds its charge to a state its
+/// voucher was not checked against).
+#[test]
+fn merge_takes_newer_versions_but_leaves_a_held_voucher_state_alone() {
+    let (ledger, id, key) = ledger_with_channel(10_000);
+    let mut stored = ledger.record(&id).expect("record");
+    stored.charged = 300;
+    stored.signed_max_claimable = 300;
+    stored.version = 4;
+    assert_eq!(ledger.merge([stored.clone()]), 1);
+    assert_eq!(ledger.snapshot(&id).map(|s| s.charged), Some(300));
+    let mut older = stored.clone();
+    older.version = 3;
+    older.charged = 100;
+    assert_eq!(ledger.merge([older]), 0);
+    assert_eq!(ledger.snapshot(&id).map(|s| s.charged), Some(300));
+
+    let held = ledger
+        .verify_and_reserve(voucher(&key, id, 400), 100)
+        .expect("reserve");
+    let mut newer = stored.clone();
+    newer.version = 5;
+    newer.charged = 350;
+    newer.onchain.withdraw_requested_at = 77;
+    newer.onchain_synced_at = 9;
+    assert_eq!(ledger.merge([newer]), 0);
+    let cached = ledger.record(&id).expect("record");
+    assert_eq!((cached.version, cached.charged), (4, 300));
+    assert_eq!(cached.onchain.withdraw_requested_at, 77);
+    // The held request still commits on the state it was checked against (version 4):
+    // the store's compare-and-set is what stops it.
+    let staged = held.commit(100, 10).expect("commit");
+    assert_eq!(staged.expected_version(), Some(4));
+}
