@@ -1,4 +1,5 @@
-//! `scripts/bench.sh --quick` end to end: anvil, our durable server, the official
+//! `scripts/bench.sh --quick` end to end: anvil, our durable server (on sled, and on a
+//! throwaway PostgreSQL with one and two instances), the official
 //! `@x402/express` server and the ceiling, a 2-second load at C = 4 on each. Asserts what a
 //! benchmark must get right before its numbers mean anything: every request answered 200,
 //! every paying server booked exactly one paid response and `charge` per 200 the load
@@ -41,7 +42,11 @@ fn quick_bench_is_error_free_and_the_books_match() {
         .unwrap();
     let runs = report["runs"].as_array().unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
-    assert_eq!(names, ["ceiling", "ours", "stock"], "{report:#}");
+    assert_eq!(
+        names,
+        ["ceiling", "ours", "ours-pg", "ours-pg2", "stock"],
+        "{report:#}"
+    );
     for r in runs {
         let name = r["target"].as_str().unwrap();
         assert_eq!(r["errors"], 0, "{name}: {r:#}");
@@ -58,6 +63,14 @@ fn quick_bench_is_error_free_and_the_books_match() {
         if name == "ceiling" {
             assert!(r["accounting"].is_null(), "the ceiling keeps no books");
             continue;
+        }
+        // The PostgreSQL rows report the database's work: its commits and its CPU.
+        if name.starts_with("ours-pg") {
+            assert!(
+                r["db_commits_per_s"].as_f64().unwrap() > 0.0,
+                "{name}: {r:#}"
+            );
+            assert!(r["cpu"]["db"].as_f64().is_some(), "{name}: {r:#}");
         }
         // Served count = charged sum / charge, by the server's own books; one warm-up
         // request per channel (the deposit) comes on top of the timed 200s.
