@@ -46,7 +46,7 @@ use crate::reason::Reason;
 use crate::store::{Hold, Store, StoreError};
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use crate::wire::{
-    BatchPayload, PaymentRequired, PaymentRequirements, ResourceInfo, SettleResponse,
+    BatchPayload, PaymentRequired, PaymentRequirements, PreparedOffer, ResourceInfo, SettleResponse,
 };
 
 pub use chain::{BoxFuture, ChainAccess, ChainAccessError, ChainOutcome, ColdReadLimits};
@@ -70,7 +70,8 @@ pub(crate) fn decode_for_facilitator(
     ours: &EngineConfig,
     domain: &EscrowDomain,
 ) -> Result<(BatchPayload, ChannelConfig, ChannelId), Reject> {
-    decode(raw, offer, ours, domain).map(|c| (c.payload, c.config, c.channel_id))
+    let offer = PreparedOffer::new(offer.clone());
+    decode(raw, &offer, ours, domain).map(|c| (c.payload, c.config, c.channel_id))
 }
 
 /// The payment engine. Cheap to clone; share one per escrow deployment and receiver.
@@ -104,6 +105,8 @@ struct Inner<S> {
     deposits: guards::Deposits,
     /// Limits on client-requested refunds.
     refund_limits: parking_lot::Mutex<RefundLimits>,
+    /// Our offer per price, built once.
+    offers: offer::Offers,
 }
 
 /// A checked payment holding its channel: run the handler, then [`Engine::settle`]. Dropping
@@ -213,6 +216,7 @@ impl<S: Store + 'static> Engine<S> {
                 refunding: Default::default(),
                 deposits: Default::default(),
                 refund_limits: parking_lot::Mutex::new(RefundLimits::default()),
+                offers: offer::Offers::default(),
             }),
         })
     }
@@ -269,7 +273,12 @@ impl<S: Store + 'static> Engine<S> {
 
     /// Our `accepts[]` entry for a request of maximum price `price`.
     pub fn offer(&self, price: u128) -> PaymentRequirements {
-        offer::requirements(&self.inner.config, price)
+        self.prepared_offer(price).requirements().clone()
+    }
+
+    /// The offer for `price` as the decoder compares it, built once per price.
+    fn prepared_offer(&self, price: u128) -> std::sync::Arc<PreparedOffer> {
+        self.inner.offers.get(&self.inner.config, price)
     }
 
     /// The plain 402 offer (no payment, or a payment we could not use).
@@ -321,7 +330,7 @@ impl<S: Store + 'static> Engine<S> {
 
     /// [`Self::authorize`] for a payment that was sent: decode, then the payload's flow.
     async fn authorize_payment(&self, raw: &[u8], price: u128) -> Result<Authorized, Reject> {
-        let offer = self.offer(price);
+        let offer = self.prepared_offer(price);
         let checked = decode(raw, &offer, &self.inner.config, self.domain())?;
         match checked.payload {
             BatchPayload::Voucher { .. } => self.voucher(checked, price).await,

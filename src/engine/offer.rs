@@ -1,14 +1,44 @@
 //! Building the messages the server sends: the offer, the 402, and `PAYMENT-RESPONSE`.
 
+use std::sync::Arc;
+
 use alloy_primitives::{Address, B256};
+use parking_lot::RwLock;
 use serde_json::{Map, Value};
 
 use crate::engine::EngineConfig;
 use crate::ledger::{ChannelSnapshot, Mismatch, Receipt, Reject};
 use crate::wire::{
     BATCH_SETTLEMENT, ChannelStateWire, PaymentRequired, PaymentRequirements, PaymentResponseExtra,
-    ResourceInfo, SettleResponse, VoucherStateWire, X402_VERSION,
+    PreparedOffer, ResourceInfo, SettleResponse, VoucherStateWire, X402_VERSION,
 };
+
+/// How many prices keep their prepared offer (a route has one price, or a few).
+const CACHED_OFFERS: usize = 32;
+
+/// Our offers by price, each built once: building one checksums three addresses and
+/// copies `extra`, which a paid request should not pay for.
+#[derive(Debug, Default)]
+pub(crate) struct Offers {
+    by_price: RwLock<Vec<(u128, Arc<PreparedOffer>)>>,
+}
+
+impl Offers {
+    /// The offer for `price`, from the cache or built (and cached while there is room:
+    /// a price computed per request beyond [`CACHED_OFFERS`] distinct ones is built each
+    /// time, as before the cache).
+    pub(crate) fn get(&self, c: &EngineConfig, price: u128) -> Arc<PreparedOffer> {
+        if let Some((_, offer)) = self.by_price.read().iter().find(|(p, _)| *p == price) {
+            return Arc::clone(offer);
+        }
+        let offer = Arc::new(PreparedOffer::new(requirements(c, price)));
+        let mut cache = self.by_price.write();
+        if cache.len() < CACHED_OFFERS && !cache.iter().any(|(p, _)| *p == price) {
+            cache.push((price, Arc::clone(&offer)));
+        }
+        offer
+    }
+}
 
 /// Our `accepts[]` entry for maximum price `price`.
 pub(crate) fn requirements(c: &EngineConfig, price: u128) -> PaymentRequirements {

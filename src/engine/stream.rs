@@ -97,7 +97,7 @@ impl<S: Store + 'static> Engine<S> {
         header: &[u8],
         increment: u128,
     ) -> Result<VerifiedVoucher, Reject> {
-        let offer = self.offer(increment);
+        let offer = self.prepared_offer(increment);
         let checked = decode(header, &offer, &self.inner.config, self.domain())?;
         let BatchPayload::Voucher { voucher, .. } = &checked.payload else {
             // Deposits and refunds are separate requests; a renewal only extends the budget.

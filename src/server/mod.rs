@@ -23,6 +23,9 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -316,19 +319,60 @@ where
             // Nothing to pay with: the 402 is built here, nothing to protect from a hang-up.
             return Box::pin(async move { Ok(handle(&layer, inner, req).await) });
         }
-        // A paid request runs in its own task: if the client hangs up, hyper drops this
-        // future, but a deposit already sent is still credited and upstream work already
-        // started is still charged (durably) when it answers.
-        let task = tokio::spawn(async move { handle(&layer, inner, req).await });
-        Box::pin(async move {
-            Ok(task.await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "a paid request's task failed");
-                let mut r = Response::new(Body::empty());
-                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                r
-            }))
+        // A paid request finishes even if the client hangs up: a deposit already sent is
+        // still credited and upstream work already started is still charged (durably).
+        Box::pin(FinishOnDrop {
+            request: Some(Box::pin(async move { handle(&layer, inner, req).await })),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
+}
+
+/// A paid request, polled in the connection's own task (no task and no cross-task wake-up
+/// per request) and, if the connection drops it unfinished (the client hung up), handed to
+/// the runtime to run to the end. A panic in it is answered 500, as a failed task was.
+struct FinishOnDrop {
+    request: Option<BoxFuture<'static, Response>>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Future for FinishOnDrop {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(request) = self.request.as_mut() else {
+            // Polled after it answered: a caller bug, not a request.
+            return Poll::Ready(Ok(internal_error()));
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| request.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(response)) => {
+                self.request = None;
+                Poll::Ready(Ok(response))
+            }
+            Err(_) => {
+                self.request = None;
+                tracing::error!("a paid request panicked");
+                Poll::Ready(Ok(internal_error()))
+            }
+        }
+    }
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        if let (Some(request), Some(runtime)) = (self.request.take(), &self.runtime) {
+            runtime.spawn(async move {
+                let _ = request.await;
+            });
+        }
+    }
+}
+
+fn internal_error() -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
 }
 
 async fn handle<S, I>(layer: &PaymentLayer<S>, inner: I, mut req: Request<Body>) -> Response

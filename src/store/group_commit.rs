@@ -9,16 +9,20 @@
 //! thread, batched. A write's ticket is taken when it is queued, in queue order, and a flush
 //! covers every ticket up to the last one of its batch.
 //!
-//! With a non-zero `linger`, the thread that finds writes queued waits that long before
-//! taking the batch, so one sled batch, one flush and one wake-up serve more writes, for at
-//! most `linger` of extra acknowledgement latency. Each waiter parks on its own oneshot, so
-//! a flush wakes exactly the writers it covered. The wait is async and runtime-agnostic.
+//! With a non-zero `linger`, the thread that finds writes queued may wait up to that long
+//! before taking the batch, so one sled batch, one flush and one wake-up serve more writes.
+//! The wait is adaptive: it ends as soon as every writer seen recently is waiting for this
+//! flush (nobody else is coming: a closed loop of C clients flushes when all C have
+//! written, not when a timer fires), or when no write arrived for a [`GATHER_GAP`]; it
+//! lasts the whole `linger` only while writes keep arriving. Each waiter parks on its own
+//! oneshot, so a flush wakes exactly the writers it covered. The wait is async and
+//! runtime-agnostic.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -26,6 +30,13 @@ use tokio::sync::oneshot;
 use crate::store::{FlushError, StoreError, WriteTicket};
 
 type Outcome = Result<(), Arc<FlushError>>;
+
+/// While gathering a batch, a pause this long with no new write ends the wait.
+pub(crate) const GATHER_GAP: Duration = Duration::from_micros(50);
+
+/// How long the most writers seen waiting at once counts as "everyone" (then it decays to
+/// what the next period saw, so a load that shrinks is followed within two periods).
+const PEAK_PERIOD: Duration = Duration::from_millis(250);
 
 /// Applies a batch of queued writes and makes it durable (sled batch, flush, `fdatasync`).
 pub(crate) type WriteFn<T> = Box<dyn FnMut(Vec<T>) -> Result<(), FlushError> + Send>;
@@ -51,6 +62,12 @@ struct State<T> {
     queue: Vec<T>,
     /// Writers waiting for a ticket above `durable`.
     waiters: Vec<(u64, oneshot::Sender<Outcome>)>,
+    /// Most writes outstanding at once (`issued - durable`) in this period and the last.
+    peak: u64,
+    last_peak: u64,
+    /// The store thread is gathering a batch and wants a wake-up when the outstanding writes
+    /// reach this many (0: no wake-up wanted).
+    wake_at: u64,
 }
 
 /// Handle to the store thread; stops and joins it on drop, after it wrote the whole queue.
@@ -75,6 +92,9 @@ impl<T: Send + 'static> GroupCommit<T> {
                 stopped: false,
                 queue: Vec::new(),
                 waiters: Vec::new(),
+                peak: 0,
+                last_peak: 0,
+                wake_at: 0,
             }),
         });
         let for_thread = shared.clone();
@@ -93,7 +113,7 @@ impl<T: Send + 'static> GroupCommit<T> {
 
     /// Queues a write; returns its ticket. Fails once the store thread failed or stopped.
     pub(crate) fn submit(&self, op: T) -> Result<WriteTicket, StoreError> {
-        let ticket = {
+        let (ticket, wake) = {
             let mut st = self.shared.state.lock();
             if let Some(e) = &st.failed {
                 return Err(StoreError::FlushFailed(e.clone()));
@@ -103,9 +123,15 @@ impl<T: Send + 'static> GroupCommit<T> {
             }
             st.issued += 1;
             st.queue.push(op);
-            st.issued
+            let outstanding = st.issued - st.durable;
+            st.peak = st.peak.max(outstanding);
+            // Wake the store thread only when it has something new to do: the first write
+            // of a batch, or the write that completes the batch it is gathering. Other
+            // writes join the queue without a system call.
+            let wake = st.queue.len() == 1 || (st.wake_at != 0 && outstanding >= st.wake_at);
+            (st.issued, wake)
         };
-        if let Some(t) = &self.thread {
+        if wake && let Some(t) = &self.thread {
             t.thread().unpark();
         }
         Ok(WriteTicket(ticket))
@@ -141,7 +167,39 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 }
 
+/// Waits, at most `linger`, for more writes to join the queued ones: until every writer
+/// seen recently is waiting, or a [`GATHER_GAP`] passes with no new write.
+fn gather<T>(shared: &Shared<T>, linger: Duration) {
+    let deadline = Instant::now() + linger;
+    let (mut seen, mut last_arrival) = (0, Instant::now());
+    loop {
+        let now = Instant::now();
+        {
+            let mut st = shared.state.lock();
+            // Everything outstanding is queued here: the previous flush completed.
+            let queued = st.queue.len() as u64;
+            let everyone = st.peak.max(st.last_peak);
+            if queued != seen {
+                (seen, last_arrival) = (queued, now);
+            }
+            if queued >= everyone
+                || now >= deadline
+                || now >= last_arrival + GATHER_GAP
+                || shared.stop.load(Ordering::Acquire)
+            {
+                st.wake_at = 0;
+                return;
+            }
+            st.wake_at = everyone;
+        }
+        // A submit reaching `wake_at` unparks us early; an old unpark token only costs one
+        // more look at the queue.
+        thread::park_timeout((last_arrival + GATHER_GAP).min(deadline) - now);
+    }
+}
+
 fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut WriteFn<T>) {
+    let mut period = Instant::now();
     loop {
         if shared.state.lock().queue.is_empty() {
             if shared.stop.load(Ordering::Acquire) {
@@ -154,7 +212,7 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut WriteFn<T>) {
             continue;
         }
         if !linger.is_zero() {
-            thread::sleep(linger);
+            gather(shared, linger);
         }
         let (batch, target) = {
             let mut st = shared.state.lock();
@@ -165,6 +223,10 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut WriteFn<T>) {
                 let ready: Vec<_> = {
                     let mut st = shared.state.lock();
                     st.durable = target;
+                    if period.elapsed() >= PEAK_PERIOD {
+                        period = Instant::now();
+                        st.last_peak = std::mem::take(&mut st.peak);
+                    }
                     st.waiters
                         .extract_if(.., |(t, _)| *t <= target)
                         .map(|(_, tx)| tx)
@@ -269,6 +331,37 @@ mod tests {
         assert_eq!(durable.lock().len(), 64 * 20);
         assert_eq!(batches.lock().iter().sum::<usize>(), 64 * 20);
         assert!(gc.shared.state.lock().waiters.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_that_all_wait_are_flushed_without_waiting_out_the_linger() {
+        // A linger no test could sit through: every batch below must end by the adaptive
+        // rules (everyone seen is waiting, or nothing new arrived), never by the timer.
+        let (gc, durable, batches) = recording(Duration::from_secs(3600));
+        let gc = Arc::new(gc);
+        let run = async {
+            for writers in [1u64, 4] {
+                let mut tasks = tokio::task::JoinSet::new();
+                for w in 0..writers {
+                    let (gc, durable) = (gc.clone(), durable.clone());
+                    tasks.spawn(async move {
+                        for k in 0..50u64 {
+                            let value = writers * 1_000_000 + w * 1_000 + k;
+                            let ticket = gc.submit(value).expect("queued");
+                            gc.wait(ticket).await.expect("durable");
+                            assert!(durable.lock().contains(&value));
+                        }
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    done.expect("writer");
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("a batch waited for the linger");
+        assert_eq!(batches.lock().iter().sum::<usize>(), 50 + 4 * 50);
     }
 
     #[test]

@@ -46,22 +46,30 @@ pub enum HeaderError {
 
 /// Decodes a base64 JSON header of at most `max` bytes.
 pub fn decode_header<T: DeserializeOwned>(raw: &[u8], max: usize) -> Result<T, HeaderError> {
+    let bytes = decode_header_bytes(raw, max)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// The bytes of a base64 header of at most `max` bytes (its JSON, not yet parsed).
+pub fn decode_header_bytes(raw: &[u8], max: usize) -> Result<Vec<u8>, HeaderError> {
     if raw.len() > max {
         return Err(HeaderError::TooLarge {
             len: raw.len(),
             max,
         });
     }
-    let raw = raw.trim_ascii();
-    let bytes = DECODER.decode(raw)?;
-    Ok(serde_json::from_slice(&bytes)?)
+    Ok(DECODER.decode(raw.trim_ascii())?)
 }
 
 /// Encodes a value as compact JSON in standard, padded base64.
 pub fn encode_header<T: Serialize>(value: &T) -> String {
     // Serializing our own wire types cannot fail: they hold no maps with
     // non-string keys and no fallible custom serializers.
-    let json = serde_json::to_vec(value).unwrap_or_default();
+    // Sized for a `PAYMENT-RESPONSE` (about 400 bytes), so it is written without regrowing.
+    let mut json = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut json, value).is_err() {
+        json.clear();
+    }
     base64::engine::general_purpose::STANDARD.encode(json)
 }
 

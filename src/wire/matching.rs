@@ -10,6 +10,66 @@ use serde_json::Value;
 
 use super::encoding::parse_u128;
 use super::requirements::PaymentRequirements;
+use super::voucher_view::{AcceptedView, ExtraValue};
+
+/// An offer with the forms `accepted` is compared against parsed once: build it once per
+/// price, not per request.
+#[derive(Clone, Debug)]
+pub struct PreparedOffer {
+    requirements: PaymentRequirements,
+    /// `amount`, `asset` and `payTo` as values, when all three parse (always for an offer
+    /// the engine built).
+    parsed: Option<(u128, Address, Address)>,
+}
+
+impl PreparedOffer {
+    /// Prepares `requirements`.
+    pub fn new(requirements: PaymentRequirements) -> Self {
+        let parsed = match (
+            parse_u128(&requirements.amount),
+            requirements.asset.parse::<Address>(),
+            requirements.pay_to.parse::<Address>(),
+        ) {
+            (Some(amount), Ok(asset), Ok(pay_to)) => Some((amount, asset, pay_to)),
+            _ => None,
+        };
+        Self {
+            requirements,
+            parsed,
+        }
+    }
+
+    /// The offer as sent.
+    pub fn requirements(&self) -> &PaymentRequirements {
+        &self.requirements
+    }
+
+    /// [`accepted_matches`] for a borrowed `accepted`, with no string built: the same
+    /// answer, or `false` when this offer's own fields do not parse (then ask
+    /// [`accepted_matches`]).
+    pub fn matches_view(&self, accepted: &AcceptedView<'_>) -> bool {
+        let Some((amount, asset, pay_to)) = self.parsed else {
+            return false;
+        };
+        let offer = &self.requirements;
+        offer.scheme == accepted.scheme
+            && offer.network == accepted.network
+            && parse_u128(&accepted.amount) == Some(amount)
+            && accepted.asset.parse::<Address>() == Ok(asset)
+            && accepted.pay_to.parse::<Address>() == Ok(pay_to)
+            && offer.max_timeout_seconds == accepted.max_timeout_seconds
+            && offer.extra.iter().all(|(k, v)| {
+                accepted.extra(k).is_some_and(|a| match a {
+                    ExtraValue::Str(b) => match v {
+                        Value::String(s) => same_string(s, b),
+                        // A non-string is never equal to a string.
+                        _ => false,
+                    },
+                    ExtraValue::Other(b) => json_is_subset(v, b),
+                })
+            })
+    }
+}
 
 /// True when `accepted` (from the client) matches `offer` (ours).
 pub fn accepted_matches(offer: &PaymentRequirements, accepted: &PaymentRequirements) -> bool {
@@ -47,9 +107,14 @@ pub fn json_is_subset(small: &Value, big: &Value) -> bool {
         (Value::Object(s), Value::Object(b)) => s
             .iter()
             .all(|(k, v)| b.get(k).is_some_and(|bv| json_is_subset(v, bv))),
-        (Value::String(s), Value::String(b)) => s == b || (s.len() == 42 && same_address(s, b)),
+        (Value::String(s), Value::String(b)) => same_string(s, b),
         _ => small == big,
     }
+}
+
+/// Strings of `extra` are equal as text, or as addresses when ours is one.
+fn same_string(ours: &str, theirs: &str) -> bool {
+    ours == theirs || (ours.len() == 42 && same_address(ours, theirs))
 }
 
 #[cfg(test)]

@@ -14,13 +14,14 @@ mod network;
 mod payload;
 mod requirements;
 mod response;
+mod voucher_view;
 
 pub use encoding::{decimal_u128, decimal_u256, parse_u128, parse_u256};
 pub use header::{
     HeaderError, MAX_PAYMENT_HEADER_BYTES, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
-    decode_header, encode_header,
+    decode_header, decode_header_bytes, encode_header,
 };
-pub use matching::{accepted_matches, json_is_subset};
+pub use matching::{PreparedOffer, accepted_matches, json_is_subset};
 pub use network::Eip155Network;
 pub use payload::{
     BatchPayload, ChannelConfigWire, DepositAuthorization, DepositFields, Erc3009Authorization,
@@ -35,6 +36,7 @@ pub use response::{
     ChannelStateWire, PaymentResponseExtra, SettleResponse, SupportedKind, SupportedResponse,
     VerifyResponse, VoucherStateWire,
 };
+pub use voucher_view::{AcceptedView, ExtraValue, MAX_BRACKETS, VoucherView};
 
 use thiserror::Error;
 

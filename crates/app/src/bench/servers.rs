@@ -4,7 +4,8 @@
 //!   amount below the price (the "upto" part), on an [`Engine`] with the **default durable
 //!   `group`** sled store in a temporary directory and the escrow on the given RPC (deposits go
 //!   through the normal x402 flow). This is the server the goals are about.
-//! - `internal bench-ceiling`: the same header decoded the same way, then exactly one
+//! - `internal bench-ceiling`: the same header decoded the same way (the one-pass voucher
+//!   decoder, `VoucherView`), then exactly one
 //!   secp256k1 recovery compared with the channel's `payerAuthorizer`. No ledger, no store, no
 //!   chain: the most any voucher server can do per request on this machine.
 //!
@@ -22,7 +23,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 
 use x402_upto::client::{CANONICAL_COLLECTOR, CANONICAL_ESCROW};
@@ -32,8 +32,8 @@ use x402_upto::store::{Durability, PgOptions, PostgresStore, SledOptions, SledSt
 use x402_upto::typed_data::EscrowDomain;
 use x402_upto::verify::recover_signer;
 use x402_upto::wire::{
-    ChannelConfigWire, Eip155Network, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
-    PaymentPayload, VoucherFields, decode_header,
+    Eip155Network, MAX_PAYMENT_HEADER_BYTES, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
+    VoucherView, decode_header_bytes,
 };
 
 /// anvil's default account 5 (the bench server's relayer: it sends the deposit transactions).
@@ -341,14 +341,6 @@ where
         .map_err(|e| fail("serve", e))
 }
 
-/// What the ceiling needs from `payload`: the same fields our engine reads for a voucher.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CeilingPayload {
-    channel_config: ChannelConfigWire,
-    voucher: VoucherFields,
-}
-
 #[derive(Clone, Debug)]
 struct Ceiling {
     domain: EscrowDomain,
@@ -367,19 +359,22 @@ async fn ceiling(Extension(c): Extension<Ceiling>, headers: HeaderMap) -> Respon
         )
             .into_response();
     };
-    let checked = decode_header::<PaymentPayload>(raw.as_bytes(), 16 * 1024)
+    // Decoded as our server decodes a voucher: one pass, no JSON tree (`VoucherView`).
+    let checked = decode_header_bytes(raw.as_bytes(), MAX_PAYMENT_HEADER_BYTES)
         .map_err(|e| e.to_string())
-        .and_then(|p| {
-            serde_json::from_value::<CeilingPayload>(p.payload).map_err(|e| e.to_string())
+        .and_then(|json| {
+            VoucherView::parse(&json)
+                .map(|v| (v.channel_config, v.voucher))
+                .ok_or_else(|| "not a voucher payment".to_owned())
         })
-        .and_then(|p| {
+        .and_then(|(config, voucher)| {
             let digest = c.domain.voucher_digest(
-                x402_upto::ChannelId(p.voucher.channel_id),
-                p.voucher.max_claimable_amount,
+                x402_upto::ChannelId(voucher.channel_id),
+                voucher.max_claimable_amount,
             );
-            let signer = recover_signer(&digest, &p.voucher.signature)
+            let signer = recover_signer(&digest, &voucher.signature)
                 .map_err(|e| format!("signature: {e:?}"))?;
-            if signer == p.channel_config.payer_authorizer {
+            if signer == config.payer_authorizer {
                 Ok(())
             } else {
                 Err("signer is not the payerAuthorizer".to_owned())
