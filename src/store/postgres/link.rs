@@ -24,7 +24,7 @@ pub(super) struct Statements {
     pub cas_insert: Statement,
     pub remove: Statement,
     pub versions: Statement,
-    pub hold_update: Statement,
+    pub hold_batch: Statement,
     pub hold_insert: Statement,
     pub hold_probe: Statement,
     pub release: Statement,
@@ -52,11 +52,6 @@ const CAS_INSERT: &str = "INSERT INTO x402_channels AS c (id, version, record, s
              THEN clock_timestamp() + $6::bigint * interval '1 millisecond' \
              WHEN $4 THEN c.held_until ELSE NULL END \
      WHERE c.record IS NULL";
-
-const HOLD_UPDATE: &str = "UPDATE x402_channels SET holder = $2, \
-     held_until = clock_timestamp() + $4::bigint * interval '1 millisecond' \
-     WHERE id = $1 AND version = $3 AND record IS NOT NULL \
-       AND (holder IS NULL OR holder = $2 OR held_until < clock_timestamp())";
 
 /// A hold on a channel no instance has written yet: a placeholder row without a record.
 const HOLD_INSERT: &str = "INSERT INTO x402_channels AS c (id, version, record, seq, holder, held_until) \
@@ -158,7 +153,7 @@ impl Statements {
                 .await?,
             versions: p("SELECT id, version, record IS NOT NULL FROM x402_channels WHERE id = ANY($1)")
                 .await?,
-            hold_update: p(HOLD_UPDATE).await?,
+            hold_batch: p(super::holds::HOLD_BATCH).await?,
             hold_insert: p(HOLD_INSERT).await?,
             hold_probe: p(HOLD_PROBE).await?,
             release: p("UPDATE x402_channels SET holder = NULL, held_until = NULL WHERE id = $1 AND holder = $2")

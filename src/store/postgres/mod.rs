@@ -21,9 +21,11 @@
 //! | `schema.rs` | migrations, applied at start-up under an advisory lock |
 //! | `link.rs` | a reconnecting connection with the prepared statements |
 //! | `writer.rs` | group commit: one transaction per batch of queued writes |
+//! | `holds.rs` | holds in batches: one statement per batch of holds asked for |
 //! | `lease.rs` | [`SettlerLease`]: one settler at a time, with takeover on expiry |
 //! | `journal.rs` | the claim journal behind the synchronous [`JournalStore`] trait |
 
+mod holds;
 mod journal;
 mod lease;
 mod link;
@@ -81,9 +83,11 @@ pub struct PostgresStore {
     config: tokio_postgres::Config,
     reads: Vec<Link>,
     next_read: AtomicUsize,
-    /// Holds and releases, `synchronous_commit = off` (see [`Link`]).
-    holds: Link,
+    /// Holds and releases, `synchronous_commit = off` (see [`Link`]); shared with the hold
+    /// batcher, so a release and the holds after it go out on one connection, in order.
+    holds: Arc<Link>,
     queue: mpsc::Sender<WriteOp>,
+    hold_queue: mpsc::Sender<holds::HoldOp>,
     journal: journal::Bridge,
 }
 
@@ -127,16 +131,26 @@ impl PostgresStore {
             max_batch: options.max_batch.max(1),
         };
         tokio::spawn(writer.run(rx));
+        let (hold_queue, hold_rx) = mpsc::channel(options.max_batch.max(1) * 16);
+        let hold_link = Arc::new(Link::new(config.clone(), true));
+        let batcher = holds::HoldBatcher {
+            link: Arc::clone(&hold_link),
+            instance: options.instance.clone(),
+            hold_ms: millis(options.hold),
+            max_batch: options.max_batch.max(1),
+        };
+        tokio::spawn(batcher.run(hold_rx));
         let reads = (0..options.pool_size.max(1))
             .map(|_| Link::new(config.clone(), false))
             .collect();
         let journal = journal::Bridge::start(config.clone())?;
         Ok(Self {
-            holds: Link::new(config.clone(), true),
+            holds: hold_link,
             config,
             reads,
             next_read: AtomicUsize::new(0),
             queue,
+            hold_queue,
             journal,
             options,
         })
@@ -369,21 +383,31 @@ impl Store for PostgresStore {
         let ms = millis(self.options.hold);
         // Twice at most: a hold released between the refused update and the probe.
         for _ in 0..2 {
-            let conn = self.holds.conn().await?;
             let taken = match expected {
+                // The common case goes through the batcher: one statement per batch.
                 Some(v) => {
-                    conn.client
-                        .execute(&conn.st.hold_update, &[&id, me, &as_i64(v), &ms])
+                    let (reply, answer) = oneshot::channel();
+                    let op = holds::HoldOp {
+                        id: channel_id,
+                        expected: v,
+                        reply,
+                    };
+                    self.hold_queue
+                        .send(op)
                         .await
+                        .map_err(|_| StoreError::FlusherStopped)?;
+                    answer.await.map_err(|_| StoreError::FlusherStopped)??
                 }
                 None => {
+                    let conn = self.holds.conn().await?;
                     conn.client
                         .execute(&conn.st.hold_insert, &[&id, me, &ms])
                         .await
+                        .map_err(unavailable("taking a hold"))?
+                        == 1
                 }
-            }
-            .map_err(unavailable("taking a hold"))?;
-            if taken == 1 {
+            };
+            if taken {
                 return Ok(Hold::Held);
             }
             match self.probe(channel_id, expected).await? {
