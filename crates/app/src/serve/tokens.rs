@@ -726,6 +726,7 @@ impl Relay {
         }
         let target = self.tally.estimate(&self.quote);
         let deadline = tokio::time::Instant::now() + self.grace;
+        let delivered = self.charge.get();
         loop {
             let budget = self.charge.max();
             if target <= budget {
@@ -740,6 +741,10 @@ impl Relay {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !self.charge.add_wait(1, left).await {
                 tracing::info!("token route: no renewal in time; the stream is cut");
+                // The withheld event is not charged.
+                if let Some(c) = delivered {
+                    self.charge.set(c);
+                }
                 return None;
             }
         }
