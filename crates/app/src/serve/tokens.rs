@@ -145,6 +145,8 @@ struct Quote {
     /// bytes, never above the bound.
     input_estimate: u64,
     stream: bool,
+    /// The request's maximum: the cost of both bounds.
+    maximum: u128,
     /// The offer's price: the whole maximum, or a stream's first increment.
     price: u128,
 }
@@ -238,15 +240,18 @@ impl TokenRoute {
             (true, Some(slice)) => output_bound.min(slice),
             _ => output_bound,
         };
-        let price = cost(model, input_bound, first_output)
+        let too_large = || invalid("price_out_of_range", "this request's maximum is too large");
+        let maximum = cost(model, input_bound, output_bound)
             .filter(|p| *p <= u128::from(u64::MAX))
-            .ok_or_else(|| invalid("price_out_of_range", "this request's maximum is too large"))?;
+            .ok_or_else(too_large)?;
+        let price = cost(model, input_bound, first_output).ok_or_else(too_large)?;
         Ok(Quote {
             model,
             input_bound,
             output_bound,
             input_estimate: (bytes / 4).min(input_bound),
             stream,
+            maximum,
             // A priced route never offers 0 (a voucher must move the channel).
             price: price.max(1),
         })
@@ -352,11 +357,15 @@ async fn answer(up: &Upstream, route: &TokenRoute, req: Request) -> Response {
     ) else {
         return status(StatusCode::BAD_GATEWAY);
     };
+    // A stream is bounded per chunk once it answers; its headers, like any answer's, within
+    // the upstream timeout.
     let timeout = quote.stream.then_some(STREAM_TIMEOUT);
-    let res = match send(up, req, Encoding::Identity, timeout).await {
-        Ok(r) => r,
-        Err(answer) => return answer,
-    };
+    let res =
+        match tokio::time::timeout(up.timeout, send(up, req, Encoding::Identity, timeout)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(answer)) => return answer,
+            Err(_) => return status(StatusCode::BAD_GATEWAY),
+        };
     if res.status().as_u16() >= 400 {
         // The upstream refused: its answer passes, nothing is charged (the layer's rule).
         return buffered(up, res).await;
@@ -625,11 +634,24 @@ impl Tally {
     /// The charge of what was delivered (the rule for a stream without a complete usage):
     /// input = the tokens the stream reported, else a quarter of the request's bytes (never
     /// above the input bound); output = the delivered estimate, never above the output
-    /// bound.
+    /// bound. Never above the request's maximum.
     fn estimate(&self, quote: &Quote) -> u128 {
         let input = self.anthropic_input.unwrap_or(quote.input_estimate);
         let output = self.delivered.min(quote.output_bound);
-        cost(quote.model, input, output).unwrap_or(u128::MAX)
+        cost(quote.model, input, output)
+            .unwrap_or(u128::MAX)
+            .min(quote.maximum)
+    }
+
+    /// The stream's charge so far: its complete usage once reported, else the estimate;
+    /// never above the request's maximum.
+    fn charge(&self, quote: &Quote) -> u128 {
+        match self.usage() {
+            Some(u) => cost(quote.model, u.input, u.output)
+                .unwrap_or(u128::MAX)
+                .min(quote.maximum),
+            None => self.estimate(quote),
+        }
     }
 }
 
@@ -718,20 +740,17 @@ impl Relay {
     /// when its charge needs a renewal that did not come in time.
     async fn deliver(&mut self, event: Bytes) -> Option<Bytes> {
         self.tally.observe(&event);
-        if self.tally.usage().is_some() {
-            // The usage is final: it is the charge from now on, even if the client leaves
-            // before the stream's last bytes.
-            self.finish();
-            return Some(event);
-        }
-        let target = self.tally.estimate(&self.quote);
+        // Once reported, the usage is the charge (even if the client leaves before the
+        // stream's last bytes), lower than the estimate or not.
+        let reported = self.tally.usage().is_some();
+        let target = self.tally.charge(&self.quote);
         let deadline = tokio::time::Instant::now() + self.grace;
         let delivered = self.charge.get();
         loop {
             let budget = self.charge.max();
             if target <= budget {
-                // Mid-stream charges only grow (a checkpoint cannot be undone anyway).
-                if target > self.charge.get().unwrap_or(0) {
+                // Estimates only grow (a checkpoint cannot be undone anyway).
+                if reported || target > self.charge.get().unwrap_or(0) {
                     self.charge.set(target);
                 }
                 return Some(event);
@@ -750,12 +769,12 @@ impl Relay {
         }
     }
 
-    /// The upstream ended: its usage, if complete, is the charge (capped at the budget);
-    /// otherwise the delivered estimate stands.
+    /// The upstream ended: its usage, if complete, is the charge (capped at the budget, as
+    /// set by the event that carried it); otherwise the delivered estimate stands.
     fn finish(&mut self) {
         match self.tally.usage() {
-            Some(u) => {
-                let actual = cost(self.quote.model, u.input, u.output).unwrap_or(u128::MAX);
+            Some(_) => {
+                let actual = self.tally.charge(&self.quote);
                 self.charge.set(actual.min(self.charge.max()));
             }
             None => {
@@ -856,7 +875,10 @@ mod tests {
         assert_eq!((q.input_bound, q.output_bound, q.price), (10, 50, 110));
         let q = r.quote(br#"{"model":"small","stream":true}"#).unwrap();
         // A stream's first voucher covers one increment of output.
-        assert_eq!((q.output_bound, q.price), (50, 10 + 40));
+        assert_eq!(
+            (q.output_bound, q.price, q.maximum),
+            (50, 10 + 40, 10 + 100)
+        );
     }
 
     #[test]
@@ -916,6 +938,7 @@ mod tests {
             output_bound: 10,
             input_estimate: 100,
             stream: true,
+            maximum: 420,
             price: 420,
         }
     }

@@ -109,6 +109,8 @@ async fn openai(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let usage = match kind {
         "nousage" => Value::Null,
         "badusage" => json!({"prompt_tokens": "twenty", "completion_tokens": 7}),
+        // More input than any bound (an image, say): the charge stops at the signed price.
+        "huge" => json!({"prompt_tokens": 1_000_000, "completion_tokens": COMPLETION}),
         _ if stream => json!({"prompt_tokens": PROMPT, "completion_tokens": CHUNKS}),
         _ => json!({"prompt_tokens": PROMPT, "completion_tokens": COMPLETION}),
     };
@@ -211,6 +213,7 @@ async fn rig() -> Rig {
         "gpt-badusage",
         "gpt-gzip",
         "gpt-slow",
+        "gpt-huge",
     ]);
     let toml = chain.serve_toml("127.0.0.1:0", &upstream, "/unused")
         + &format!(
@@ -344,6 +347,16 @@ async fn a_json_completion_is_quoted_from_max_tokens_and_charged_its_usage() {
     let no_max = r#"{"model":"gpt-ok"}"#;
     let (_, why) = quote(&url, no_max, "application/json").await.unwrap_err();
     assert_eq!(why["error"], "max_tokens_required");
+    // A request naming a stream is a renewal: answered here, never forwarded.
+    let renewal = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-402-stream-id", "0123")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renewal.status(), 404);
     assert_eq!(rig.upstream_calls(), 0);
 
     let client = rig.client();
@@ -375,6 +388,13 @@ async fn a_json_completion_is_quoted_from_max_tokens_and_charged_its_usage() {
         assert!(a.body.is_empty(), "{model}");
         assert_eq!(rig.charged(&id), total, "{model}");
     }
+
+    let body = r#"{"model":"gpt-huge","max_tokens":50}"#;
+    let a = client.post_json(&url, body).await.unwrap();
+    let price = len(body) * INPUT + 50 * OUTPUT;
+    assert_eq!(a.charged(), Some(price));
+    total += price;
+    assert_eq!(rig.charged(&id), total);
 
     // Anthropic: the input counts cache reads; a missing max_tokens takes the default.
     let url = format!("{}/v1/messages", rig.proxy);
