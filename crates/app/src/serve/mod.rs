@@ -30,6 +30,7 @@ pub use knobs::{
     WatcherKnobs,
 };
 pub use proxy::{CHARGE_HEADER, MAX_PROXY_BODY, proxy_router};
+pub use tokens::{ModelPrice, TokenApi};
 
 use std::future::Future;
 use std::sync::Arc;
