@@ -6,8 +6,8 @@
 //!
 //! - input bound: the body's length in bytes (a tokenizer's token covers at least one byte
 //!   of text), capped at `max_input_tokens` if set;
-//! - output bound: `max_tokens` (OpenAI also `max_completion_tokens`, the larger if both),
-//!   else `default_max_tokens`, else the request is refused; times `n` on OpenAI;
+//! - output bound: the larger of `max_tokens` and `max_completion_tokens`, else
+//!   `default_max_tokens`, else the request is refused; times `n` (default 1);
 //! - price = ⌈(input bound × input price + output bound × output price) / 10⁶⌉.
 //!
 //! That price is the offer (the 402 quotes it) and what the voucher pays for. The body that
@@ -201,20 +201,18 @@ impl TokenRoute {
             let name: String = asked.model.chars().take(100).collect();
             invalid("unknown_model", format!("model {name:?} is not sold here"))
         })?;
-        let asked_max = match self.api {
-            TokenApi::OpenAi => asked.max_tokens.max(asked.max_completion_tokens),
-            TokenApi::Anthropic => asked.max_tokens,
-        };
-        let max_tokens = asked_max.or(self.default_max_tokens).ok_or_else(|| {
-            invalid(
-                "max_tokens_required",
-                "this route prices max_tokens: send one",
-            )
-        })?;
-        let choices = match self.api {
-            TokenApi::OpenAi => asked.n.unwrap_or(1),
-            TokenApi::Anthropic => 1,
-        };
+        // Whichever API: an upstream honouring either field or `n` stays within the bound.
+        let max_tokens = asked
+            .max_tokens
+            .max(asked.max_completion_tokens)
+            .or(self.default_max_tokens)
+            .ok_or_else(|| {
+                invalid(
+                    "max_tokens_required",
+                    "this route prices max_tokens: send one",
+                )
+            })?;
+        let choices = asked.n.unwrap_or(1);
         if max_tokens > MAX_OUTPUT_TOKENS || !(1..=MAX_CHOICES).contains(&choices) {
             return Err(invalid(
                 "max_tokens_out_of_range",
@@ -286,7 +284,13 @@ pub(super) fn route_service<S: Store + 'static>(
         })
     };
     let once = BoxCloneSyncService::new(layer.clone().layer(handler.clone()));
-    let streamed = BoxCloneSyncService::new(layer.streaming().layer(handler));
+    let mut streaming = layer.streaming();
+    if route.stream_increment_tokens.is_none() {
+        // One voucher covers the whole maximum, which a stream's charge never passes: ask
+        // for a renewal only if the budget is used to the last unit.
+        streaming = streaming.renew_at_percent(100);
+    }
+    let streamed = BoxCloneSyncService::new(streaming.layer(handler));
     Ok(BoxCloneSyncService::new(service_fn(move |req: Request| {
         let (once, streamed) = (once.clone(), streamed.clone());
         let (up, route) = (Arc::clone(&upstream), Arc::clone(&route));
@@ -870,9 +874,12 @@ mod tests {
             "anthropic",
             "default_max_tokens = 50\nmax_input_tokens = 10\nstream_increment_tokens = 20",
         );
-        let q = r.quote(br#"{"model":"small","n":7}"#).unwrap();
-        // Anthropic has no `n`; the input bound is capped.
+        let q = r.quote(br#"{"model":"small"}"#).unwrap();
+        // The default output bound; the input bound is capped.
         assert_eq!((q.input_bound, q.output_bound, q.price), (10, 50, 110));
+        // Either field, and `n`, whichever API: the bound covers an upstream honouring them.
+        let q = r.quote(br#"{"model":"small","max_completion_tokens":5,"n":2}"#);
+        assert_eq!(q.unwrap().output_bound, 10);
         let q = r.quote(br#"{"model":"small","stream":true}"#).unwrap();
         // A stream's first voucher covers one increment of output.
         assert_eq!(
