@@ -347,6 +347,16 @@ async fn a_json_completion_is_quoted_from_max_tokens_and_charged_its_usage() {
     let no_max = r#"{"model":"gpt-ok"}"#;
     let (_, why) = quote(&url, no_max, "application/json").await.unwrap_err();
     assert_eq!(why["error"], "max_tokens_required");
+    // A compressed body cannot be priced.
+    let gzipped = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), 415);
     // A request naming a stream is a renewal: answered here, never forwarded.
     let renewal = reqwest::Client::new()
         .post(&url)
