@@ -33,10 +33,29 @@ fn offer_key(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
 }
 
+/// A request body: bytes and their `Content-Type` (the request is then a `POST`).
+pub(super) type Upload<'a> = Option<(&'a bytes::Bytes, &'a str)>;
+
 impl PayingClient {
     /// GETs `url`, paying on a 402.
     pub async fn get(&self, url: &str) -> Result<Answer, ClientError> {
-        let (res, target, deposit) = match self.send_paid(url, None, None).await? {
+        self.fetch(url, None).await
+    }
+
+    /// POSTs `body` (`Content-Type: application/json`) to `url`, paying on a 402. The price
+    /// of such a route may depend on the body (a per-token route prices `max_tokens`), so no
+    /// remembered offer is used: every call asks first and pays the offer made for its body.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: impl Into<bytes::Bytes>,
+    ) -> Result<Answer, ClientError> {
+        let body = body.into();
+        self.fetch(url, Some((&body, "application/json"))).await
+    }
+
+    async fn fetch(&self, url: &str, upload: Upload<'_>) -> Result<Answer, ClientError> {
+        let (res, target, deposit) = match self.send_paid(url, upload, None, None).await? {
             Sent::Free(res) => return answer(res, None).await,
             Sent::Paid {
                 res,
@@ -70,13 +89,15 @@ impl PayingClient {
         answer(res, Some(settle)).await
     }
 
-    /// GETs `url`; on a 402 pays with the next voucher (retrying `channel_busy` and adopting
-    /// a proven corrective 402) and returns the paid response with its body unread.
-    /// `cover`: the stream budget the channel balance should cover beyond the charged
-    /// amount (a deposit tops it up); `timeout` overrides the client's request timeout.
+    /// GETs `url` (or POSTs `upload`); on a 402 pays with the next voucher (retrying
+    /// `channel_busy` and adopting a proven corrective 402) and returns the paid response
+    /// with its body unread. `cover`: the stream budget the channel balance should cover
+    /// beyond the charged amount (a deposit tops it up); `timeout` overrides the client's
+    /// request timeout.
     pub(super) async fn send_paid(
         &self,
         url: &str,
+        upload: Upload<'_>,
         cover: Option<u128>,
         timeout: Option<Duration>,
     ) -> Result<Sent, ClientError> {
@@ -84,7 +105,11 @@ impl PayingClient {
         // instead of two. If the offer changed, the server's 402 carries the new one and the
         // request is paid again from it (once).
         let key = offer_key(url);
-        let cached = self.offers.lock().get(key).cloned();
+        let cached = if upload.is_none() {
+            self.offers.lock().get(key).cloned()
+        } else {
+            None
+        };
         let mut ahead = cached.is_some();
         let mut target = match cached {
             Some(mut t) => {
@@ -95,7 +120,7 @@ impl PayingClient {
                 t
             }
             None => {
-                let first = self.http.get(url).send().await?;
+                let first = self.request(url, upload).send().await?;
                 if first.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
                     return Ok(Sent::Free(first));
                 }
@@ -123,7 +148,7 @@ impl PayingClient {
                 self.cold_start(&target, false).await?;
             }
             let (header, deposit) = self.build_payment(&target, cover)?;
-            let mut req = self.http.get(url).header(PAYMENT_SIGNATURE, header);
+            let mut req = self.request(url, upload).header(PAYMENT_SIGNATURE, header);
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
@@ -180,7 +205,7 @@ impl PayingClient {
                     message,
                 });
             }
-            if res.status().is_success() {
+            if res.status().is_success() && upload.is_none() {
                 self.offers.lock().insert(key.to_owned(), target.clone());
             }
             return Ok(Sent::Paid {
@@ -188,6 +213,18 @@ impl PayingClient {
                 target: Box::new(target),
                 deposit,
             });
+        }
+    }
+
+    /// A GET of `url`, or a POST of `upload`.
+    fn request(&self, url: &str, upload: Upload<'_>) -> reqwest::RequestBuilder {
+        match upload {
+            None => self.http.get(url),
+            Some((body, content_type)) => self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body.clone()),
         }
     }
 

@@ -90,8 +90,31 @@ impl PayingClient {
     /// if one is needed, covers `max_total`. Fails before paying if the route's price is above
     /// `max_total`. A non-402 answer that is not paid is read as a free stream.
     pub async fn stream(&self, url: &str, max_total: u128) -> Result<PaidStream<'_>, ClientError> {
+        self.open_stream(url, None, max_total).await
+    }
+
+    /// Like [`PayingClient::stream`], but POSTs `body` (`Content-Type: application/json`),
+    /// as a streamed chat completion is asked for. Renewals go to the same URL without a
+    /// body. No remembered offer is used (the price may depend on the body).
+    pub async fn stream_post_json(
+        &self,
+        url: &str,
+        body: impl Into<bytes::Bytes>,
+        max_total: u128,
+    ) -> Result<PaidStream<'_>, ClientError> {
+        let body = body.into();
+        self.open_stream(url, Some((&body, "application/json")), max_total)
+            .await
+    }
+
+    async fn open_stream(
+        &self,
+        url: &str,
+        upload: super::request::Upload<'_>,
+        max_total: u128,
+    ) -> Result<PaidStream<'_>, ClientError> {
         let sent = self
-            .send_paid(url, Some(max_total), Some(STREAM_TIMEOUT))
+            .send_paid(url, upload, Some(max_total), Some(STREAM_TIMEOUT))
             .await?;
         let (res, target, deposit) = match sent {
             Sent::Free(res) => {

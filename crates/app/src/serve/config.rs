@@ -1,6 +1,7 @@
 //! The `serve` TOML file ([`ServeConfig`]): listener, upstream, priced routes, chain, store,
 //! and the knob tables it is checked against at start-up.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use super::knobs::{
     WatcherKnobs,
 };
 use super::request_target;
+pub use super::tokens::{ModelPrice, TokenApi};
 use x402_upto::engine::EngineConfig;
 use x402_upto::store::{DEFAULT_GROUP_LINGER, Durability, SledOptions};
 use x402_upto::wire::Eip155Network;
@@ -99,17 +101,75 @@ pub struct ServeConfig {
     pub postgres: Option<PostgresKnobs>,
 }
 
-/// One priced path prefix.
+/// One priced path prefix: a fixed `price`, or priced by tokens (`tokens = "openai"` or
+/// `"anthropic"` with a `models` table; see [`super::tokens`]).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Path prefix, e.g. `/api/` (longest prefix wins).
     pub prefix: String,
-    /// Maximum price per request in atomic units.
-    pub price: u64,
+    /// Maximum price per request in atomic units (fixed routes).
+    #[serde(default)]
+    pub price: Option<u64>,
     /// `resource.description`.
     #[serde(default)]
     pub description: Option<String>,
+    /// A route priced by tokens: the API whose request and `usage` shapes it reads.
+    #[serde(default)]
+    pub tokens: Option<TokenApi>,
+    /// Token routes: price per million input and output tokens of each model, in atomic
+    /// units, by the request's `model`.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelPrice>,
+    /// Token routes: the output bound of a request without `max_tokens`; without it such a
+    /// request is refused (400).
+    #[serde(default)]
+    pub default_max_tokens: Option<u64>,
+    /// Token routes: a cap on the input bound (the model's context window); the bound is
+    /// otherwise the request body's length in bytes.
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
+    /// Token routes: output tokens one voucher of a stream covers; the stream renews for
+    /// each further such slice. Without it a stream's one voucher covers `max_tokens`.
+    #[serde(default)]
+    pub stream_increment_tokens: Option<u64>,
+    /// Token routes: how long a stream whose budget is used up waits for the client's
+    /// renewal before it is cut (seconds).
+    #[serde(default = "default_renewal_grace")]
+    pub renewal_grace_secs: u64,
+}
+
+fn default_renewal_grace() -> u64 {
+    30
+}
+
+impl RouteConfig {
+    /// A fixed route has a `price` and nothing of a token route; a token route the reverse.
+    pub(super) fn check_kind(&self) -> Result<(), String> {
+        let p = &self.prefix;
+        match (self.price, self.tokens) {
+            (Some(_), None) => {
+                let token_only = !self.models.is_empty()
+                    || self.default_max_tokens.is_some()
+                    || self.max_input_tokens.is_some()
+                    || self.stream_increment_tokens.is_some();
+                if token_only {
+                    return Err(format!(
+                        "route {p:?}: models, default_max_tokens, max_input_tokens and \
+                         stream_increment_tokens belong to a token route (tokens = …)"
+                    ));
+                }
+                Ok(())
+            }
+            (None, Some(_)) => super::tokens::check_route(self),
+            (Some(_), Some(_)) => Err(format!(
+                "route {p:?}: a token route is priced by its models, not by price"
+            )),
+            (None, None) => Err(format!(
+                "route {p:?}: needs a price, or tokens = \"openai\" | \"anthropic\" with models"
+            )),
+        }
+    }
 }
 
 /// `public_url`: an absolute `http(s)` origin, optionally with a base path, nothing else.
@@ -294,6 +354,7 @@ impl ServeConfig {
                     r.prefix
                 ));
             }
+            r.check_kind()?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! Priced path prefixes go through [`PaymentLayer`]; everything else is forwarded for free.
 //! The upstream may report the actual cost of a request in the `X-Upto-Charge` response
 //! header (decimal atomic units, ≤ the route's price); without it the full price is charged.
+//! A token route prices an LLM API by its tokens instead ([`tokens`]).
 
 //!
 //! | module | holds |
@@ -12,6 +13,7 @@
 //! | [`proxy`] | [`proxy_router`]: pricing by prefix, dispatch, forwarding upstream |
 //! | [`listener`] | connection limits and timeouts around hyper |
 //! | [`request_target`] | request-target normalisation |
+//! | [`tokens`] | routes priced by tokens (OpenAI / Anthropic APIs): quote, `usage`, streams |
 //! | `cluster` | several instances on one PostgreSQL store: the settler lease, cache refresh |
 
 mod cluster;
@@ -20,6 +22,7 @@ pub mod knobs;
 pub mod listener;
 pub mod proxy;
 pub mod request_target;
+pub mod tokens;
 
 pub use config::{RouteConfig, ServeConfig};
 pub use knobs::{
@@ -27,6 +30,7 @@ pub use knobs::{
     WatcherKnobs,
 };
 pub use proxy::{CHARGE_HEADER, MAX_PROXY_BODY, proxy_router};
+pub use tokens::{ModelPrice, TokenApi};
 
 use std::future::Future;
 use std::sync::Arc;

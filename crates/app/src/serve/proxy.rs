@@ -29,16 +29,16 @@ pub const MAX_PROXY_BODY: usize = 32 * 1024 * 1024;
 
 /// The upstream origin: scheme and authority, and a base path every forwarded path goes under.
 #[derive(Clone, Debug)]
-struct Upstream {
+pub(super) struct Upstream {
     http: reqwest::Client,
     /// `scheme://authority` without a trailing slash.
     origin: String,
     /// The origin's own path (`/base`), or empty.
     base_path: String,
     /// Longest time the upstream may take to answer, headers and body.
-    timeout: Duration,
+    pub(super) timeout: Duration,
     /// Longest time to read a request body from the client.
-    body_timeout: Duration,
+    pub(super) body_timeout: Duration,
 }
 
 impl Upstream {
@@ -112,17 +112,25 @@ pub fn proxy_router<S: Store + 'static>(
     for r in &cfg.routes {
         let prefix = request_target::route_prefix(&r.prefix)
             .ok_or_else(|| format!("route prefix {:?} is not a normalised path", r.prefix))?;
-        let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(r.price));
-        if let Some(d) = &r.description {
-            layer = layer.with_description(d.clone());
-        }
-        if let Some(base) = &cfg.public_url {
-            layer = layer.with_base_url(base.clone());
-        }
-        routes.push((
-            prefix,
-            BoxCloneSyncService::new(layer.layer(forwarder.clone())),
-        ));
+        let service = match r.price {
+            None => super::tokens::route_service(
+                engine.clone(),
+                r,
+                Arc::clone(&upstream),
+                cfg.public_url.as_deref(),
+            )?,
+            Some(price) => {
+                let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(price));
+                if let Some(d) = &r.description {
+                    layer = layer.with_description(d.clone());
+                }
+                if let Some(base) = &cfg.public_url {
+                    layer = layer.with_base_url(base.clone());
+                }
+                BoxCloneSyncService::new(layer.layer(forwarder.clone()))
+            }
+        };
+        routes.push((prefix, service));
     }
     // Longest prefix first, so the first match is the most specific price.
     routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
@@ -187,9 +195,14 @@ fn valid_host(req: &Request) -> bool {
 }
 
 fn bad_request(code: &str, message: &str) -> Response {
+    refused(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// A refusal before pricing: `{"error": code, "message": …}`.
+pub(super) fn refused(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::BAD_REQUEST;
+    *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -203,39 +216,14 @@ struct UpstreamUrl(reqwest::Url);
 
 /// Sends a request to the upstream, at the URL [`dispatch`] checked for it.
 async fn forward(up: &Upstream, req: Request) -> Response {
-    let (mut parts, body) = req.into_parts();
-    // Only `dispatch` reaches here; without its URL nothing is forwarded.
-    let Some(UpstreamUrl(url)) = parts.extensions.remove::<UpstreamUrl>() else {
-        return status(StatusCode::BAD_REQUEST);
-    };
-    let bytes =
-        match tokio::time::timeout(up.body_timeout, axum::body::to_bytes(body, MAX_PROXY_BODY))
-            .await
-        {
-            Ok(Ok(b)) => b,
-            Ok(Err(_)) => return status(StatusCode::PAYLOAD_TOO_LARGE),
-            Err(_) => return status(StatusCode::REQUEST_TIMEOUT),
-        };
-    let mut out = up.http.request(parts.method.clone(), url).body(bytes);
-    for (name, value) in &parts.headers {
-        // Payment headers stay here; hop-by-hop headers are not forwarded.
-        if !is_hop_or_payment(name) {
-            out = out.header(name, value);
-        }
-    }
-    let res = match out.send().await {
+    let res = match send(up, req, Encoding::AsAsked, None).await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream request failed");
-            return status(StatusCode::BAD_GATEWAY);
-        }
+        Err(answer) => return answer,
     };
-    let code = res.status();
-    let headers = res.headers().clone();
     // A charge the upstream reports but we cannot read is an upstream fault: charging the
     // full price would bill the payer for our misunderstanding, charging nothing would give
     // the work away; neither is served.
-    let charge = match headers.get(CHARGE_HEADER).map(parse_charge) {
+    let charge = match res.headers().get(CHARGE_HEADER).map(parse_charge) {
         None => None,
         Some(Ok(c)) => Some(c),
         Some(Err(raw)) => {
@@ -245,21 +233,88 @@ async fn forward(up: &Upstream, req: Request) -> Response {
             return status(StatusCode::BAD_GATEWAY);
         }
     };
+    let mut response = buffered(up, res).await;
+    if let Some(c) = charge {
+        response.extensions_mut().insert(ActualCharge(c));
+    }
+    response
+}
+
+/// What the upstream may encode its answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Encoding {
+    /// Whatever the client accepts (its `Accept-Encoding` is forwarded).
+    AsAsked,
+    /// `identity` only: the proxy reads the answer (a token route's `usage`).
+    Identity,
+}
+
+/// Sends a request to the upstream at the URL [`dispatch`] checked for it, with the request
+/// body (buffered, bounded) exactly as received. `timeout` overrides the upstream timeout
+/// (a stream is bounded per chunk by its reader instead).
+pub(super) async fn send(
+    up: &Upstream,
+    req: Request,
+    encoding: Encoding,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Response, Response> {
+    let (mut parts, body) = req.into_parts();
+    // Only `dispatch` reaches here; without its URL nothing is forwarded.
+    let Some(UpstreamUrl(url)) = parts.extensions.remove::<UpstreamUrl>() else {
+        return Err(status(StatusCode::BAD_REQUEST));
+    };
+    let bytes =
+        match tokio::time::timeout(up.body_timeout, axum::body::to_bytes(body, MAX_PROXY_BODY))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return Err(status(StatusCode::PAYLOAD_TOO_LARGE)),
+            Err(_) => return Err(status(StatusCode::REQUEST_TIMEOUT)),
+        };
+    let mut out = up.http.request(parts.method.clone(), url).body(bytes);
+    for (name, value) in &parts.headers {
+        // Payment headers stay here; hop-by-hop headers are not forwarded.
+        if is_hop_or_payment(name)
+            || (encoding == Encoding::Identity && name == http::header::ACCEPT_ENCODING)
+        {
+            continue;
+        }
+        out = out.header(name, value);
+    }
+    if encoding == Encoding::Identity {
+        out = out.header(http::header::ACCEPT_ENCODING, "identity");
+    }
+    if let Some(t) = timeout {
+        out = out.timeout(t);
+    }
+    out.send().await.map_err(|e| {
+        tracing::warn!(error = %e, "upstream request failed");
+        status(StatusCode::BAD_GATEWAY)
+    })
+}
+
+/// The upstream's answer, body read whole (bounded by the upstream timeout), with its
+/// end-to-end headers; 502 if the body does not arrive.
+pub(super) async fn buffered(up: &Upstream, res: reqwest::Response) -> Response {
+    let code = res.status();
+    let headers = res.headers().clone();
     let body = match tokio::time::timeout(up.timeout, res.bytes()).await {
         Ok(Ok(b)) => b,
         _ => return status(StatusCode::BAD_GATEWAY),
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = code;
-    for (name, value) in &headers {
+    copy_headers(&headers, response.headers_mut());
+    response
+}
+
+/// The upstream's end-to-end headers, without payment headers and `X-Upto-Charge`.
+pub(super) fn copy_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
+    for (name, value) in from {
         if !is_hop_or_payment(name) && name.as_str() != CHARGE_HEADER {
-            response.headers_mut().append(name, value.clone());
+            to.append(name, value.clone());
         }
     }
-    if let Some(c) = charge {
-        response.extensions_mut().insert(ActualCharge(c));
-    }
-    response
 }
 
 /// `X-Upto-Charge`: a plain decimal in atomic units (no sign, no fraction, no exponent,
@@ -290,7 +345,7 @@ fn is_hop_or_payment(name: &HeaderName) -> bool {
     )
 }
 
-fn status(code: StatusCode) -> Response {
+pub(super) fn status(code: StatusCode) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = code;
     r

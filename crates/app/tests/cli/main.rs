@@ -9,3 +9,4 @@ mod security_http;
 mod serve_config;
 mod serve_process;
 mod server_proxy;
+mod token_routes;

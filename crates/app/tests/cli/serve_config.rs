@@ -438,3 +438,41 @@ fn the_deposits_table_defaults_to_two_blocks_and_refuses_a_wait_that_cannot_end(
         assert!(err.contains(needle), "{extra}: {err}");
     }
 }
+
+#[test]
+fn the_readme_token_route_parses_and_routes_are_fixed_or_by_tokens() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .find(|b| b.contains("tokens = \"openai\""))
+        .and_then(|b| b.split("```").next())
+        .expect("README: the token route example");
+    let cfg = parse(block).unwrap();
+    let route = &cfg.routes[0];
+    assert_eq!(route.tokens, Some(x402_upto_app::serve::TokenApi::OpenAi));
+    assert_eq!((route.price, route.models.len()), (None, 2));
+    assert_eq!(route.models["gpt-4o-mini"].output, 600_000);
+    for (extra, needle) in [
+        (
+            "[[route]]\nprefix = \"/v1/\"\ntokens = \"openai\"\nprice = 5\n[route.models]\nm = { input = 1, output = 1 }\n",
+            "not by price",
+        ),
+        (
+            "[[route]]\nprefix = \"/v1/\"\ntokens = \"openai\"\n",
+            "models",
+        ),
+        ("[[route]]\nprefix = \"/v1/\"\n", "needs a price"),
+        (
+            "[[route]]\nprefix = \"/v1/\"\ntokens = \"gemini\"\n",
+            "gemini",
+        ),
+        (
+            "[[route]]\nprefix = \"/v1/\"\ntokens = \"openai\"\n[route.models]\nm = { input = 1 }\n",
+            "output",
+        ),
+    ] {
+        let err = parse(extra).expect_err(extra);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+}

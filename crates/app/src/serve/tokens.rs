@@ -1,0 +1,1039 @@
+//! Routes priced by tokens: `serve` in front of an OpenAI- or Anthropic-compatible API.
+//!
+//! A token route (`tokens = "openai"` or `"anthropic"` in a `[[route]]`) reads the JSON
+//! request body before pricing it: its `model` picks a row of the route's price table (per
+//! million input and output tokens), and the request's **maximum** is
+//!
+//! - input bound: the body's length in bytes (a tokenizer's token covers at least one byte
+//!   of text), capped at `max_input_tokens` if set;
+//! - output bound: the larger of `max_tokens` and `max_completion_tokens`, else
+//!   `default_max_tokens`, else the request is refused; times `n` (default 1);
+//! - price = ⌈(input bound × input price + output bound × output price) / 10⁶⌉.
+//!
+//! That price is the offer (the 402 quotes it) and what the voucher pays for. The body that
+//! was parsed is the body forwarded, byte for byte; the upstream is asked for an unencoded
+//! answer (`Accept-Encoding: identity`) so that the proxy can read its `usage`, and an
+//! encoded answer is a 502. The actual charge is the same formula on the upstream's `usage`,
+//! capped at the signed price. A JSON answer without a readable `usage` is a 502, nothing
+//! charged.
+//!
+//! A streamed request (`"stream": true`; OpenAI must also ask
+//! `stream_options.include_usage`) goes through the metered-stream layer: the charge follows
+//! what was delivered (estimated, see [`Tally::estimate`]) while the stream runs, so the
+//! voucher renews mid-stream once its budget runs low; at the end the stream's own usage
+//! (OpenAI's last chunk; Anthropic's `message_start` and `message_delta`) replaces the
+//! estimate. A stream that ends without a complete usage (client gone, upstream cut,
+//! usage missing or malformed) is charged the estimate of what was delivered. Never more
+//! than the signed budget.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt as _};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer as _, service_fn};
+
+use super::config::{RouteConfig, atomic};
+use super::proxy::{
+    Encoding, MAX_PROXY_BODY, Upstream, buffered, copy_headers, refused, send, status,
+};
+use x402_upto::engine::Engine;
+use x402_upto::server::{Charge, PaymentLayer, Price, STREAM_ID_HEADER};
+use x402_upto::store::Store;
+use x402_upto::telemetry;
+
+/// The API a token route speaks: where `max_tokens` and `usage` are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum TokenApi {
+    /// OpenAI chat completions: `usage.prompt_tokens` / `completion_tokens`.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic messages: `usage.input_tokens` (+ cache tokens) / `output_tokens`.
+    #[serde(rename = "anthropic")]
+    Anthropic,
+}
+
+/// A model's prices, atomic units per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Per million input (prompt) tokens.
+    #[serde(deserialize_with = "atomic")]
+    pub input: u128,
+    /// Per million output (completion) tokens.
+    #[serde(deserialize_with = "atomic")]
+    pub output: u128,
+}
+
+/// Largest `max_tokens` (and `n`) priced; above it the request is refused.
+const MAX_OUTPUT_TOKENS: u64 = u32::MAX as u64;
+const MAX_CHOICES: u64 = 128;
+/// Largest SSE event the proxy holds while looking for its end (bytes).
+const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Request timeout of a streamed answer: it is bounded per chunk instead.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The start-up checks of a token route.
+pub(super) fn check_route(r: &RouteConfig) -> Result<(), String> {
+    let p = &r.prefix;
+    if r.models.is_empty() {
+        return Err(format!(
+            "route {p:?}: a token route needs a [route.models] table"
+        ));
+    }
+    if let Some((name, _)) = r.models.iter().find(|(_, m)| m.input == 0 && m.output == 0) {
+        return Err(format!("route {p:?}: model {name:?} has no price"));
+    }
+    let positive = [
+        (r.default_max_tokens, "default_max_tokens"),
+        (r.max_input_tokens, "max_input_tokens"),
+        (r.stream_increment_tokens, "stream_increment_tokens"),
+    ];
+    if let Some((_, name)) = positive.iter().find(|(v, _)| *v == Some(0)) {
+        return Err(format!("route {p:?}: {name} must be at least 1"));
+    }
+    if r.default_max_tokens.is_some_and(|d| d > MAX_OUTPUT_TOKENS) {
+        return Err(format!("route {p:?}: default_max_tokens is too large"));
+    }
+    if r.renewal_grace_secs == 0 {
+        return Err(format!(
+            "route {p:?}: renewal_grace_secs must be at least 1"
+        ));
+    }
+    Ok(())
+}
+
+/// A token route's pricing rules.
+#[derive(Debug)]
+struct TokenRoute {
+    api: TokenApi,
+    models: HashMap<String, ModelPrice>,
+    default_max_tokens: Option<u64>,
+    max_input_tokens: Option<u64>,
+    stream_increment_tokens: Option<u64>,
+    grace: Duration,
+}
+
+/// ⌈(input × input price + output × output price) / 10⁶⌉; `None` past 128 bits.
+fn cost(p: ModelPrice, input: u64, output: u64) -> Option<u128> {
+    let total = p
+        .input
+        .checked_mul(u128::from(input))?
+        .checked_add(p.output.checked_mul(u128::from(output))?)?;
+    Some(total.div_ceil(1_000_000))
+}
+
+/// What a request body asks for, and its price: a request extension the layer prices by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Quote {
+    model: ModelPrice,
+    /// Input tokens the request may cost at most (its priced bound).
+    input_bound: u64,
+    /// Output tokens it may cost at most.
+    output_bound: u64,
+    /// The input estimate of a stream that ends without usage: a quarter of the body's
+    /// bytes, never above the bound.
+    input_estimate: u64,
+    stream: bool,
+    /// The request's maximum: the cost of both bounds.
+    maximum: u128,
+    /// The offer's price: the whole maximum, or a stream's first increment.
+    price: u128,
+}
+
+/// The request fields pricing reads. Derived: a repeated field is an error, so the value
+/// priced cannot differ from the one an upstream keeping the first occurrence would use.
+#[derive(Deserialize)]
+struct Asked {
+    model: String,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    n: Option<u64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// Why a body cannot be priced: status, code, message.
+type Unpriceable = (StatusCode, &'static str, String);
+
+fn invalid(code: &'static str, message: impl Into<String>) -> Unpriceable {
+    (StatusCode::BAD_REQUEST, code, message.into())
+}
+
+impl TokenRoute {
+    fn new(r: &RouteConfig) -> Result<Self, String> {
+        check_route(r)?;
+        Ok(Self {
+            api: r.tokens.ok_or("not a token route")?,
+            models: r.models.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            default_max_tokens: r.default_max_tokens,
+            max_input_tokens: r.max_input_tokens,
+            stream_increment_tokens: r.stream_increment_tokens,
+            grace: Duration::from_secs(r.renewal_grace_secs),
+        })
+    }
+
+    /// Prices a request body (see the module's rules).
+    fn quote(&self, body: &[u8]) -> Result<Quote, Unpriceable> {
+        let asked: Asked = serde_json::from_slice(body).map_err(|e| {
+            let why: String = e.to_string().chars().take(200).collect();
+            invalid(
+                "invalid_body",
+                format!("the body is not a priceable JSON request: {why}"),
+            )
+        })?;
+        let model = *self.models.get(&asked.model).ok_or_else(|| {
+            let name: String = asked.model.chars().take(100).collect();
+            invalid("unknown_model", format!("model {name:?} is not sold here"))
+        })?;
+        // Whichever API: an upstream honouring either field or `n` stays within the bound.
+        let max_tokens = asked
+            .max_tokens
+            .max(asked.max_completion_tokens)
+            .or(self.default_max_tokens)
+            .ok_or_else(|| {
+                invalid(
+                    "max_tokens_required",
+                    "this route prices max_tokens: send one",
+                )
+            })?;
+        let choices = asked.n.unwrap_or(1);
+        if max_tokens > MAX_OUTPUT_TOKENS || !(1..=MAX_CHOICES).contains(&choices) {
+            return Err(invalid(
+                "max_tokens_out_of_range",
+                format!("max_tokens ≤ {MAX_OUTPUT_TOKENS} and 1 ≤ n ≤ {MAX_CHOICES}"),
+            ));
+        }
+        let stream = asked.stream.unwrap_or(false);
+        let include_usage = asked
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        if stream && self.api == TokenApi::OpenAi && !include_usage {
+            return Err(invalid(
+                "stream_usage_required",
+                "a stream is charged by its usage: ask for it with \
+                 \"stream_options\": {\"include_usage\": true}",
+            ));
+        }
+        let bytes = u64::try_from(body.len()).unwrap_or(u64::MAX);
+        let input_bound = self.max_input_tokens.map_or(bytes, |cap| bytes.min(cap));
+        let output_bound = max_tokens * choices;
+        let first_output = match (stream, self.stream_increment_tokens) {
+            (true, Some(slice)) => output_bound.min(slice),
+            _ => output_bound,
+        };
+        let too_large = || invalid("price_out_of_range", "this request's maximum is too large");
+        let maximum = cost(model, input_bound, output_bound)
+            .filter(|p| *p <= u128::from(u64::MAX))
+            .ok_or_else(too_large)?;
+        let price = cost(model, input_bound, first_output).ok_or_else(too_large)?;
+        Ok(Quote {
+            model,
+            input_bound,
+            output_bound,
+            input_estimate: (bytes / 4).min(input_bound),
+            stream,
+            maximum,
+            // A priced route never offers 0 (a voucher must move the channel).
+            price: price.max(1),
+        })
+    }
+}
+
+/// The service of a token route: reads and prices the body, then pays and forwards it
+/// through one of two payment layers (plain, or metered stream).
+pub(super) fn route_service<S: Store + 'static>(
+    engine: Engine<S>,
+    r: &RouteConfig,
+    upstream: Arc<Upstream>,
+    public_url: Option<&str>,
+) -> Result<BoxCloneSyncService<Request, Response, Infallible>, String> {
+    let route = Arc::new(TokenRoute::new(r)?);
+    let price = Price::Dynamic(Arc::new(|req: &Request| {
+        // Every request the layers see was quoted, except renewals (priced by their stream).
+        req.extensions().get::<Quote>().map_or(0, |q| q.price)
+    }));
+    let mut layer = PaymentLayer::new(engine, price);
+    if let Some(d) = &r.description {
+        layer = layer.with_description(d.clone());
+    }
+    if let Some(base) = public_url {
+        layer = layer.with_base_url(base.to_owned());
+    }
+    let handler = {
+        let (up, route) = (Arc::clone(&upstream), Arc::clone(&route));
+        service_fn(move |req: Request| {
+            let (up, route) = (Arc::clone(&up), Arc::clone(&route));
+            async move { Ok::<_, Infallible>(answer(&up, &route, req).await) }
+        })
+    };
+    let once = BoxCloneSyncService::new(layer.clone().layer(handler.clone()));
+    let mut streaming = layer.streaming();
+    if route.stream_increment_tokens.is_none() {
+        // One voucher covers the whole maximum, which a stream's charge never passes: ask
+        // for a renewal only if the budget is used to the last unit.
+        streaming = streaming.renew_at_percent(100);
+    }
+    let streamed = BoxCloneSyncService::new(streaming.layer(handler));
+    Ok(BoxCloneSyncService::new(service_fn(move |req: Request| {
+        let (once, streamed) = (once.clone(), streamed.clone());
+        let (up, route) = (Arc::clone(&upstream), Arc::clone(&route));
+        async move {
+            if req.headers().contains_key(STREAM_ID_HEADER) {
+                // A renewal of a live stream: the streaming layer answers it; nothing is
+                // forwarded.
+                let Ok(r) = streamed.oneshot(req).await;
+                return Ok::<_, Infallible>(r);
+            }
+            let req = match priced(&up, &route, req).await {
+                Ok(req) => req,
+                Err(refusal) => return Ok(refusal),
+            };
+            let stream = req.extensions().get::<Quote>().is_some_and(|q| q.stream);
+            let Ok(r) = if stream {
+                streamed.oneshot(req).await
+            } else {
+                once.oneshot(req).await
+            };
+            Ok(r)
+        }
+    })))
+}
+
+/// Reads the body (bounded), prices it and puts it back unchanged, with its [`Quote`].
+async fn priced(up: &Upstream, route: &TokenRoute, req: Request) -> Result<Request, Response> {
+    let (mut parts, body) = req.into_parts();
+    let encoded = parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if encoded || !json {
+        return Err(refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_body",
+            "a token route reads an unencoded application/json body",
+        ));
+    }
+    let bytes =
+        match tokio::time::timeout(up.body_timeout, axum::body::to_bytes(body, MAX_PROXY_BODY))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return Err(status(StatusCode::PAYLOAD_TOO_LARGE)),
+            Err(_) => return Err(status(StatusCode::REQUEST_TIMEOUT)),
+        };
+    let quote = route.quote(&bytes).map_err(|(code, reason, message)| {
+        metrics::counter!(telemetry::TARGETS_REFUSED, "reason" => reason).increment(1);
+        refused(code, reason, &message)
+    })?;
+    parts.extensions.insert(quote);
+    // The bytes priced are the bytes forwarded.
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// The paid part: forwards the request and charges the upstream's usage.
+async fn answer(up: &Upstream, route: &TokenRoute, req: Request) -> Response {
+    let (Some(quote), Some(charge)) = (
+        req.extensions().get::<Quote>().copied(),
+        req.extensions().get::<Charge>().cloned(),
+    ) else {
+        return status(StatusCode::BAD_GATEWAY);
+    };
+    // A stream is bounded per chunk once it answers; its headers, like any answer's, within
+    // the upstream timeout.
+    let timeout = quote.stream.then_some(STREAM_TIMEOUT);
+    let res =
+        match tokio::time::timeout(up.timeout, send(up, req, Encoding::Identity, timeout)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(answer)) => return answer,
+            Err(_) => return status(StatusCode::BAD_GATEWAY),
+        };
+    if res.status().as_u16() >= 400 {
+        // The upstream refused: its answer passes, nothing is charged (the layer's rule).
+        return buffered(up, res).await;
+    }
+    let encoded = res
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let sse = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let fault = if !res.status().is_success() {
+        Some("unexpected_status")
+    } else if encoded {
+        Some("encoded_answer")
+    } else if quote.stream != sse {
+        Some("unexpected_content_type")
+    } else {
+        None
+    };
+    if let Some(kind) = fault {
+        return upstream_fault(kind);
+    }
+    if quote.stream {
+        return relay(up, route, quote, charge, res);
+    }
+    let headers = res.headers().clone();
+    let body = match tokio::time::timeout(up.timeout, read_bounded(res)).await {
+        Ok(Some(b)) => b,
+        _ => return status(StatusCode::BAD_GATEWAY),
+    };
+    let Some(usage) = json_usage(route.api, &body) else {
+        return upstream_fault("missing_usage");
+    };
+    // Capped at the signed price: an upstream counting more (images, tools) than the input
+    // bound is not charged beyond what the payer signed.
+    let actual = cost(quote.model, usage.input, usage.output)
+        .unwrap_or(u128::MAX)
+        .min(charge.max());
+    charge.set(actual);
+    let mut response = Response::new(Body::from(body));
+    copy_headers(&headers, response.headers_mut());
+    response
+}
+
+/// An upstream answer the proxy cannot charge by: 502, nothing charged, nothing forwarded.
+fn upstream_fault(kind: &'static str) -> Response {
+    tracing::warn!(
+        kind,
+        "token route: unusable upstream answer; 502, nothing charged"
+    );
+    metrics::counter!(telemetry::UPSTREAM_ERRORS, "kind" => kind).increment(1);
+    status(StatusCode::BAD_GATEWAY)
+}
+
+async fn read_bounded(res: reqwest::Response) -> Option<Bytes> {
+    let mut body = BytesMut::new();
+    let mut chunks = res.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        body.extend_from_slice(&chunk.ok()?);
+        if body.len() > MAX_PROXY_BODY {
+            return None;
+        }
+    }
+    Some(body.freeze())
+}
+
+/// Tokens the upstream reports for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Usage {
+    input: u64,
+    output: u64,
+}
+
+/// The `usage` of a JSON answer; `None` if missing or not the API's shape.
+fn json_usage(api: TokenApi, body: &[u8]) -> Option<Usage> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    usage_of(api, v.get("usage")?)
+}
+
+fn tokens(v: &Value, key: &str) -> Option<u64> {
+    v.get(key)?.as_u64()
+}
+
+/// A token count that may be absent or `null`, but is a count if present.
+fn optional_tokens(v: &Value, key: &str) -> Option<u64> {
+    match v.get(key) {
+        None | Some(Value::Null) => Some(0),
+        Some(n) => n.as_u64(),
+    }
+}
+
+/// A `usage` object of the API's shape. Anthropic's input is the sum of its plain and cache
+/// input tokens (all priced as input).
+fn usage_of(api: TokenApi, usage: &Value) -> Option<Usage> {
+    match api {
+        TokenApi::OpenAi => Some(Usage {
+            input: tokens(usage, "prompt_tokens")?,
+            output: tokens(usage, "completion_tokens")?,
+        }),
+        TokenApi::Anthropic => Some(Usage {
+            input: anthropic_input(usage)?,
+            output: tokens(usage, "output_tokens")?,
+        }),
+    }
+}
+
+fn anthropic_input(usage: &Value) -> Option<u64> {
+    tokens(usage, "input_tokens")?
+        .checked_add(optional_tokens(usage, "cache_creation_input_tokens")?)?
+        .checked_add(optional_tokens(usage, "cache_read_input_tokens")?)
+}
+
+/// What a stream has shown so far: usage reported, and the output delivered.
+#[derive(Debug)]
+struct Tally {
+    api: TokenApi,
+    /// OpenAI: the final chunk's usage.
+    openai: Option<Usage>,
+    /// Anthropic: input tokens from `message_start` (or a later `message_delta`).
+    anthropic_input: Option<u64>,
+    /// Anthropic: cumulative output tokens of the latest `message_delta`.
+    anthropic_output: Option<u64>,
+    /// Anthropic: a `message_delta` with usage was seen.
+    anthropic_final: bool,
+    /// A usage that was present but not of the API's shape: the stream has no usage.
+    malformed: bool,
+    /// Output tokens estimated from the delivered deltas.
+    delivered: u64,
+}
+
+impl Tally {
+    fn new(api: TokenApi) -> Self {
+        Self {
+            api,
+            openai: None,
+            anthropic_input: None,
+            anthropic_output: None,
+            anthropic_final: false,
+            malformed: false,
+            delivered: 0,
+        }
+    }
+
+    /// Takes in one whole SSE event (its bytes as sent).
+    fn observe(&mut self, event: &[u8]) {
+        let Ok(text) = std::str::from_utf8(event) else {
+            return;
+        };
+        let mut data = String::new();
+        for line in text.lines() {
+            if let Some(d) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            }
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+            return; // `[DONE]`, comments, pings
+        };
+        match self.api {
+            TokenApi::OpenAi => self.observe_openai(&v),
+            TokenApi::Anthropic => self.observe_anthropic(&v),
+        }
+    }
+
+    fn observe_openai(&mut self, v: &Value) {
+        match v.get("usage") {
+            None | Some(Value::Null) => {}
+            Some(u) => match usage_of(TokenApi::OpenAi, u) {
+                Some(u) => self.openai = Some(u),
+                None => self.malformed = true,
+            },
+        }
+        let mut text = 0usize;
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(delta) = choice.get("delta") else {
+                continue;
+            };
+            text += str_len(delta, "content") + str_len(delta, "refusal");
+            for call in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                text += call.get("function").map_or(0, |f| str_len(f, "arguments"));
+            }
+        }
+        self.deliver(text);
+    }
+
+    fn observe_anthropic(&mut self, v: &Value) {
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => match v.get("message").and_then(|m| m.get("usage")) {
+                Some(u) => match (anthropic_input(u), tokens(u, "output_tokens")) {
+                    (Some(input), Some(output)) => {
+                        self.anthropic_input = Some(input);
+                        self.anthropic_output = Some(output);
+                    }
+                    _ => self.malformed = true,
+                },
+                None => self.malformed = true,
+            },
+            Some("content_block_delta") => {
+                let text = v.get("delta").map_or(0, |d| {
+                    str_len(d, "text") + str_len(d, "partial_json") + str_len(d, "thinking")
+                });
+                self.deliver(text);
+            }
+            Some("message_delta") => match v.get("usage") {
+                Some(u) => {
+                    match tokens(u, "output_tokens") {
+                        Some(output) => self.anthropic_output = Some(output),
+                        None => self.malformed = true,
+                    }
+                    // Newer versions repeat the input here; it then wins.
+                    if u.get("input_tokens").is_some() {
+                        match anthropic_input(u) {
+                            Some(input) => self.anthropic_input = Some(input),
+                            None => self.malformed = true,
+                        }
+                    }
+                    // `message_start` alone is not a final usage.
+                    self.anthropic_final = true;
+                }
+                None => self.malformed = true,
+            },
+            _ => {}
+        }
+    }
+
+    /// An event with `bytes` of generated text counts ⌊bytes / 4⌋ tokens, at least one.
+    fn deliver(&mut self, bytes: usize) {
+        if bytes > 0 {
+            let n = u64::try_from(bytes / 4).unwrap_or(u64::MAX).max(1);
+            self.delivered = self.delivered.saturating_add(n);
+        }
+    }
+
+    /// The stream's complete usage, if it reported one of the API's shape.
+    fn usage(&self) -> Option<Usage> {
+        if self.malformed {
+            return None;
+        }
+        match self.api {
+            TokenApi::OpenAi => self.openai,
+            TokenApi::Anthropic => match (self.anthropic_final, self.anthropic_input) {
+                (true, Some(input)) => Some(Usage {
+                    input,
+                    output: self.anthropic_output?,
+                }),
+                _ => None,
+            },
+        }
+    }
+
+    /// The charge of what was delivered (the rule for a stream without a complete usage):
+    /// input = the tokens the stream reported, else a quarter of the request's bytes (never
+    /// above the input bound); output = the delivered estimate, never above the output
+    /// bound. Never above the request's maximum.
+    fn estimate(&self, quote: &Quote) -> u128 {
+        let input = self.anthropic_input.unwrap_or(quote.input_estimate);
+        let output = self.delivered.min(quote.output_bound);
+        cost(quote.model, input, output)
+            .unwrap_or(u128::MAX)
+            .min(quote.maximum)
+    }
+
+    /// The stream's charge so far: its complete usage once reported, else the estimate;
+    /// never above the request's maximum.
+    fn charge(&self, quote: &Quote) -> u128 {
+        match self.usage() {
+            Some(u) => cost(quote.model, u.input, u.output)
+                .unwrap_or(u128::MAX)
+                .min(quote.maximum),
+            None => self.estimate(quote),
+        }
+    }
+}
+
+fn str_len(v: &Value, key: &str) -> usize {
+    v.get(key).and_then(Value::as_str).map_or(0, str::len)
+}
+
+/// A streamed answer: relayed event by event, each charged as it is delivered.
+fn relay(
+    up: &Upstream,
+    route: &TokenRoute,
+    quote: Quote,
+    charge: Charge,
+    res: reqwest::Response,
+) -> Response {
+    let headers = res.headers().clone();
+    let tally = Tally::new(route.api);
+    // Before the first event: the input alone (a client leaving now still cost the prompt).
+    charge.set(tally.estimate(&quote).min(charge.max()));
+    let relay = Relay {
+        upstream: Box::pin(res.bytes_stream()),
+        buf: BytesMut::new(),
+        tally,
+        quote,
+        charge,
+        idle: up.timeout,
+        grace: route.grace,
+        ended: false,
+    };
+    let body = futures_util::stream::unfold(relay, |mut relay| async move {
+        let event = relay.next_event().await?;
+        Some((Ok::<_, Infallible>(event), relay))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    copy_headers(&headers, response.headers_mut());
+    response
+}
+
+/// The state of one relayed stream.
+struct Relay {
+    upstream: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buf: BytesMut,
+    tally: Tally,
+    quote: Quote,
+    charge: Charge,
+    /// Longest wait for the upstream's next bytes.
+    idle: Duration,
+    /// Longest wait for a renewal once the budget is used up.
+    grace: Duration,
+    ended: bool,
+}
+
+impl Relay {
+    /// The next whole event, charged; `None` when the stream is over (its final charge set).
+    async fn next_event(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(end) = event_end(&self.buf) {
+                let event = self.buf.split_to(end).freeze();
+                return self.deliver(event).await;
+            }
+            if self.ended {
+                if self.buf.is_empty() {
+                    self.finish();
+                    return None;
+                }
+                // A last event without its blank line.
+                let event = self.buf.split().freeze();
+                return self.deliver(event).await;
+            }
+            if self.buf.len() > MAX_EVENT_BYTES {
+                tracing::warn!("token route: an SSE event above 1 MiB; the stream is cut");
+                return None;
+            }
+            match tokio::time::timeout(self.idle, self.upstream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(None) => self.ended = true,
+                Ok(Some(Err(_))) | Err(_) => {
+                    tracing::warn!("token route: the upstream stream broke off");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Charges an event before it goes out; `None` (the stream is cut, the event withheld)
+    /// when its charge needs a renewal that did not come in time.
+    async fn deliver(&mut self, event: Bytes) -> Option<Bytes> {
+        self.tally.observe(&event);
+        // Once reported, the usage is the charge (even if the client leaves before the
+        // stream's last bytes), lower than the estimate or not.
+        let reported = self.tally.usage().is_some();
+        let target = self.tally.charge(&self.quote);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let delivered = self.charge.get();
+        loop {
+            let budget = self.charge.max();
+            if target <= budget {
+                // Estimates only grow (a checkpoint cannot be undone anyway).
+                if reported || target > self.charge.get().unwrap_or(0) {
+                    self.charge.set(target);
+                }
+                return Some(event);
+            }
+            // The budget is used up: the meter now asks for a renewal; wait for it.
+            self.charge.set(budget);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !self.charge.add_wait(1, left).await {
+                tracing::info!("token route: no renewal in time; the stream is cut");
+                // The withheld event is not charged.
+                if let Some(c) = delivered {
+                    self.charge.set(c);
+                }
+                return None;
+            }
+        }
+    }
+
+    /// The upstream ended: its usage, if complete, is the charge (capped at the budget, as
+    /// set by the event that carried it); otherwise the delivered estimate stands.
+    fn finish(&mut self) {
+        match self.tally.usage() {
+            Some(_) => {
+                let actual = self.tally.charge(&self.quote);
+                self.charge.set(actual.min(self.charge.max()));
+            }
+            None => {
+                tracing::warn!(
+                    "token route: a stream ended without a usable usage; charged by what was delivered"
+                );
+                metrics::counter!(telemetry::UPSTREAM_ERRORS, "kind" => "stream_without_usage")
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// The length of the first whole SSE event in `buf` (through its blank line), if any.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(3).position(|w| w == b"\n\r\n").map(|i| i + 3);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn route(api: &str, extra: &str) -> TokenRoute {
+        let toml = format!(
+            "prefix = \"/v1/\"\ntokens = \"{api}\"\n{extra}\n[models]\n\
+             small = {{ input = 1000000, output = 2000000 }}\n"
+        );
+        TokenRoute::new(&toml::from_str::<RouteConfig>(&toml).unwrap()).unwrap()
+    }
+
+    fn code(r: Result<Quote, Unpriceable>) -> &'static str {
+        r.unwrap_err().1
+    }
+
+    #[test]
+    fn the_quote_is_the_body_bound_plus_max_tokens() {
+        let r = route("openai", "");
+        let body = br#"{"model":"small","max_tokens":100,"messages":[]}"#;
+        let q = r.quote(body).unwrap();
+        // 1 unit per input token, 2 per output token; input bound = body bytes.
+        assert_eq!(q.input_bound, body.len() as u64);
+        assert_eq!(q.price, body.len() as u128 + 200);
+        // OpenAI: the larger of max_tokens and max_completion_tokens, times n.
+        let body = br#"{"model":"small","max_tokens":10,"max_completion_tokens":30,"n":2}"#;
+        assert_eq!(r.quote(body).unwrap().output_bound, 60);
+    }
+
+    #[test]
+    fn unpriceable_bodies_are_refused_with_their_reason() {
+        let r = route("openai", "");
+        assert_eq!(
+            code(r.quote(br#"{"model":"big","max_tokens":1}"#)),
+            "unknown_model"
+        );
+        assert_eq!(
+            code(r.quote(br#"{"model":"small"}"#)),
+            "max_tokens_required"
+        );
+        assert_eq!(code(r.quote(b"not json")), "invalid_body");
+        assert_eq!(
+            code(r.quote(br#"{"model":"small","max_tokens":-1}"#)),
+            "invalid_body"
+        );
+        assert_eq!(
+            code(r.quote(br#"{"model":"small","max_tokens":1} x"#)),
+            "invalid_body"
+        );
+        // A repeated field could be read differently upstream: refused.
+        let twice = br#"{"model":"small","max_tokens":1,"max_tokens":100000}"#;
+        assert_eq!(code(r.quote(twice)), "invalid_body");
+        let twice = br#"{"model":"small","model":"other","max_tokens":1}"#;
+        assert_eq!(code(r.quote(twice)), "invalid_body");
+        assert_eq!(
+            code(r.quote(br#"{"model":"small","max_tokens":1,"n":0}"#)),
+            "max_tokens_out_of_range"
+        );
+        let stream = br#"{"model":"small","max_tokens":1,"stream":true}"#;
+        assert_eq!(code(r.quote(stream)), "stream_usage_required");
+        // Anthropic streams always carry their usage.
+        assert!(route("anthropic", "").quote(stream).unwrap().stream);
+    }
+
+    #[test]
+    fn defaults_caps_and_stream_increments() {
+        let r = route(
+            "anthropic",
+            "default_max_tokens = 50\nmax_input_tokens = 10\nstream_increment_tokens = 20",
+        );
+        let q = r.quote(br#"{"model":"small"}"#).unwrap();
+        // The default output bound; the input bound is capped.
+        assert_eq!((q.input_bound, q.output_bound, q.price), (10, 50, 110));
+        // Either field, and `n`, whichever API: the bound covers an upstream honouring them.
+        let q = r.quote(br#"{"model":"small","max_completion_tokens":5,"n":2}"#);
+        assert_eq!(q.unwrap().output_bound, 10);
+        let q = r.quote(br#"{"model":"small","stream":true}"#).unwrap();
+        // A stream's first voucher covers one increment of output.
+        assert_eq!(
+            (q.output_bound, q.price, q.maximum),
+            (50, 10 + 40, 10 + 100)
+        );
+    }
+
+    #[test]
+    fn prices_round_up_to_the_next_atomic_unit() {
+        let p = ModelPrice {
+            input: 150,
+            output: 600,
+        };
+        assert_eq!(cost(p, 1000, 0), Some(1));
+        assert_eq!(cost(p, 0, 0), Some(0));
+        assert_eq!(cost(p, 10_000, 1_000), Some(3)); // 1.5 + 0.6 → 3
+        let huge = ModelPrice {
+            input: u128::MAX,
+            output: 1,
+        };
+        assert_eq!(cost(huge, 2, 0), None);
+    }
+
+    #[test]
+    fn json_usage_of_each_api() {
+        let openai = br#"{"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+        assert_eq!(
+            json_usage(TokenApi::OpenAi, openai),
+            Some(Usage {
+                input: 12,
+                output: 5
+            })
+        );
+        let anthropic = br#"{"usage":{"input_tokens":12,"cache_read_input_tokens":3,"cache_creation_input_tokens":null,"output_tokens":5}}"#;
+        assert_eq!(
+            json_usage(TokenApi::Anthropic, anthropic),
+            Some(Usage {
+                input: 15,
+                output: 5
+            })
+        );
+        for bad in [
+            &br#"{"usage":{"prompt_tokens":"12","completion_tokens":5}}"#[..],
+            br#"{"usage":{"prompt_tokens":12}}"#,
+            br#"{"usage":{"prompt_tokens":-1,"completion_tokens":5}}"#,
+            br#"{"usage":null}"#,
+            br#"{"choices":[]}"#,
+            b"garbage",
+        ] {
+            assert_eq!(json_usage(TokenApi::OpenAi, bad), None);
+        }
+        assert_eq!(json_usage(TokenApi::Anthropic, openai), None);
+    }
+
+    fn quote() -> Quote {
+        Quote {
+            model: ModelPrice {
+                input: 1_000_000,
+                output: 2_000_000,
+            },
+            input_bound: 400,
+            output_bound: 10,
+            input_estimate: 100,
+            stream: true,
+            maximum: 420,
+            price: 420,
+        }
+    }
+
+    #[test]
+    fn an_openai_stream_is_estimated_until_its_usage_chunk() {
+        let mut t = Tally::new(TokenApi::OpenAi);
+        t.observe(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n");
+        assert_eq!(t.delivered, 0);
+        t.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello there\"}}]}\n\n");
+        t.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"!\"}}]}\n\n");
+        // ⌊11 / 4⌋ = 2, then at least 1.
+        assert_eq!(t.delivered, 3);
+        assert_eq!(t.estimate(&quote()), 100 + 2 * 3);
+        assert_eq!(t.usage(), None);
+        t.observe(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":4}}\n\n",
+        );
+        t.observe(b"data: [DONE]\n\n");
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input: 30,
+                output: 4
+            })
+        );
+        // Output estimates never pass the bound.
+        for _ in 0..50 {
+            t.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"word\"}}]}\n\n");
+        }
+        assert_eq!(t.estimate(&quote()), 100 + 2 * 10);
+        t.observe(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":\"x\"}}\n\n");
+        assert_eq!(
+            t.usage(),
+            None,
+            "a malformed usage leaves the stream without one"
+        );
+    }
+
+    #[test]
+    fn an_anthropic_stream_needs_message_start_and_message_delta() {
+        let mut t = Tally::new(TokenApi::Anthropic);
+        t.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n");
+        // The reported input replaces the body estimate at once.
+        assert_eq!(t.estimate(&quote()), 25);
+        t.observe(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello, world\"}}\n\n");
+        assert_eq!(t.estimate(&quote()), 25 + 2 * 3);
+        assert_eq!(t.usage(), None);
+        t.observe(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n");
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input: 25,
+                output: 15
+            })
+        );
+        let mut t = Tally::new(TokenApi::Anthropic);
+        t.observe(b"event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\r\n\r\n");
+        assert_eq!(t.usage(), None, "no message_start: no input count");
+    }
+
+    #[test]
+    fn a_route_is_fixed_or_priced_by_tokens() {
+        let check = |toml: &str| {
+            toml::from_str::<RouteConfig>(&format!("prefix = \"/v1/\"\n{toml}"))
+                .unwrap()
+                .check_kind()
+        };
+        let models = "[models]\nm = { input = 1, output = 2 }";
+        assert!(check("price = 5").is_ok());
+        assert!(check(&format!("tokens = \"openai\"\n{models}")).is_ok());
+        assert!(check(&format!("tokens = \"openai\"\nprice = 5\n{models}")).is_err());
+        assert!(check("tokens = \"openai\"").is_err(), "no models");
+        assert!(check(&format!("price = 5\n{models}")).is_err());
+        assert!(check("").is_err());
+        let free = "tokens = \"openai\"\n[models]\nm = { input = 0, output = 0 }";
+        assert!(check(free).is_err());
+        let zero = format!("tokens = \"openai\"\ndefault_max_tokens = 0\n{models}");
+        assert!(check(&zero).is_err());
+        // Prices above 64 bits are written as strings.
+        let big = "tokens = \"anthropic\"\n[models]\nm = { input = \"100000000000000000000\", output = 1 }";
+        assert!(check(big).is_ok());
+    }
+
+    #[test]
+    fn events_end_at_a_blank_line() {
+        assert_eq!(event_end(b"data: a\n\ndata: b\n\n"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\ndata: b"), Some(11));
+        assert_eq!(event_end(b"data: a\ndata: b\n"), None);
+    }
+}
