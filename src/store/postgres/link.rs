@@ -20,7 +20,7 @@ pub(super) struct Conn {
 
 /// The store's statements (see `mod.rs` for what each one is for).
 pub(super) struct Statements {
-    pub cas_update: Statement,
+    pub cas_batch: Statement,
     pub cas_insert: Statement,
     pub remove: Statement,
     pub versions: Statement,
@@ -32,15 +32,20 @@ pub(super) struct Statements {
     pub changes: Statement,
 }
 
-/// Record columns written by a compare-and-set; `$5` keeps the hold (a renewal) or
-/// releases it (a request's commit); `$6` is this instance, `$7` the hold's length (ms).
-const CAS_UPDATE: &str = "UPDATE x402_channels SET version = $3, record = $4, \
+/// The compare-and-sets of stored channels in one batch: each row moves from `expected`
+/// to `version` with its new record; `keep` keeps the hold (a renewal) or releases it (a
+/// request's commit). `$6` is this instance, `$7` the hold's length (ms). Returns the ids
+/// written; the others lost their compare-and-set.
+const CAS_BATCH: &str = "UPDATE x402_channels AS c SET version = r.version, record = r.record, \
      seq = nextval('x402_channel_seq'), \
-     holder = CASE WHEN $5 THEN holder ELSE NULL END, \
-     held_until = CASE WHEN $5 AND holder = $6 \
+     holder = CASE WHEN r.keep THEN c.holder ELSE NULL END, \
+     held_until = CASE WHEN r.keep AND c.holder = $6 \
          THEN clock_timestamp() + $7::bigint * interval '1 millisecond' \
-         WHEN $5 THEN held_until ELSE NULL END \
-     WHERE id = $1 AND version = $2 AND record IS NOT NULL";
+         WHEN r.keep THEN c.held_until ELSE NULL END \
+     FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bool[]) \
+         AS r(id, expected, version, record, keep) \
+     WHERE c.id = r.id AND c.version = r.expected AND c.record IS NOT NULL \
+     RETURNING c.id";
 
 /// First write of a channel; a placeholder row left by a hold (`record IS NULL`) is taken over.
 const CAS_INSERT: &str = "INSERT INTO x402_channels AS c (id, version, record, seq) \
@@ -147,7 +152,7 @@ impl Statements {
                 .map_err(unavailable("preparing statements"))
         };
         Ok(Self {
-            cas_update: p(CAS_UPDATE).await?,
+            cas_batch: p(CAS_BATCH).await?,
             cas_insert: p(CAS_INSERT).await?,
             remove: p("DELETE FROM x402_channels WHERE id = $1 AND version = $2 AND record IS NOT NULL")
                 .await?,

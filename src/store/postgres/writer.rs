@@ -48,18 +48,27 @@ pub(super) struct Writer {
 impl Writer {
     /// Runs until every sender is gone.
     pub(super) async fn run(self, mut queue: mpsc::Receiver<WriteOp>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(first) = queue.recv().await {
-            batch.push(first);
+        let mut next: Vec<WriteOp> = Vec::new();
+        loop {
+            let mut batch = std::mem::take(&mut next);
+            if batch.is_empty() {
+                match queue.recv().await {
+                    Some(op) => batch.push(op),
+                    None => return,
+                }
+            }
+            // One write per channel per batch: the batched UPDATE changes a row once.
+            let mut ids: std::collections::HashSet<ChannelId> =
+                batch.iter().map(|op| op.id).collect();
             while batch.len() < self.max_batch {
                 match queue.try_recv() {
-                    Ok(op) => batch.push(op),
+                    Ok(op) if ids.insert(op.id) => batch.push(op),
+                    Ok(op) => next.push(op),
                     Err(_) => break,
                 }
             }
             metrics::histogram!(crate::telemetry::STORE_BATCH_SIZE).record(batch.len() as f64);
             self.commit(&mut batch).await;
-            batch.clear();
         }
     }
 
@@ -101,79 +110,115 @@ impl Writer {
         }
     }
 
-    /// One transaction: `BEGIN`, a statement per write, `COMMIT`, all pipelined. Returns,
-    /// per write, `None` if it was applied or `Some(found)` (the stored version) if not.
+    /// One transaction, pipelined: `BEGIN`; one `UPDATE … FROM unnest(…)` for every
+    /// compare-and-set of a stored channel (the common case); a statement for each other
+    /// write (first writes, removals); `COMMIT`. Returns, per write, `None` if it was
+    /// applied or `Some(found)` (the stored version) if not.
     async fn execute(&self, batch: &[WriteOp]) -> Result<Vec<Option<Option<u64>>>, StoreError> {
         let conn = self.link.conn().await?;
         let c = &conn.client;
-        let ids: Vec<&[u8]> = batch.iter().map(|op| op.id.0.as_slice()).collect();
-        let params: Vec<Vec<Box<dyn ToSql + Sync + Send>>> = batch
-            .iter()
-            .zip(&ids)
-            .map(|(op, id)| -> Vec<Box<dyn ToSql + Sync + Send>> {
-                let id = id.to_vec();
-                match &op.kind {
-                    WriteKind::Put {
-                        expected: Some(expected),
-                        version,
-                        bytes,
-                        keep_hold,
-                    } => vec![
-                        Box::new(id),
-                        Box::new(as_i64(*expected)),
-                        Box::new(as_i64(*version)),
-                        Box::new(bytes.clone()),
-                        Box::new(*keep_hold),
-                        Box::new(self.instance.clone()),
-                        Box::new(self.hold_ms),
-                    ],
-                    WriteKind::Put {
-                        expected: None,
-                        version,
-                        bytes,
-                        keep_hold,
-                    } => vec![
-                        Box::new(id),
-                        Box::new(as_i64(*version)),
-                        Box::new(bytes.clone()),
-                        Box::new(*keep_hold),
-                        Box::new(self.instance.clone()),
-                        Box::new(self.hold_ms),
-                    ],
-                    WriteKind::Remove { expected } => {
-                        vec![Box::new(id), Box::new(as_i64(*expected))]
-                    }
-                }
-            })
-            .collect();
-        let begin = c.batch_execute("BEGIN");
-        let writes = batch.iter().zip(&params).map(|(op, p)| {
-            let statement = match &op.kind {
+        // The batched compare-and-sets.
+        let mut up_ids: Vec<&[u8]> = Vec::new();
+        let mut up_expected: Vec<i64> = Vec::new();
+        let mut up_versions: Vec<i64> = Vec::new();
+        let mut up_records: Vec<&[u8]> = Vec::new();
+        let mut up_keep: Vec<bool> = Vec::new();
+        // The rest, one statement each: (index in the batch, statement, parameters).
+        let mut singles: Vec<(usize, &tokio_postgres::Statement, Params)> = Vec::new();
+        for (i, op) in batch.iter().enumerate() {
+            let id = op.id.0.as_slice();
+            match &op.kind {
                 WriteKind::Put {
-                    expected: Some(_), ..
-                } => &conn.st.cas_update,
-                WriteKind::Put { expected: None, .. } => &conn.st.cas_insert,
-                WriteKind::Remove { .. } => &conn.st.remove,
-            };
+                    expected: Some(expected),
+                    version,
+                    bytes,
+                    keep_hold,
+                } => {
+                    up_ids.push(id);
+                    up_expected.push(as_i64(*expected));
+                    up_versions.push(as_i64(*version));
+                    up_records.push(bytes);
+                    up_keep.push(*keep_hold);
+                }
+                WriteKind::Put {
+                    expected: None,
+                    version,
+                    bytes,
+                    keep_hold,
+                } => singles.push((
+                    i,
+                    &conn.st.cas_insert,
+                    vec![
+                        Box::new(id.to_vec()),
+                        Box::new(as_i64(*version)),
+                        Box::new(bytes.clone()),
+                        Box::new(*keep_hold),
+                        Box::new(self.instance.clone()),
+                        Box::new(self.hold_ms),
+                    ],
+                )),
+                WriteKind::Remove { expected } => singles.push((
+                    i,
+                    &conn.st.remove,
+                    vec![Box::new(id.to_vec()), Box::new(as_i64(*expected))],
+                )),
+            }
+        }
+        let begin = c.batch_execute("BEGIN");
+        let updates = async {
+            if up_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            c.query(
+                &conn.st.cas_batch,
+                &[
+                    &up_ids,
+                    &up_expected,
+                    &up_versions,
+                    &up_records,
+                    &up_keep,
+                    &self.instance,
+                    &self.hold_ms,
+                ],
+            )
+            .await
+        };
+        let others = join_all(singles.iter().map(|(_, statement, p)| {
             let refs: Vec<&(dyn ToSql + Sync)> = p
                 .iter()
                 .map(|b| b.as_ref() as &(dyn ToSql + Sync))
                 .collect();
-            async move { c.execute(statement, &refs).await }
-        });
+            async move { c.execute(*statement, &refs).await }
+        }));
         let commit = c.batch_execute("COMMIT");
         // Polled in order, so the statements go out in order on the one connection.
-        let (began, written, committed) = futures_util::join!(begin, join_all(writes), commit);
+        let (began, updated, written, committed) =
+            futures_util::join!(begin, updates, others, commit);
         began.map_err(unavailable("BEGIN of a group commit"))?;
-        let mut applied = Vec::with_capacity(written.len());
-        for w in written {
-            applied.push(w.map_err(unavailable("a write of a group commit"))? == 1);
+        let updated = updated.map_err(unavailable("the compare-and-sets of a group commit"))?;
+        let mut applied = vec![false; batch.len()];
+        let updated: std::collections::HashSet<&[u8]> =
+            updated.iter().map(|r| r.get::<_, &[u8]>(0)).collect();
+        for (i, op) in batch.iter().enumerate() {
+            if matches!(
+                op.kind,
+                WriteKind::Put {
+                    expected: Some(_),
+                    ..
+                }
+            ) {
+                applied[i] = updated.contains(op.id.0.as_slice());
+            }
+        }
+        for ((i, _, _), w) in singles.iter().zip(written) {
+            applied[*i] = w.map_err(unavailable("a write of a group commit"))? == 1;
         }
         committed.map_err(unavailable("COMMIT of a group commit"))?;
         if applied.iter().all(|a| *a) {
             return Ok(vec![None; batch.len()]);
         }
         // Conflicts: report what is stored, as sled does.
+        let ids: Vec<&[u8]> = batch.iter().map(|op| op.id.0.as_slice()).collect();
         let lost: Vec<&[u8]> = ids
             .iter()
             .zip(&applied)
@@ -198,6 +243,9 @@ impl Writer {
             .collect())
     }
 }
+
+/// The parameters of one statement.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 /// Versions are u64 in memory and bigint in the database; they never reach 2^63.
 pub(super) fn as_i64(v: u64) -> i64 {
