@@ -6,8 +6,9 @@
 #   bash scripts/scale.sh                      # full: 3 sizes, C = 32, 10 s windows, 3 rounds,
 #                                              # claims of 1,000 and 10,000 channels on anvil
 #   bash scripts/scale.sh --quick              # smoke: 1,000 and 10,000 channels, 2 s, 1 round
-#   bash scripts/scale.sh -- --claims 1000,100000 --rounds 5   # anything after `--` goes to
-#                                              # `x402-upto bench-scale` (see its --help)
+#   bash scripts/scale.sh -- --claims 0 --rounds 5   # anything after `--` goes to
+#                                              # `x402-upto bench-scale` (see its --help;
+#                                              # `--claims 0`: no anvil)
 #
 # Seeded stores are kept in $X402_SCALE_CACHE (default target/scale-seeds) and reused: seeding a
 # million channels takes a while, and every run serves a fresh copy of the seed. The plot goes to
@@ -38,11 +39,20 @@ cache="${X402_SCALE_CACHE:-$root/target/scale-seeds}"
 mkdir -p "$cache"
 
 if [ "$quick" = 1 ]; then
-  mode=(--channels 1000,10000 --duration 2 --rounds 1 --claims 1000 --svg "$root/target/scale-quick.svg")
+  defaults=(--channels 1000,10000 --duration 2 --rounds 1 --claims 1000 --svg "$root/target/scale-quick.svg"
+            --json "$root/target/scale.json")
 else
-  mode=(--svg "$root/docs/scale.svg")
+  defaults=(--svg "$root/docs/scale.svg" --json "$root/target/scale.json")
 fi
+# A flag given after `--` replaces the mode's default for it.
+mode=()
+for ((i = 0; i < ${#defaults[@]}; i += 2)); do
+  case " ${pass[*]} " in
+    *" ${defaults[i]} "*) ;;
+    *) mode+=("${defaults[i]}" "${defaults[i + 1]}") ;;
+  esac
+done
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') × $(nproc), $(free -g | awk '/^Mem:/ {print $2}') GiB"
-exec "$bin" bench-scale --seed-cache "$cache" --json "$root/target/scale.json" "${mode[@]}" \
+exec "$bin" bench-scale --seed-cache "$cache" "${mode[@]}" \
   --note "Machine: $cpu, $(date -u +%Y-%m-%dT%H:%MZ), load average $(cut -d' ' -f1-3 /proc/loadavg) at the start. The servers, the load generator and anvil share the cores." \
   "${pass[@]}"

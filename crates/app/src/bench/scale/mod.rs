@@ -60,7 +60,7 @@ pub struct ScaleArgs {
     /// the table says so).
     #[arg(long, default_value_t = 20_000)]
     pub budget_rate: u64,
-    /// Channel counts to claim on anvil (none: `--claims ''`).
+    /// Channel counts to claim on anvil (`--claims 0`: none).
     #[arg(long, value_delimiter = ',', default_values_t = [1_000u64, 10_000])]
     pub claims: Vec<u64>,
     /// Rows per claim transaction.
