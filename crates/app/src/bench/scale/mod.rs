@@ -93,6 +93,8 @@ pub struct SizeResult {
     pub open_seconds: f64,
     /// Seconds from start to a restored ledger (open + `load_all` + `Ledger::restore`).
     pub restore_seconds: f64,
+    /// CPU seconds the server process spent on that (all its threads).
+    pub restore_cpu_seconds: f64,
     /// Server RSS before the store was opened, bytes.
     pub rss_before: u64,
     /// Server RSS once the store was open.
@@ -391,6 +393,7 @@ async fn run(args: &ScaleArgs) -> crate::Result<()> {
             store_bytes: s.store_bytes,
             open_seconds: r["openSeconds"].as_f64().unwrap_or(0.0),
             restore_seconds: r["restoreSeconds"].as_f64().unwrap_or(0.0),
+            restore_cpu_seconds: r["restoreCpuSeconds"].as_f64().unwrap_or(0.0),
             rss_before,
             rss_open: r["rssOpen"].as_u64().unwrap_or(0),
             rss_after,

@@ -60,6 +60,7 @@ pub fn run_blocking(args: &ScaleServerArgs) -> crate::Result<()> {
 async fn serve(args: &ScaleServerArgs) -> crate::Result<()> {
     // The baseline: runtime and binary loaded, no store, no channel.
     let rss_before = world::rss_bytes("self").unwrap_or(0);
+    let ticks0 = crate::bench::cpu::proc_ticks("self").unwrap_or(0);
     let t0 = Instant::now();
     let store = Arc::new(
         SledStore::open(&args.dir, SledOptions::with_durability(args.durability))
@@ -72,6 +73,12 @@ async fn serve(args: &ScaleServerArgs) -> crate::Result<()> {
         .map_err(|e| fail("engine", e))?;
     let channels = engine.restore().await.map_err(|e| fail("restore", e))?;
     let restore_seconds = t0.elapsed().as_secs_f64();
+    // CPU time of the whole process (sled's threads included), in clock ticks of 1/100 s:
+    // what the restart costs whatever else the machine is doing.
+    let restore_cpu_seconds = crate::bench::cpu::proc_ticks("self")
+        .unwrap_or(0)
+        .saturating_sub(ticks0) as f64
+        / 100.0;
     let rss_after = world::rss_bytes("self").unwrap_or(0);
 
     let paid = move |Extension(c): Extension<Charge>| async move {
@@ -109,7 +116,8 @@ async fn serve(args: &ScaleServerArgs) -> crate::Result<()> {
         "READY {}",
         json!({"paid": format!("{url}/paid"), "stats": format!("{url}/admin/stats"),
                "channels": channels, "openSeconds": open_seconds,
-               "restoreSeconds": restore_seconds, "rssBefore": rss_before,
+               "restoreSeconds": restore_seconds, "restoreCpuSeconds": restore_cpu_seconds,
+               "rssBefore": rss_before,
                "rssOpen": rss_open, "rssAfter": rss_after})
     );
     axum::serve(listener, app)
