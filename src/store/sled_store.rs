@@ -420,11 +420,13 @@ fn sync_path(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// sled's page cache. Its default (1 GiB) ends up holding the whole channel tree after the
-/// start-up scans (about 520 bytes per channel at 1,000,000 channels); the ledger holds
-/// every channel anyway, so sled's cache only serves the pages writes touch. 64 MiB kept
-/// the paid req/s at 1,000,000 channels and cut the memory per idle channel from 1,231 to
-/// 826 bytes (`docs/benchmarks.md`, "Scale").
+/// sled's page cache: a trade between memory and write cost at many channels. Its default
+/// (1 GiB) ends up holding the whole channel tree (about 480 bytes per channel at 1,000,000
+/// channels, on top of the ledger's ~600); a small one makes most writes page their leaf
+/// back in on the store thread, which lengthens every group commit. Paired runs at
+/// 1,000,000 channels (`docs/benchmarks.md`, "Scale"): 64 MiB 817 B per channel and paid
+/// req/s 0.63–0.78 of 1,000 channels'; 256 MiB 1,013 B, 0.85–0.91; 1 GiB 1,230 B, 0.88–0.96.
+/// 64 MiB keeps the memory target; no setting met both targets in these runs.
 const CACHE_BYTES: u64 = 64 << 20;
 
 /// Opens sled, waiting up to 5 s while the directory lock is held. sled's background flusher
