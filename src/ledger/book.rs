@@ -83,13 +83,21 @@ impl Ledger {
     /// Loads persisted records (on start, before serving). Overwrites channels with the same
     /// id; a channel currently held keeps its hold.
     pub fn restore(&self, records: impl IntoIterator<Item = ChannelRecord>) -> usize {
+        let records = records.into_iter();
+        // Size every shard once for what is coming, instead of rehashing it as it doubles.
+        let per_shard = records.size_hint().0.div_ceil(self.inner.shards.len());
+        if per_shard > 0 {
+            for shard in self.inner.shards.iter() {
+                shard.lock().reserve(per_shard + per_shard / 16);
+            }
+        }
         let mut n = 0;
         for record in records {
             let mut shard = self.lock(&record.channel_id);
             match shard.get_mut(&record.channel_id) {
                 Some(slot) => slot.record = record,
                 None => {
-                    shard.insert(record.channel_id, Slot { record, hold: None });
+                    shard.insert(record.channel_id, Box::new(Slot { record, hold: None }));
                 }
             }
             n += 1;
@@ -136,7 +144,7 @@ impl Ledger {
                     n += 1;
                 }
                 None => {
-                    shard.insert(record.channel_id, Slot { record, hold: None });
+                    shard.insert(record.channel_id, Box::new(Slot { record, hold: None }));
                     n += 1;
                 }
             }
@@ -162,9 +170,11 @@ impl Ledger {
     ) -> (ChannelId, ChannelSnapshot) {
         let id = self.inner.domain.channel_id(&config);
         let mut shard = self.lock(&id);
-        let slot = shard.entry(id).or_insert_with(|| Slot {
-            record: ChannelRecord::from_chain(id, config, onchain, now),
-            hold: None,
+        let slot = shard.entry(id).or_insert_with(|| {
+            Box::new(Slot {
+                record: ChannelRecord::from_chain(id, config, onchain, now),
+                hold: None,
+            })
         });
         let before = slot.record.onchain;
         slot.record.mirror(onchain, now);

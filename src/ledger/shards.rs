@@ -20,7 +20,10 @@ pub(crate) struct Slot {
     pub(crate) hold: Option<u64>,
 }
 
-pub(crate) type Shard = HashMap<ChannelId, Slot, IdHashBuilder>;
+/// Slots are boxed: a table holds only a key and a pointer per channel, so the slack of its
+/// power-of-two growth (up to half the buckets empty) costs 40 bytes a bucket instead of a
+/// whole record's ~450 (the scale bench: `docs/benchmarks.md`, "Scale").
+pub(crate) type Shard = HashMap<ChannelId, Box<Slot>, IdHashBuilder>;
 
 /// The shards and the hasher that picks one.
 #[derive(Debug)]
@@ -53,6 +56,11 @@ impl Shards {
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Mutex<Shard>> {
         self.shards.iter()
+    }
+
+    /// Number of shards.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
     }
 }
 

@@ -74,7 +74,9 @@ pub struct SledStore {
     /// Stored version of every channel. sled holds an exclusive lock on its directory, so
     /// this process is the only writer and the cache is authoritative: a compare-and-set is
     /// one map lookup plus one sled insert, not a sled read plus a sled compare-and-swap.
-    versions: VersionCache,
+    /// Filled on first need ([`SledStore::versions`]): by the first `load_all`'s own scan
+    /// when a restart begins with one, so a restart reads the tree once, not twice.
+    versions: OnceLock<VersionCache>,
     options: SledOptions,
     data_file: Option<(PathBuf, File)>,
     group: Option<GroupCommit<WriteOp>>,
@@ -135,11 +137,10 @@ impl SledStore {
             }
             Durability::None | Durability::Every => None,
         };
-        let versions = VersionCache::load(&channels)?;
         Ok(Self {
             db,
             channels,
-            versions,
+            versions: OnceLock::new(),
             options,
             data_file,
             group,
@@ -180,7 +181,7 @@ impl SledStore {
         let key = channel_id.0;
         // Held until the write is applied (or queued, in group mode) so that per channel the
         // check, the write and the queue order are one step.
-        let mut shard = self.versions.shard(&channel_id).lock();
+        let mut shard = self.versions()?.shard(&channel_id).lock();
         let found = shard.get(&channel_id).copied();
         if found != expected {
             return Err(StoreError::Conflict {
@@ -210,6 +211,17 @@ impl SledStore {
         Ok(ticket)
     }
 
+    /// The version cache; scanned from sled if no `load_all` has filled it yet.
+    fn versions(&self) -> Result<&VersionCache, StoreError> {
+        if let Some(cache) = self.versions.get() {
+            return Ok(cache);
+        }
+        // Two first writers may both scan: no write comes before the cache exists, so both
+        // read the same tree, and whichever cache is kept is right.
+        let loaded = VersionCache::load(&self.channels)?;
+        Ok(self.versions.get_or_init(|| loaded))
+    }
+
     /// Group mode: reads must see every write queued before them.
     async fn settle_queue(&self) -> Result<(), StoreError> {
         match &self.group {
@@ -228,12 +240,16 @@ struct VersionCache {
 impl VersionCache {
     const SHARDS: usize = 64;
 
-    fn load(channels: &sled::Tree) -> Result<Self, StoreError> {
-        let cache = Self {
+    fn empty() -> Self {
+        Self {
             shards: (0..Self::SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
-        };
+        }
+    }
+
+    fn load(channels: &sled::Tree) -> Result<Self, StoreError> {
+        let cache = Self::empty();
         for item in channels.iter() {
             let (key, value) = item?;
             let version = codec::version_of(&key, &value)?;
@@ -249,6 +265,11 @@ impl VersionCache {
             cache.shard(&id).lock().insert(id, version);
         }
         Ok(cache)
+    }
+
+    /// Channels with a stored record.
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     fn shard(&self, id: &ChannelId) -> &Mutex<HashMap<ChannelId, u64>> {
@@ -298,10 +319,24 @@ impl Store for SledStore {
 
     async fn load_all(&self) -> Result<Vec<ChannelRecord>, StoreError> {
         self.settle_queue().await?;
-        let mut out = Vec::with_capacity(self.channels.len());
+        // The first load_all fills the version cache from its own scan (decoding checks the
+        // header and that the record belongs to its key, as the cache's own scan does).
+        let fill = self.versions.get().is_none().then(VersionCache::empty);
+        // Not `Tree::len`: in sled 0.34 that is a full scan of its own (3 s at 1,000,000
+        // channels, a third of the restart).
+        let mut out = Vec::with_capacity(self.versions.get().map_or(0, VersionCache::len));
         for item in self.channels.iter() {
             let (key, value) = item?;
-            out.push(codec::decode(&key, &value)?);
+            let record = codec::decode(&key, &value)?;
+            if let Some(cache) = &fill {
+                let id = record.channel_id;
+                cache.shard(&id).lock().insert(id, record.version);
+            }
+            out.push(record);
+        }
+        if let Some(cache) = fill {
+            // Fails only if a write came first: it scanned for itself, and its cache stays.
+            let _ = self.versions.set(cache);
         }
         Ok(out)
     }
@@ -385,6 +420,15 @@ fn sync_path(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// sled's page cache: a trade between memory and write cost at many channels. Its default
+/// (1 GiB) ends up holding the whole channel tree (about 480 bytes per channel at 1,000,000
+/// channels, on top of the ledger's ~600); a small one makes most writes page their leaf
+/// back in on the store thread, which lengthens every group commit. Paired runs at
+/// 1,000,000 channels (`docs/benchmarks.md`, "Scale"): 64 MiB 817 B per channel and paid
+/// req/s 0.63–0.78 of 1,000 channels'; 256 MiB 1,013 B, 0.85–0.91; 1 GiB 1,230 B, 0.88–0.96.
+/// 64 MiB keeps the memory target; no setting met both targets in these runs.
+const CACHE_BYTES: u64 = 64 << 20;
+
 /// Opens sled, waiting up to 5 s while the directory lock is held. sled's background flusher
 /// thread releases the lock a moment after its `Db` is dropped, so a store reopened in the
 /// same process (a restart in tests, a supervisor restarting the engine) can find it still
@@ -392,7 +436,11 @@ fn sync_path(dir: &Path) -> Result<(), StoreError> {
 fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>

@@ -421,3 +421,36 @@ fn merge_takes_newer_versions_but_leaves_a_held_voucher_state_alone() {
     let staged = held.commit(100, 10).expect("commit");
     assert_eq!(staged.expected_version(), Some(4));
 }
+
+/// Restore fills a sized ledger in one pass: every record comes back as stored, and a
+/// record for a channel already in memory replaces its state but not a hold on it.
+#[test]
+fn restore_loads_every_record_and_keeps_a_hold() {
+    let (ledger, id, key) = ledger_with_channel(1_000);
+    let held = ledger
+        .verify_and_reserve(voucher(&key, id, 100), 100)
+        .expect("reserve");
+    let mut stored = ledger.record(&id).expect("known");
+    stored.charged = 7;
+    stored.version = 3;
+    let others: Vec<_> = (2u64..2_002)
+        .map(|salt| {
+            let cfg = config(key.address(), salt);
+            let id = domain().channel_id(&cfg);
+            let mut r = x402_upto::ledger::ChannelRecord::from_chain(id, cfg, onchain(500), 9);
+            r.charged = u128::from(salt);
+            r.version = salt;
+            r
+        })
+        .collect();
+    let restored = ledger.restore(others.iter().cloned().chain([stored.clone()]));
+    assert_eq!(restored, 2_001);
+    assert_eq!(ledger.len(), 2_001);
+    for r in &others {
+        assert_eq!(ledger.record(&r.channel_id).as_ref(), Some(r));
+    }
+    assert_eq!(ledger.record(&id), Some(stored));
+    assert!(ledger.is_held(&id));
+    drop(held);
+    assert!(!ledger.is_held(&id));
+}

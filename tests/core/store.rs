@@ -217,3 +217,60 @@ async fn concurrent_committers_in_group_mode_are_all_acknowledged_and_stored() {
     assert_eq!(loaded.len(), 32);
     assert!(loaded.iter().all(|r| r.charged == 50 && r.version == 10));
 }
+
+/// A reopened store knows every stored version for compare-and-set, whether its version
+/// cache was filled by `load_all`'s scan (a restart) or by a scan of its own before the first
+/// write (a tool that writes without loading), and whichever comes first.
+#[tokio::test]
+async fn a_reopened_store_knows_every_stored_version_with_or_without_load_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ledger, id, _) = ledger_with_channel(1_000);
+    let mut others = Vec::new();
+    {
+        let store = open(dir.path(), Durability::Group);
+        for _ in 0..3 {
+            charge(&ledger, &store, id, 10, 4).await;
+        }
+        for salt in 2u64..40 {
+            let cfg = config(payer(1).address(), salt);
+            let mut r = ChannelRecord::from_chain(domain().channel_id(&cfg), cfg, onchain(9), 0);
+            r.version = salt;
+            store.compare_and_set(None, &r).await.expect("seed");
+            others.push(r);
+        }
+    }
+    let stored = ledger.record(&id).expect("known");
+    assert_eq!(stored.version, 3);
+    for load_first in [true, false] {
+        let store = open(dir.path(), Durability::Group);
+        if load_first {
+            assert_eq!(store.load_all().await.expect("load").len(), 39);
+        }
+        let mut next = stored.clone();
+        next.version = 4;
+        for wrong in [None, Some(2), Some(4)] {
+            assert!(
+                matches!(
+                    store.compare_and_set(wrong, &next).await,
+                    Err(StoreError::Conflict { found: Some(3), .. })
+                ),
+                "load_all first: {load_first}, expected {wrong:?}"
+            );
+        }
+        let mut other = others[usize::from(load_first)].clone();
+        other.version += 1;
+        assert!(matches!(
+            store.compare_and_set(None, &other).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        let ticket = store
+            .compare_and_set(Some(other.version - 1), &other)
+            .await
+            .expect("the stored version is the expected one");
+        store.wait_durable(ticket).await.expect("durable");
+        if !load_first {
+            // The cache a write filled stays; a later load_all sees the tree as it is.
+            assert_eq!(store.load_all().await.expect("load").len(), 39);
+        }
+    }
+}

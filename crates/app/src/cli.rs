@@ -36,6 +36,8 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Side-by-side load generator: paid req/s and latency of servers started by `scripts/bench.sh`.
     Bench(crate::bench::BenchArgs),
+    /// How cost grows with the number of channels: memory, restart, paid req/s, claims (`scripts/scale.sh`).
+    BenchScale(crate::bench::scale::ScaleArgs),
     /// Test and maintenance tools; not a stable interface.
     #[command(hide = true, subcommand)]
     Internal(Internal),
@@ -235,6 +237,10 @@ enum Internal {
     BenchServer(crate::bench::servers::BenchServerArgs),
     /// The ceiling for `bench`: decode the payment header, one secp256k1 recovery.
     BenchCeiling(crate::bench::servers::BenchCeilingArgs),
+    /// Writes N idle channels into a fresh sled store for `bench-scale`.
+    ScaleSeed(crate::bench::scale::seed::ScaleSeedArgs),
+    /// Our server over a seeded store for `bench-scale`; reports restore time and memory.
+    ScaleServer(crate::bench::scale::server::ScaleServerArgs),
 }
 
 /// Runs the parsed command line.
@@ -253,6 +259,13 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Get(args) => get(&args),
         Command::Channel(cmd) => channel(&cmd),
         Command::Bench(args) => crate::bench::run_blocking(&args),
+        Command::BenchScale(args) => crate::bench::scale::run_blocking(&args),
+        Command::Internal(Internal::ScaleSeed(args)) => {
+            crate::bench::scale::seed::run_blocking(&args)
+        }
+        Command::Internal(Internal::ScaleServer(args)) => {
+            crate::bench::scale::server::run_blocking(&args)
+        }
         Command::Internal(Internal::BenchServer(args)) => {
             crate::bench::servers::run_server_blocking(&args)
         }

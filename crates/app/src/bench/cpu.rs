@@ -20,7 +20,7 @@ pub struct CpuUse {
 }
 
 /// Clock ticks of a process (`utime + stime` from `/proc/<pid>/stat`).
-fn proc_ticks(pid: &str) -> Option<u64> {
+pub(super) fn proc_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it are fixed.
     let rest = stat.rsplit_once(") ")?.1;

@@ -17,6 +17,7 @@
 mod cpu;
 mod presign;
 pub mod run;
+pub mod scale;
 pub mod servers;
 mod timed;
 

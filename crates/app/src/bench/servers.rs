@@ -122,7 +122,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> crate::Error {
 }
 
 /// Resolves on SIGTERM or SIGINT (bench.sh stops its servers with SIGTERM).
-async fn stopped() {
+pub(crate) async fn stopped() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
