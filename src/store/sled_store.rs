@@ -38,12 +38,15 @@ pub struct SledOptions {
     /// `fdatasync` the data file after each flush (power-loss durability; see module docs).
     /// Ignored in [`Durability::None`].
     pub fdatasync: bool,
-    /// Group mode only: how long the flusher lets writes gather once it sees one pending,
-    /// before flushing. Adds at most this to an acknowledgement; saves CPU and wake-ups.
+    /// Group mode only: the longest the flusher lets writes gather once it sees one pending.
+    /// The wait is adaptive (`group_commit.rs`): it ends as soon as every recent writer is
+    /// waiting, or 50 µs pass without a new write, so the full linger is paid only while
+    /// writes keep arriving. Adds at most this to an acknowledgement.
     pub group_linger: Duration,
 }
 
-/// Default [`SledOptions::group_linger`]; chosen by measurement (docs/benchmarks.md).
+/// Default [`SledOptions::group_linger`], the upper bound of the adaptive wait; chosen by
+/// measurement (docs/benchmarks.md).
 pub const DEFAULT_GROUP_LINGER: Duration = Duration::from_micros(200);
 
 impl Default for SledOptions {
