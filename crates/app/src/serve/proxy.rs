@@ -56,6 +56,9 @@ impl Upstream {
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(http.upstream_timeout_secs))
+                // A redirect goes back to the client as the upstream sent it: following it
+                // here would serve another target under the path that was priced.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| format!("upstream client: {e}"))?,
             origin,

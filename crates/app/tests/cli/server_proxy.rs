@@ -28,6 +28,8 @@ async fn listen(app: Router) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_charges_what_the_upstream_reports() {
     let chain = Chain::plain(&[3]).await;
+    let landings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let landed = Arc::clone(&landings);
     let upstream = listen(
         Router::new()
             .route(
@@ -40,7 +42,24 @@ async fn the_proxy_charges_what_the_upstream_reports() {
                 "/api/broken",
                 get(|| async { (axum::http::StatusCode::BAD_GATEWAY, "down") }),
             )
-            .route("/health", get(|| async { "ok" })),
+            .route("/health", get(|| async { "ok" }))
+            .route(
+                "/moved",
+                get(|| async {
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [("location", "/landing")],
+                        "",
+                    )
+                }),
+            )
+            .route(
+                "/landing",
+                get(move || {
+                    landed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async { "landed" }
+                }),
+            ),
     )
     .await;
     let toml = chain.serve_toml("127.0.0.1:0", &upstream, "/unused")
@@ -69,6 +88,16 @@ description = "GPU minutes"
     );
     let free = client.get(&format!("{proxy}/health")).await.unwrap();
     assert_eq!((free.status.as_u16(), free.settle.is_none()), (200, true));
+    // An upstream redirect goes back to the client as sent: the proxy never follows it to
+    // another target (which would be served under the path that was priced).
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let moved = plain.get(format!("{proxy}/moved")).send().await.unwrap();
+    assert_eq!(moved.status(), 302);
+    assert_eq!(moved.headers()["location"], "/landing");
+    assert_eq!(landings.load(std::sync::atomic::Ordering::SeqCst), 0);
     let a = client.get(&format!("{proxy}/api/gpu/250")).await.unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(&a.body[..], b"worked 250");
