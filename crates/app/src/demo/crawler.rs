@@ -55,7 +55,7 @@ pub async fn run(
     let progress = bar(
         quiet,
         (clients.len() * requests) as u64,
-        "crawler  {bar:40} {pos}/{len} paid pages  {per_sec}",
+        "crawler  {bar:40} {pos}/{len} paid pages  {rate}",
     )?;
     let started = Instant::now();
     let mut tasks = Vec::new();
