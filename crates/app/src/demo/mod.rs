@@ -163,20 +163,6 @@ fn whole_rate(per_sec: f64) -> String {
     out
 }
 
-#[cfg(test)]
-mod rate_tests {
-    use super::whole_rate;
-
-    #[test]
-    fn rates_print_as_whole_numbers_with_separators() {
-        assert_eq!(whole_rate(2318.0315), "2,318");
-        assert_eq!(whole_rate(999.6), "1,000");
-        assert_eq!(whole_rate(12.4), "12");
-        assert_eq!(whole_rate(1_234_567.0), "1,234,567");
-        assert_eq!(whole_rate(f64::NAN), "0");
-    }
-}
-
 /// Runs the demo and returns its summary (already printed unless `quiet`).
 pub async fn run(args: &DemoArgs) -> Result<Summary, DemoError> {
     let started = Instant::now();
@@ -427,3 +413,17 @@ fn server_charged(server: &DemoServer, payers: &[PrivateKeySigner]) -> Vec<u128>
 
 /// Rough budget so the demo never hangs: anvil answers in milliseconds.
 pub const DEMO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+#[cfg(test)]
+mod rate_tests {
+    use super::whole_rate;
+
+    #[test]
+    fn rates_print_as_whole_numbers_with_separators() {
+        assert_eq!(whole_rate(2318.0315), "2,318");
+        assert_eq!(whole_rate(999.6), "1,000");
+        assert_eq!(whole_rate(12.4), "12");
+        assert_eq!(whole_rate(1_234_567.0), "1,234,567");
+        assert_eq!(whole_rate(f64::NAN), "0");
+    }
+}
