@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::link::{Link, unavailable};
-use super::writer::as_i64;
+use super::writer::{as_i64, next_batch};
 use crate::store::StoreError;
 use crate::typed_data::ChannelId;
 
@@ -46,24 +46,8 @@ impl HoldBatcher {
     /// Runs until every sender is gone.
     pub(super) async fn run(self, mut queue: mpsc::Receiver<HoldOp>) {
         let mut next: Vec<HoldOp> = Vec::new();
-        loop {
-            let mut batch = std::mem::take(&mut next);
-            if batch.is_empty() {
-                match queue.recv().await {
-                    Some(op) => batch.push(op),
-                    None => return,
-                }
-            }
-            // One row per channel per statement: a second hold of the same channel waits
-            // for the next batch (an UPDATE … FROM updates a row once).
-            let mut ids: HashSet<ChannelId> = batch.iter().map(|op| op.id).collect();
-            while batch.len() < self.max_batch {
-                match queue.try_recv() {
-                    Ok(op) if ids.insert(op.id) => batch.push(op),
-                    Ok(op) => next.push(op),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut queue, &mut next, self.max_batch, |op| op.id).await
+        {
             self.take(batch).await;
         }
     }

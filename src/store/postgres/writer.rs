@@ -49,24 +49,9 @@ impl Writer {
     /// Runs until every sender is gone.
     pub(super) async fn run(self, mut queue: mpsc::Receiver<WriteOp>) {
         let mut next: Vec<WriteOp> = Vec::new();
-        loop {
-            let mut batch = std::mem::take(&mut next);
-            if batch.is_empty() {
-                match queue.recv().await {
-                    Some(op) => batch.push(op),
-                    None => return,
-                }
-            }
-            // One write per channel per batch: the batched UPDATE changes a row once.
-            let mut ids: std::collections::HashSet<ChannelId> =
-                batch.iter().map(|op| op.id).collect();
-            while batch.len() < self.max_batch {
-                match queue.try_recv() {
-                    Ok(op) if ids.insert(op.id) => batch.push(op),
-                    Ok(op) => next.push(op),
-                    Err(_) => break,
-                }
-            }
+        while let Some(mut batch) =
+            next_batch(&mut queue, &mut next, self.max_batch, |op| op.id).await
+        {
             metrics::histogram!(crate::telemetry::STORE_BATCH_SIZE).record(batch.len() as f64);
             self.commit(&mut batch).await;
         }
@@ -242,6 +227,31 @@ impl Writer {
             .map(|(id, a)| (!*a).then(|| stored(id).flatten()))
             .collect())
     }
+}
+
+/// The next batch: what `next` carried over, else the next op waited for, then whatever
+/// is queued, up to `max`. One op per channel per batch (a batched `UPDATE … FROM` changes a
+/// row once): a second op of a channel is carried over to the following batch. `None` once
+/// every sender is gone.
+pub(super) async fn next_batch<T>(
+    queue: &mut mpsc::Receiver<T>,
+    next: &mut Vec<T>,
+    max: usize,
+    id_of: impl Fn(&T) -> ChannelId,
+) -> Option<Vec<T>> {
+    let mut batch = std::mem::take(next);
+    if batch.is_empty() {
+        batch.push(queue.recv().await?);
+    }
+    let mut ids: std::collections::HashSet<ChannelId> = batch.iter().map(&id_of).collect();
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(op) if ids.insert(id_of(&op)) => batch.push(op),
+            Ok(op) => next.push(op),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// The parameters of one statement.
