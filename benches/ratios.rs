@@ -185,6 +185,15 @@ fn main() {
         add(name, workers, None, &|| {
             concurrent(no_linger.clone(), workers, COMMITTERS)
         });
+        // What the write-ahead log buys: the same path with sled flushed and synced per batch.
+        let name = format!("store_conc/group+fdatasync,sled-flush/10k/{COMMITTERS}c/{workers}t");
+        let sled_flush = SledOptions {
+            write_ahead_log: false,
+            ..with(Durability::Group, true)
+        };
+        add(name, workers, None, &|| {
+            concurrent(sled_flush.clone(), workers, COMMITTERS)
+        });
         // Group commit batches what is in flight: more concurrent requests, bigger batches.
         let name = format!("store_conc/group+fdatasync/10k/256c/{workers}t");
         add(name, workers, None, &|| {

@@ -17,6 +17,11 @@
 //! lasts the whole `linger` only while writes keep arriving. Each waiter parks on its own
 //! oneshot, so a flush wakes exactly the writers it covered. The wait is async and
 //! runtime-agnostic.
+//!
+//! A batch has two steps ([`BatchWriter`]): `persist` makes it durable, and its writers are
+//! acknowledged as soon as that returns; `apply` then makes it visible to reads (sled's tree,
+//! when the batch went to the write-ahead log first). Reads wait for `apply`
+//! ([`GroupCommit::wait_applied`]), acknowledgements do not.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,8 +43,27 @@ pub(crate) const GATHER_GAP: Duration = Duration::from_micros(50);
 /// what the next period saw, so a load that shrinks is followed within two periods).
 const PEAK_PERIOD: Duration = Duration::from_millis(250);
 
-/// Applies a batch of queued writes and makes it durable (sled batch, flush, `fdatasync`).
-pub(crate) type WriteFn<T> = Box<dyn FnMut(Vec<T>) -> Result<(), FlushError> + Send>;
+/// What the store thread does with a batch of queued writes.
+pub(crate) trait BatchWriter<T>: Send {
+    /// Makes the batch durable; its writers are acknowledged once this returns `Ok`.
+    fn persist(&mut self, batch: &mut Vec<T>) -> Result<(), FlushError>;
+
+    /// Makes a persisted batch visible to reads. Runs after the acknowledgements.
+    fn apply(&mut self, batch: Vec<T>) -> Result<(), FlushError> {
+        drop(batch);
+        Ok(())
+    }
+}
+
+/// A closure persists and applies in one step (sled batch, flush, `fdatasync`).
+impl<T, F> BatchWriter<T> for F
+where
+    F: FnMut(Vec<T>) -> Result<(), FlushError> + Send,
+{
+    fn persist(&mut self, batch: &mut Vec<T>) -> Result<(), FlushError> {
+        self(std::mem::take(batch))
+    }
+}
 
 /// State shared by writers and the store thread.
 #[derive(Debug)]
@@ -54,6 +78,8 @@ struct State<T> {
     issued: u64,
     /// Every ticket up to this one is durable.
     durable: u64,
+    /// Every ticket up to this one is visible to reads (≤ `durable`).
+    applied: u64,
     /// Set by the first failed batch; nothing after it is acknowledged.
     failed: Option<Arc<FlushError>>,
     /// The store thread has exited.
@@ -62,6 +88,8 @@ struct State<T> {
     queue: Vec<T>,
     /// Writers waiting for a ticket above `durable`.
     waiters: Vec<(u64, oneshot::Sender<Outcome>)>,
+    /// Readers waiting for a ticket above `applied`.
+    readers: Vec<(u64, oneshot::Sender<Outcome>)>,
     /// Most writes outstanding at once (`issued - durable`) in this period and the last.
     peak: u64,
     last_peak: u64,
@@ -81,17 +109,19 @@ impl<T: Send + 'static> GroupCommit<T> {
     pub(crate) fn start(
         dir: &Path,
         linger: Duration,
-        mut write: WriteFn<T>,
+        mut write: impl BatchWriter<T> + 'static,
     ) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             state: Mutex::new(State {
                 issued: 0,
                 durable: 0,
+                applied: 0,
                 failed: None,
                 stopped: false,
                 queue: Vec::new(),
                 waiters: Vec::new(),
+                readers: Vec::new(),
                 peak: 0,
                 last_peak: 0,
                 wake_at: 0,
@@ -144,9 +174,18 @@ impl<T: Send + 'static> GroupCommit<T> {
 
     /// Resolves once a flush covering `ticket` completed.
     pub(crate) async fn wait(&self, ticket: WriteTicket) -> Result<(), StoreError> {
+        self.wait_for(ticket, false).await
+    }
+
+    /// Resolves once the batch holding `ticket` is visible to reads.
+    pub(crate) async fn wait_applied(&self, ticket: WriteTicket) -> Result<(), StoreError> {
+        self.wait_for(ticket, true).await
+    }
+
+    async fn wait_for(&self, ticket: WriteTicket, applied: bool) -> Result<(), StoreError> {
         let rx = {
             let mut st = self.shared.state.lock();
-            if st.durable >= ticket.0 {
+            if (if applied { st.applied } else { st.durable }) >= ticket.0 {
                 return Ok(());
             }
             if let Some(e) = &st.failed {
@@ -156,7 +195,11 @@ impl<T: Send + 'static> GroupCommit<T> {
                 return Err(StoreError::FlusherStopped);
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push((ticket.0, tx));
+            if applied {
+                st.readers.push((ticket.0, tx));
+            } else {
+                st.waiters.push((ticket.0, tx));
+            }
             rx
         };
         match rx.await {
@@ -198,7 +241,7 @@ fn gather<T>(shared: &Shared<T>, linger: Duration) {
     }
 }
 
-fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut WriteFn<T>) {
+fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut impl BatchWriter<T>) {
     let mut period = Instant::now();
     loop {
         if shared.state.lock().queue.is_empty() {
@@ -214,26 +257,40 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut WriteFn<T>) {
         if !linger.is_zero() {
             gather(shared, linger);
         }
-        let (batch, target) = {
+        let (mut batch, target) = {
             let mut st = shared.state.lock();
             (std::mem::take(&mut st.queue), st.issued)
         };
-        match write(batch) {
+        let outcome = write.persist(&mut batch).and_then(|()| {
+            let ready: Vec<_> = {
+                let mut st = shared.state.lock();
+                st.durable = target;
+                if period.elapsed() >= PEAK_PERIOD {
+                    period = Instant::now();
+                    st.last_peak = std::mem::take(&mut st.peak);
+                }
+                st.waiters
+                    .extract_if(.., |(t, _)| *t <= target)
+                    .map(|(_, tx)| tx)
+                    .collect()
+            };
+            for tx in ready {
+                // The waiter may have gone away (request cancelled); nothing to do then.
+                let _ = tx.send(Ok(()));
+            }
+            write.apply(batch)
+        });
+        match outcome {
             Ok(()) => {
                 let ready: Vec<_> = {
                     let mut st = shared.state.lock();
-                    st.durable = target;
-                    if period.elapsed() >= PEAK_PERIOD {
-                        period = Instant::now();
-                        st.last_peak = std::mem::take(&mut st.peak);
-                    }
-                    st.waiters
+                    st.applied = target;
+                    st.readers
                         .extract_if(.., |(t, _)| *t <= target)
                         .map(|(_, tx)| tx)
                         .collect()
                 };
                 for tx in ready {
-                    // The waiter may have gone away (request cancelled); nothing to do then.
                     let _ = tx.send(Ok(()));
                 }
             }
@@ -244,7 +301,9 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut WriteFn<T>) {
                     let mut st = shared.state.lock();
                     st.failed = Some(e.clone());
                     st.stopped = true;
-                    std::mem::take(&mut st.waiters)
+                    let mut all = std::mem::take(&mut st.waiters);
+                    all.append(&mut st.readers);
+                    all
                 };
                 for (_, tx) in waiters {
                     let _ = tx.send(Err(e.clone()));
@@ -282,16 +341,12 @@ mod tests {
         let durable = Arc::new(Mutex::new(HashSet::new()));
         let batches = Arc::new(Mutex::new(Vec::new()));
         let (d, b) = (durable.clone(), batches.clone());
-        let gc = GroupCommit::start(
-            Path::new("test"),
-            linger,
-            Box::new(move |batch: Vec<u64>| {
-                std::thread::sleep(Duration::from_micros(200));
-                b.lock().push(batch.len());
-                d.lock().extend(batch);
-                Ok(())
-            }),
-        )
+        let gc = GroupCommit::start(Path::new("test"), linger, move |batch: Vec<u64>| {
+            std::thread::sleep(Duration::from_micros(200));
+            b.lock().push(batch.len());
+            d.lock().extend(batch);
+            Ok(())
+        })
         .expect("start");
         (gc, durable, batches)
     }
@@ -376,12 +431,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_fails_every_pending_and_later_writer() {
-        let gc: GroupCommit<u64> = GroupCommit::start(
-            Path::new("test"),
-            Duration::ZERO,
-            Box::new(|_| Err(sync_err())),
-        )
-        .expect("start");
+        let gc: GroupCommit<u64> =
+            GroupCommit::start(Path::new("test"), Duration::ZERO, |_: Vec<u64>| {
+                Err(sync_err())
+            })
+            .expect("start");
         let t = gc.submit(1).expect("queued");
         assert!(matches!(gc.wait(t).await, Err(StoreError::FlushFailed(_))));
         assert!(gc.submit(2).is_err());

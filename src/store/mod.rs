@@ -9,7 +9,8 @@
 //! | file | holds |
 //! |---|---|
 //! | `sled_store.rs` | [`SledStore`], tree names, open options |
-//! | `group_commit.rs` | the store thread: queued writes applied as one batch, flushed, waiters woken |
+//! | `group_commit.rs` | the store thread: queued writes persisted as one batch, waiters woken, then applied |
+//! | `wal.rs` | the write-ahead log of [`SledStore`]'s group mode: one `fdatasync` per batch, sled flushed at checkpoints |
 //! | `codec.rs` | on-disk format of channel records and journal entries: format byte, bincode 2 payload |
 //! | `persist.rs` | [`persist`]: staged commit → compare-and-set → durable → apply |
 //! | `journal.rs` | [`ClaimJournal`] over the [`JournalStore`] trait: claim batches written durably before they are sent |
@@ -24,6 +25,7 @@ mod journal;
 mod persist;
 mod postgres;
 mod sled_store;
+mod wal;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -382,6 +384,15 @@ pub enum FlushError {
     /// Encoding a queued record failed.
     #[error("encoding a queued record")]
     Encode(#[source] bincode::error::EncodeError),
+    /// Writing or syncing the write-ahead log failed.
+    #[error("write-ahead log {path}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Our `fdatasync` of the data file failed.
     #[error("fdatasync of {path}")]
     Sync {

@@ -274,3 +274,43 @@ async fn a_reopened_store_knows_every_stored_version_with_or_without_load_all() 
         }
     }
 }
+
+/// Group mode acknowledges a write once it is in the write-ahead log, before sled has it on
+/// disk. Opening replays the log, so acknowledged writes survive even if sled never flushed
+/// them: here sled's files are replaced by an empty database, and the log alone restores
+/// every channel, including a removal, at its last acknowledged version.
+#[tokio::test]
+async fn writes_acknowledged_from_the_log_are_restored_into_a_sled_that_lost_them() {
+    let logged = tempfile::tempdir().expect("tempdir");
+    let (ledger, id, _) = ledger_with_channel(1_000);
+    let removed = {
+        let store = open(logged.path(), Durability::Group);
+        for _ in 0..4 {
+            charge(&ledger, &store, id, 10, 3).await;
+        }
+        let cfg = config(payer(1).address(), 77);
+        let r = ChannelRecord::from_chain(domain().channel_id(&cfg), cfg, onchain(5), 0);
+        let t = store.compare_and_set(None, &r).await.expect("put");
+        store.wait_durable(t).await.expect("durable");
+        let t = store.remove(r.channel_id, r.version).await.expect("remove");
+        store.wait_durable(t).await.expect("durable");
+        r.channel_id
+    };
+    // A store directory whose sled knows nothing, with the first store's log.
+    let empty = tempfile::tempdir().expect("tempdir");
+    drop(open(empty.path(), Durability::None));
+    std::fs::copy(
+        logged.path().join("channels.wal"),
+        empty.path().join("channels.wal"),
+    )
+    .expect("copy log");
+    for mode in [Durability::None, Durability::Group] {
+        let store = open(empty.path(), mode);
+        let loaded = store.load_all().await.expect("load");
+        assert_eq!(loaded.len(), 1, "{mode:?}");
+        let want = ledger.record(&id).expect("known");
+        assert_eq!(durable_part(&loaded[0]), durable_part(&want), "{mode:?}");
+        assert_eq!((want.charged, want.version), (12, 4));
+        assert!(store.load(removed).await.expect("load").is_none());
+    }
+}

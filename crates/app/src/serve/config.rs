@@ -380,6 +380,7 @@ impl ServeConfig {
             durability: self.durability,
             fdatasync: self.fdatasync,
             group_linger: Duration::from_micros(self.group_linger_us),
+            ..SledOptions::default()
         }
     }
 
