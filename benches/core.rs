@@ -167,6 +167,48 @@ fn reserve_commit_apply(ledger: &x402_upto::Ledger, voucher: &VerifiedVoucher) {
     black_box(staged.apply().expect("held"));
 }
 
+/// The `PAYMENT-RESPONSE` of a paid voucher: through serde (and a fresh EIP-55 checksum of
+/// the payer, as before the payer-name cache) against the fixed-shape writer the server uses.
+fn response_header(c: &mut Criterion) {
+    use x402_upto::wire::{
+        ChannelStateWire, PaymentResponseExtra, SettleResponse, encode_header, settle_header,
+    };
+    let payer = key().address();
+    let response = |payer: String| SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(payer),
+        transaction: String::new(),
+        network: "eip155:8453".into(),
+        amount: Some(String::new()),
+        extra: Some(PaymentResponseExtra {
+            charged_amount: Some(500),
+            channel_state: Some(ChannelStateWire {
+                channel_id: B256::repeat_byte(0x3c),
+                balance: 10_000_000,
+                total_claimed: 1_234_000,
+                withdraw_requested_at: 0,
+                refund_nonce: alloy_primitives::U256::from(3),
+                charged_cumulative_amount: Some(2_345_500),
+            }),
+            voucher_state: None,
+            other: Default::default(),
+        }),
+        extensions: None,
+    };
+    let named = response(payer.to_checksum(None));
+    let mut g = c.benchmark_group("response_header");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("serde+checksum", |b| {
+        b.iter(|| black_box(encode_header(&response(black_box(payer).to_checksum(None)))))
+    });
+    g.bench_function("settle_header", |b| {
+        b.iter(|| black_box(settle_header(black_box(&named))))
+    });
+    g.finish();
+}
+
 /// One committer, one request at a time: latency-bound in the durable modes.
 fn store_sequential(c: &mut Criterion) {
     let mut g = c.benchmark_group("store_seq");
@@ -255,6 +297,7 @@ criterion_group!(
     digest,
     ledger_in_memory,
     overhead,
+    response_header,
     store_sequential,
     store_concurrent
 );

@@ -107,6 +107,8 @@ struct Inner<S> {
     refund_limits: parking_lot::Mutex<RefundLimits>,
     /// Our offer per price, built once.
     offers: offer::Offers,
+    /// Payers' EIP-55 addresses for `PAYMENT-RESPONSE`.
+    payer_names: offer::PayerNames,
 }
 
 /// A checked payment holding its channel: run the handler, then [`Engine::settle`]. Dropping
@@ -217,6 +219,7 @@ impl<S: Store + 'static> Engine<S> {
                 deposits: Default::default(),
                 refund_limits: parking_lot::Mutex::new(RefundLimits::default()),
                 offers: offer::Offers::default(),
+                payer_names: offer::PayerNames::default(),
             }),
         })
     }
@@ -339,6 +342,16 @@ impl<S: Store + 'static> Engine<S> {
         }
     }
 
+    /// `PAYMENT-RESPONSE` of a paid request, the payer's name from the cache.
+    fn paid_response(
+        &self,
+        receipt: &crate::ledger::Receipt,
+        deposit: Option<(B256, u128)>,
+    ) -> SettleResponse {
+        let payer = self.inner.payer_names.get(receipt.payer);
+        offer::paid_response(&self.inner.config, receipt, &payer, deposit)
+    }
+
     /// Commits the actual charge (`actual <= price`), makes it durable and returns the
     /// `PAYMENT-RESPONSE` body. On any error nothing is charged and the channel is released.
     pub async fn settle(&self, paid: Paid, actual: u128) -> Result<SettleResponse, Refusal> {
@@ -404,7 +417,7 @@ impl<S: Store + 'static> Engine<S> {
                 if let Some(shared) = shared {
                     shared.disarm();
                 }
-                Ok(offer::paid_response(&self.inner.config, &receipt, deposit))
+                Ok(self.paid_response(&receipt, deposit))
             }
             Err(e) => {
                 tracing::error!(channel = %id, error = %e, "persisting a voucher failed");

@@ -105,10 +105,49 @@ pub(crate) fn add_corrective(required: &mut PaymentRequired, m: &Mismatch) {
     }
 }
 
+/// Payers' checksummed addresses, as `PAYMENT-RESPONSE` writes them: EIP-55 costs a keccak
+/// per formatting, and a payer pays many times. Bounded: a shard that fills is emptied (a
+/// payer seen again is formatted once more), so a flood of payers cannot grow it.
+#[derive(Debug)]
+pub(crate) struct PayerNames {
+    shards: Box<[parking_lot::Mutex<NameShard>]>,
+}
+
+type NameShard = std::collections::HashMap<Address, Arc<str>>;
+
+impl PayerNames {
+    const SHARDS: usize = 16;
+    const PER_SHARD: usize = 4_096;
+
+    /// `payer`'s EIP-55 form.
+    pub(crate) fn get(&self, payer: Address) -> Arc<str> {
+        let shard = &self.shards[usize::from(payer.0[19]) % Self::SHARDS];
+        if let Some(name) = shard.lock().get(&payer) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = payer.to_checksum(None).into();
+        let mut names = shard.lock();
+        if names.len() >= Self::PER_SHARD {
+            names.clear();
+        }
+        names.insert(payer, Arc::clone(&name));
+        name
+    }
+}
+
+impl Default for PayerNames {
+    fn default() -> Self {
+        Self {
+            shards: (0..Self::SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
 /// `PAYMENT-RESPONSE` of a paid request (voucher, or deposit + voucher).
 pub(crate) fn paid_response(
     c: &EngineConfig,
     receipt: &Receipt,
+    payer: &str,
     deposit: Option<(B256, u128)>,
 ) -> SettleResponse {
     let (transaction, amount) = match deposit {
@@ -119,7 +158,7 @@ pub(crate) fn paid_response(
         success: true,
         error_reason: None,
         error_message: None,
-        payer: Some(receipt.payer.to_checksum(None)),
+        payer: Some(payer.to_owned()),
         transaction,
         network: c.network.to_string(),
         amount: Some(amount),

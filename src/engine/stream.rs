@@ -9,7 +9,7 @@
 
 use http::StatusCode;
 
-use super::{Engine, Paid, Refusal, decode::decode, offer};
+use super::{Engine, Paid, Refusal, decode::decode};
 use crate::clock::unix_now as now;
 use crate::ledger::Reject;
 use crate::reason::Reason;
@@ -87,7 +87,7 @@ impl<S: Store + 'static> Engine<S> {
             tracing::error!(channel = %id, "a held stream lost its hold: {r}");
             self.failure(StatusCode::INTERNAL_SERVER_ERROR, &r)
         })?;
-        Ok(offer::paid_response(&self.inner.config, &receipt, None))
+        Ok(self.paid_response(&receipt, None))
     }
 
     /// The renewal's voucher for the stream's channel `id`, decoded and verified.

@@ -47,7 +47,7 @@ use crate::store::Store;
 use crate::telemetry;
 use crate::wire::{
     PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, ResourceInfo, SettleResponse,
-    encode_header,
+    encode_header, settle_header,
 };
 
 /// The handle a handler uses to report what the request actually cost.
@@ -466,7 +466,7 @@ where
             metrics::histogram!(telemetry::PAYMENT_OVERHEAD)
                 .record((authorizing + settling.elapsed()).as_secs_f64());
             record_settled(&settled);
-            insert(&mut response, PAYMENT_RESPONSE, &encode_header(&settled));
+            insert(&mut response, PAYMENT_RESPONSE, &settle_header(&settled));
             response
         }
         Err(refusal) => {

@@ -14,6 +14,7 @@ mod network;
 mod payload;
 mod requirements;
 mod response;
+mod settle_header;
 mod voucher_view;
 
 pub use encoding::{decimal_u128, decimal_u256, parse_u128, parse_u256};
@@ -36,6 +37,7 @@ pub use response::{
     ChannelStateWire, PaymentResponseExtra, SettleResponse, SupportedKind, SupportedResponse,
     VerifyResponse, VoucherStateWire,
 };
+pub use settle_header::settle_header;
 pub use voucher_view::{AcceptedView, ExtraValue, MAX_BRACKETS, VoucherView};
 
 use thiserror::Error;
