@@ -212,3 +212,25 @@ pub fn failed_response(c: &EngineConfig, reject: &Reject) -> SettleResponse {
         extensions: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payer_names_are_eip55_and_the_cache_stays_bounded() {
+        let names = PayerNames::default();
+        let payer = Address::repeat_byte(0xab);
+        assert_eq!(&*names.get(payer), payer.to_checksum(None).as_str());
+        assert!(Arc::ptr_eq(&names.get(payer), &names.get(payer)));
+        // A flood of distinct payers on one shard: it never holds more than its bound.
+        for i in 0..3 * PayerNames::PER_SHARD as u32 {
+            let mut bytes = [0u8; 20];
+            bytes[..4].copy_from_slice(&i.to_be_bytes());
+            let flood = Address::from(bytes);
+            assert_eq!(&*names.get(flood), flood.to_checksum(None).as_str());
+        }
+        let held: usize = names.shards.iter().map(|s| s.lock().len()).sum();
+        assert!(held <= PayerNames::PER_SHARD, "{held}");
+    }
+}
