@@ -36,6 +36,10 @@ pub struct StoreLoadArgs {
     /// Skip the `fdatasync` after flushes.
     #[arg(long)]
     pub no_fdatasync: bool,
+    /// Group mode: flush sled per batch instead of writing the write-ahead log (the path
+    /// before the log, for paired measurements).
+    #[arg(long)]
+    pub no_write_ahead_log: bool,
 }
 
 /// `--durability`: the store's own names (`none`, `group`, `every`).
@@ -79,6 +83,7 @@ async fn run(args: &StoreLoadArgs) -> Result<()> {
     let options = SledOptions {
         durability: args.durability,
         fdatasync: !args.no_fdatasync,
+        write_ahead_log: !args.no_write_ahead_log,
         ..SledOptions::default()
     };
     let store = std::sync::Arc::new(SledStore::open(&args.dir, options)?);
