@@ -1,6 +1,7 @@
 //! The binary and its commands end to end: `serve` (config, proxy, hostile HTTP), `get`, the
 //! demo, the bench, the stock server against our client. One binary, one module per command.
 
+mod admin_api;
 mod bench_smoke;
 mod client_cli;
 mod demo;

@@ -1,0 +1,490 @@
+//! The admin API's JSON endpoints. Reads come from the ledger (this instance's cache of
+//! every channel), the claim journal, the chain and the bounded history; actions go to the
+//! settler running in this process, never around it, so a forced claim, sweep or refund
+//! waits for the scheduler's round in progress and never races it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use alloy::providers::Provider;
+use alloy_primitives::{Address, B256};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use x402_upto::Ledger;
+use x402_upto::chain::escrow::EscrowClient;
+use x402_upto::clock::unix_now;
+use x402_upto::settlement::{RefundError, Settlement};
+use x402_upto::store::{BatchState, SettlementStore};
+use x402_upto::telemetry;
+use x402_upto::typed_data::ChannelId;
+
+use super::SettlerSlot;
+use super::blocked::BlockList;
+use super::history::{History, Sample, counter_by_label, counter_total};
+use super::views::{ChannelView, amount};
+
+/// Rows a channel page holds at most.
+pub const MAX_PAGE: usize = 500;
+/// Rows of the "largest unclaimed" and "nearest deadlines" lists.
+const TOP: usize = 5;
+/// Receipts read per journal request at most (each is one RPC).
+const RECEIPTS_PER_CALL: usize = 20;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AdminState<S: SettlementStore> {
+    pub ledger: Ledger,
+    pub store: Arc<S>,
+    pub escrow: Arc<EscrowClient>,
+    pub pay_to: Address,
+    pub asset: Address,
+    pub shared: bool,
+    pub settler: SettlerSlot<S>,
+    pub blocked: BlockList,
+    pub history: Arc<History>,
+    pub sample_secs: u64,
+    pub decimals: u8,
+}
+
+impl<S: SettlementStore> AdminState<S> {
+    /// One point of the chart, from the ledger and the paid-request counter.
+    pub fn take_sample(&self) {
+        let (mut charged, mut claimed, mut unclaimed) = (0u128, 0u128, 0u128);
+        for r in self.ledger.records() {
+            charged = charged.saturating_add(r.charged);
+            claimed = claimed.saturating_add(r.onchain.total_claimed);
+            unclaimed = unclaimed.saturating_add(r.unclaimed());
+        }
+        self.history.push_sample(Sample {
+            at: unix_now(),
+            charged,
+            claimed,
+            unclaimed,
+            paid_requests: counter_total(telemetry::PAID_REQUESTS).unwrap_or(0),
+        });
+    }
+
+    fn views(&self) -> Vec<ChannelView> {
+        let now = unix_now();
+        self.ledger
+            .records()
+            .iter()
+            .map(|r| {
+                ChannelView::of(
+                    r,
+                    now,
+                    self.ledger.is_held(&r.channel_id),
+                    self.blocked.payers().contains(&r.config.payer),
+                )
+            })
+            .collect()
+    }
+
+    /// The running scheduler, or the answer saying why actions go elsewhere.
+    fn settler(&self) -> Result<Arc<Settlement<S>>, ApiError> {
+        match self.settler.get() {
+            Some(s) if s.may_act_now() => Ok(s),
+            _ => Err(error(
+                StatusCode::CONFLICT,
+                "not_settler",
+                if self.shared {
+                    "this instance does not hold the settler lease: claims, sweeps and refunds \
+                     are sent by the settler only. Send the action to the admin API of the \
+                     instance whose /api/totals says \"settler\": true"
+                } else {
+                    "the settler is not running (starting or stopping); try again"
+                },
+            )),
+        }
+    }
+}
+
+/// A refused admin request, answered as `{"error": code, "message": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// The answer of a handler: JSON, or an [`ApiError`].
+type Answer = Result<Json<Value>, ApiError>;
+
+pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
+}
+
+/// `GET /api/channels?payer=0x…&offset=0&limit=50&sort=unclaimed|last_voucher|deadline|id`
+pub async fn channels<S: SettlementStore>(
+    State(state): State<Arc<AdminState<S>>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let payer = match q.get("payer") {
+        None => None,
+        Some(p) => Some(p.parse::<Address>().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_payer",
+                "payer must be an address",
+            )
+        })?),
+    };
+    let number = |key: &str, default: usize| match q.get(key) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("{key} must be a non-negative integer"),
+            )
+        }),
+    };
+    let offset = number("offset", 0)?;
+    let limit = number("limit", 50)?;
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("limit must be in 1..={MAX_PAGE}"),
+        ));
+    }
+    let mut rows = state.views();
+    rows.retain(|r| payer.is_none_or(|p| r.payer == p));
+    match q.get("sort").map_or("unclaimed", String::as_str) {
+        "unclaimed" => rows.sort_by(|a, b| {
+            b.unclaimed
+                .cmp(&a.unclaimed)
+                .then(a.channel_id.cmp(&b.channel_id))
+        }),
+        "last_voucher" => rows.sort_by(|a, b| {
+            b.last_voucher_at
+                .cmp(&a.last_voucher_at)
+                .then(a.channel_id.cmp(&b.channel_id))
+        }),
+        "deadline" => {
+            rows.sort_by_key(|r| (r.withdrawal.deadline.unwrap_or(u64::MAX), r.channel_id));
+        }
+        "id" => rows.sort_by_key(|r| r.channel_id),
+        _ => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "sort must be unclaimed, last_voucher, deadline or id",
+            ));
+        }
+    }
+    let total = rows.len();
+    let page: Vec<ChannelView> = rows.into_iter().skip(offset).take(limit).collect();
+    Ok(Json(json!({
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "channels": page,
+    })))
+}
+
+#[derive(Serialize)]
+struct Revenue {
+    /// `receivers(payTo, asset).totalClaimed` on chain.
+    #[serde(with = "amount")]
+    claimed: u128,
+    /// `receivers(payTo, asset).totalSettled`: swept to `payTo`.
+    #[serde(with = "amount")]
+    swept: u128,
+    /// Claimed, not yet swept.
+    #[serde(with = "amount")]
+    unswept: u128,
+}
+
+/// `GET /api/totals`
+pub async fn totals<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>) -> Answer {
+    let rows = state.views();
+    let sum = |f: fn(&ChannelView) -> u128| rows.iter().map(f).fold(0u128, u128::saturating_add);
+    let charged = sum(|r| r.charged);
+    let unclaimed = sum(|r| r.unclaimed);
+    let balance = sum(|r| r.balance);
+    let withdrawing: Vec<&ChannelView> = rows
+        .iter()
+        .filter(|r| r.withdrawal.deadline.is_some())
+        .collect();
+    let at_risk = withdrawing
+        .iter()
+        .map(|r| r.unclaimed)
+        .fold(0u128, u128::saturating_add);
+    let mut largest: Vec<&ChannelView> = rows.iter().filter(|r| r.unclaimed > 0).collect();
+    largest.sort_by(|a, b| {
+        b.unclaimed
+            .cmp(&a.unclaimed)
+            .then(a.channel_id.cmp(&b.channel_id))
+    });
+    largest.truncate(TOP);
+    let mut nearest = withdrawing.clone();
+    nearest.sort_by_key(|r| (r.withdrawal.deadline, r.channel_id));
+    nearest.truncate(TOP);
+    let (revenue, chain_error) = match state
+        .escrow
+        .receiver_totals(state.pay_to, state.asset)
+        .await
+    {
+        Ok((claimed, settled)) => (
+            Some(Revenue {
+                claimed,
+                swept: settled,
+                unswept: claimed.saturating_sub(settled),
+            }),
+            None,
+        ),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Ok(Json(json!({
+        "at": unix_now(),
+        "receiver": state.pay_to,
+        "token": state.asset,
+        "decimals": state.decimals,
+        "revenue": revenue,
+        "chain_error": chain_error,
+        "channels": rows.len(),
+        "balance": balance.to_string(),
+        "charged": charged.to_string(),
+        "unclaimed": unclaimed.to_string(),
+        "withdrawals_pending": withdrawing.len(),
+        "unclaimed_at_risk": at_risk.to_string(),
+        "largest_unclaimed": largest,
+        "nearest_deadlines": nearest,
+        "paid_requests": counter_total(telemetry::PAID_REQUESTS),
+        "blocked_payers": state.blocked.payers().list().len(),
+        "settler": state.settler.get().is_some_and(|s| s.may_act_now()),
+        "shared_store": state.shared,
+    })))
+}
+
+/// `GET /api/journal`: the open claim batches and the transactions mined here.
+pub async fn journal<S: SettlementStore + 'static>(
+    State(state): State<Arc<AdminState<S>>>,
+) -> Answer {
+    fill_receipts(&state).await;
+    let store = Arc::clone(&state.store);
+    let entries = tokio::task::spawn_blocking(move || store.entries())
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("reading the claim journal: {e}"),
+            )
+        })?;
+    let open: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let (state_name, block) = match e.state {
+                BatchState::Pending => ("pending", None),
+                BatchState::Sent => ("sent", None),
+                BatchState::Mined(b) => ("mined", Some(b)),
+            };
+            let amount = e
+                .rows
+                .iter()
+                .map(|r| r.claim_total.saturating_sub(r.onchain_total_claimed))
+                .fold(0u128, u128::saturating_add);
+            let channels: Vec<Value> = e
+                .rows
+                .iter()
+                .map(|r| json!({ "channel_id": r.channel_id, "claim_total": r.claim_total.to_string() }))
+                .collect();
+            json!({
+                "batch": e.id,
+                "state": state_name,
+                "block": block,
+                "created_at": e.created_at,
+                "rows": e.rows.len(),
+                "amount": amount.to_string(),
+                "tx_hashes": e.tx_hashes,
+                "channels": channels,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "open": open,
+        "transactions": state.history.transactions(),
+    })))
+}
+
+/// Reads the receipts of the transactions still missing their gas price (bounded per call).
+async fn fill_receipts<S: SettlementStore>(state: &AdminState<S>) {
+    for hash in state
+        .history
+        .without_receipt()
+        .into_iter()
+        .take(RECEIPTS_PER_CALL)
+    {
+        if let Ok(Some(r)) = state.escrow.provider().get_transaction_receipt(hash).await {
+            state
+                .history
+                .set_receipt(hash, r.gas_used, r.effective_gas_price, r.block_number);
+        }
+    }
+}
+
+/// `GET /api/activity`: what the dashboard draws over time.
+pub async fn activity<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>) -> Answer {
+    fill_receipts(&state).await;
+    let text = crate::telemetry::prometheus_handle().map(|h| h.render());
+    let mut rejections = text
+        .as_deref()
+        .map(|t| counter_by_label(t, telemetry::PAYMENTS_REJECTED, "reason"))
+        .unwrap_or_default();
+    rejections.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let rejections: Vec<Value> = rejections
+        .iter()
+        .map(|(reason, count)| json!({ "reason": reason, "count": count }))
+        .collect();
+    let claims: Vec<_> = state
+        .history
+        .transactions()
+        .into_iter()
+        .filter(|t| t.kind == "claim")
+        .collect();
+    let paid: Option<u64> = text.as_deref().map(|t| {
+        counter_by_label(t, telemetry::PAID_REQUESTS, "")
+            .into_iter()
+            .map(|(_, v)| v)
+            .sum()
+    });
+    Ok(Json(json!({
+        "sample_secs": state.sample_secs,
+        "samples": state.history.samples(),
+        "claims": claims,
+        "rejections": rejections,
+        "paid_requests": paid,
+    })))
+}
+
+/// `GET /api/payers/blocked`
+pub async fn blocked_list<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>) -> Answer {
+    Ok(Json(json!({
+        "blocked": state.blocked.payers().list(),
+        "file": state.blocked.path().display().to_string(),
+    })))
+}
+
+/// `POST /api/payers/{payer}/block`
+pub async fn block<S: SettlementStore>(
+    State(state): State<Arc<AdminState<S>>>,
+    Path(payer): Path<String>,
+) -> Answer {
+    set_blocked(&state, &payer, true).await
+}
+
+/// `POST /api/payers/{payer}/unblock`
+pub async fn unblock<S: SettlementStore>(
+    State(state): State<Arc<AdminState<S>>>,
+    Path(payer): Path<String>,
+) -> Answer {
+    set_blocked(&state, &payer, false).await
+}
+
+async fn set_blocked<S: SettlementStore>(
+    state: &AdminState<S>,
+    payer: &str,
+    blocked: bool,
+) -> Answer {
+    let payer = payer.parse::<Address>().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_payer",
+            "payer must be an address",
+        )
+    })?;
+    let changed = state.blocked.set(payer, blocked).await.map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "block_list_write_failed",
+            e,
+        )
+    })?;
+    tracing::warn!(%payer, blocked, changed, "admin: payer block list changed");
+    Ok(Json(
+        json!({ "payer": payer, "blocked": blocked, "changed": changed }),
+    ))
+}
+
+/// `POST /api/claim`: a claim round of every channel with an unclaimed charge, now.
+pub async fn claim<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>) -> Answer {
+    let report = state.settler()?.claim_now().await;
+    tracing::info!(?report, "admin: claim now");
+    Ok(Json(json!({
+        "batches": report.batches,
+        "rows": report.rows,
+        "claimed": report.claimed.to_string(),
+        "gas_used": report.gas_used,
+        "failed_rows": report.failed_rows,
+        "already_claimed": report.already_claimed,
+        "reconciled": report.reconciled,
+    })))
+}
+
+/// `POST /api/sweep`: sweeps what was claimed to the receiver, now.
+pub async fn sweep<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>) -> Answer {
+    let swept = state
+        .settler()?
+        .sweep_now()
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, "chain_error", e.to_string()))?;
+    tracing::info!(swept, "admin: sweep now");
+    Ok(Json(json!({ "swept": swept.to_string() })))
+}
+
+/// `POST /api/channels/{id}/refund`: the channel's remainder back to its payer, now.
+pub async fn refund<S: SettlementStore>(
+    State(state): State<Arc<AdminState<S>>>,
+    Path(id): Path<String>,
+) -> Answer {
+    let id = id.parse::<B256>().map(ChannelId).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_channel",
+            "the channel id must be 32 bytes of hex",
+        )
+    })?;
+    let done = state.settler()?.refund_now(id).await.map_err(|e| {
+        let (status, code) = match &e {
+            RefundError::UnknownChannel => (StatusCode::NOT_FOUND, "unknown_channel"),
+            RefundError::NotOurs | RefundError::NothingToRefund => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "not_refundable")
+            }
+            RefundError::Busy | RefundError::NotNow(_) => (StatusCode::CONFLICT, "busy"),
+            RefundError::Chain(_) => (StatusCode::BAD_GATEWAY, "chain_error"),
+        };
+        error(status, code, e.to_string())
+    })?;
+    tracing::warn!(channel = %id, refunded = done.amount, claimed = done.claimed, tx = %done.tx_hash, "admin: channel refunded");
+    Ok(Json(json!({
+        "channel_id": id,
+        "refunded": done.amount.to_string(),
+        "claimed": done.claimed.to_string(),
+        "tx_hash": done.tx_hash,
+    })))
+}
