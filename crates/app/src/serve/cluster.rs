@@ -62,6 +62,7 @@ pub(super) async fn serve_shared(
             escrow: Arc::clone(&chain.escrow),
             pay_to: cfg.pay_to,
             asset: cfg.asset,
+            asset_name: cfg.asset_name.clone(),
             shared: true,
             hooks,
         })

@@ -134,6 +134,7 @@ pub async fn serve_with(
             escrow: Arc::clone(&chain.escrow),
             pay_to: cfg.pay_to,
             asset: cfg.asset,
+            asset_name: cfg.asset_name.clone(),
             shared: false,
             hooks,
         })

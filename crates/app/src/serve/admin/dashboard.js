@@ -101,6 +101,7 @@ function bar(row, fraction, extra) {
 
 function drawTotals(t) {
   decimals = t.decimals;
+  $("unit").textContent = "amounts in " + t.asset_name + " (" + t.decimals + " decimals), token " + t.token;
   const rev = t.revenue || {};
   setValue("revenue-claimed", rev.claimed, fmt(rev.claimed));
   setValue("revenue-swept", rev.swept, fmt(rev.swept));
@@ -145,7 +146,7 @@ function drawChart(samples) {
   const chart = $("revenue-chart");
   chart.replaceChildren();
   chart.dataset.samples = String(samples.length);
-  const W = 800, H = 220, L = 70, R = 10, T = 10, B = 24;
+  const W = 1200, H = 240, L = 80, R = 10, T = 10, B = 24;
   chart.appendChild(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
   chart.appendChild(svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
   if (samples.length === 0) {

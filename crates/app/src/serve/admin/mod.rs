@@ -239,6 +239,7 @@ impl Prepared {
             escrow: parts.escrow,
             pay_to: parts.pay_to,
             asset: parts.asset,
+            asset_name: parts.asset_name,
             shared: parts.shared,
             settler: parts.hooks.slot,
             blocked: self.blocked,
@@ -278,6 +279,8 @@ pub struct Parts<S: SettlementStore> {
     /// The receiver and token whose on-chain totals are the revenue.
     pub pay_to: Address,
     pub asset: Address,
+    /// The asset's name, for the dashboard.
+    pub asset_name: String,
     /// Several instances share the store (PostgreSQL).
     pub shared: bool,
     pub hooks: Hooks<S>,
