@@ -3,7 +3,8 @@
 //! write, so a refusal changes nothing. Refunds are still served: the money is the payer's.
 //!
 //! The set lives in memory; keeping it across restarts is the caller's business (`serve`
-//! writes it to a file next to its store before it changes the set).
+//! writes it to a file next to its sled store, or to the PostgreSQL store's
+//! `x402_blocked_payers` table, before it changes the set).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -38,6 +39,11 @@ impl BlockedPayers {
     /// Unblocks `payer`; returns whether it was blocked.
     pub fn remove(&self, payer: &Address) -> bool {
         self.set.write().remove(payer)
+    }
+
+    /// Replaces the whole set (e.g. with what a shared store holds now).
+    pub fn replace(&self, payers: impl IntoIterator<Item = Address>) {
+        *self.set.write() = payers.into_iter().collect();
     }
 
     /// Every blocked payer, sorted.

@@ -29,7 +29,7 @@ pub(super) async fn serve_shared(
     chain: ChainParts,
     store: Arc<PostgresStore>,
     listener: tokio::net::TcpListener,
-    admin: Option<admin::Prepared>,
+    mut admin: Option<admin::Prepared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     // One relayer key per instance (see the module docs): refuse a key another live
@@ -46,6 +46,9 @@ pub(super) async fn serve_shared(
             ));
         }
         Err(e) => return Err(format!("registering this instance: {e}")),
+    }
+    if let Some(a) = &mut admin {
+        a.use_store(Arc::clone(&store)).await?;
     }
     let (engine, ledger) = chain.engine(&cfg, Arc::clone(&store)).await?;
     let freshness = freshness_of(&cfg, &engine);

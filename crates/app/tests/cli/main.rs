@@ -2,6 +2,7 @@
 //! demo, the bench, the stock server against our client. One binary, one module per command.
 
 mod admin_api;
+mod admin_cluster;
 mod admin_dashboard;
 mod bench_smoke;
 mod client_cli;

@@ -388,7 +388,7 @@ pub async fn activity<S: SettlementStore>(State(state): State<Arc<AdminState<S>>
 pub async fn blocked_list<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>) -> Answer {
     Ok(Json(json!({
         "blocked": state.blocked.payers().list(),
-        "file": state.blocked.path().display().to_string(),
+        "kept_in": state.blocked.home(),
     })))
 }
 

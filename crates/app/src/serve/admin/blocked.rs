@@ -1,21 +1,36 @@
-//! The block list on disk: a JSON array of payer addresses in one file, replaced atomically
-//! (write a temporary file, `fsync` it, rename it over the old one, `fsync` the directory)
-//! before the in-memory set changes, so a block the API acknowledged survives a crash.
+//! Where the block list is kept, durably, before the in-memory set the engine checks
+//! changes (so a block the API acknowledged survives a crash):
+//!
+//! - with the sled store, a JSON array of payer addresses in one file, replaced atomically
+//!   (write a temporary file, `fsync` it, rename it over the old one, `fsync` the directory);
+//! - with the PostgreSQL store, the `x402_blocked_payers` table every instance shares; each
+//!   instance re-reads it every second ([`BlockList::refresh`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use alloy_primitives::Address;
 use x402_upto::engine::BlockedPayers;
+use x402_upto::store::PostgresStore;
 
-/// The file and the set it keeps.
+/// The durable home of the list.
+#[derive(Clone, Debug)]
+enum Home {
+    File(PathBuf),
+    Table(Arc<PostgresStore>),
+    /// PostgreSQL, before the store is open (`serve` opens it after the admin listener).
+    NotYet,
+}
+
+/// The list's home and the set it fills.
 #[derive(Clone, Debug)]
 pub struct BlockList {
-    path: PathBuf,
+    home: Home,
     payers: BlockedPayers,
     /// One change at a time: two concurrent blocks must not each write a list without the
     /// other's payer.
-    writing: std::sync::Arc<tokio::sync::Mutex<()>>,
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl BlockList {
@@ -29,10 +44,38 @@ impl BlockList {
             Err(e) => return Err(format!("block list {}: {e}", path.display())),
         };
         Ok(Self {
-            path,
+            home: Home::File(path),
             payers: BlockedPayers::new(payers),
             writing: Default::default(),
         })
+    }
+
+    /// A list kept in the PostgreSQL store, which [`Self::use_table`] opens later.
+    pub fn in_table() -> Self {
+        Self {
+            home: Home::NotYet,
+            payers: BlockedPayers::default(),
+            writing: Default::default(),
+        }
+    }
+
+    /// Keeps the list in `store`'s table from now on, and reads it.
+    pub async fn use_table(&mut self, store: Arc<PostgresStore>) -> Result<(), String> {
+        self.home = Home::Table(store);
+        self.refresh().await
+    }
+
+    /// Re-reads a shared list (another instance may have changed it); a file needs none.
+    pub async fn refresh(&self) -> Result<(), String> {
+        if let Home::Table(store) = &self.home {
+            let _writing = self.writing.lock().await;
+            let payers = store
+                .blocked_payers()
+                .await
+                .map_err(|e| format!("reading the block list: {e}"))?;
+            self.payers.replace(payers);
+        }
+        Ok(())
     }
 
     /// The set the engine checks.
@@ -40,15 +83,34 @@ impl BlockList {
         &self.payers
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the list is kept, for the operator.
+    pub fn home(&self) -> String {
+        match &self.home {
+            Home::File(p) => p.display().to_string(),
+            Home::Table(_) | Home::NotYet => "postgres: x402_blocked_payers".into(),
+        }
     }
 
-    /// Blocks (`true`) or unblocks `payer`: the file first, then the set. Returns whether
-    /// anything changed.
+    /// Blocks (`true`) or unblocks `payer`: the file or the table first, then the set.
+    /// Returns whether anything changed.
     pub async fn set(&self, payer: Address, blocked: bool) -> Result<bool, String> {
         let _writing = self.writing.lock().await;
+        let path = match &self.home {
+            Home::File(path) => path.clone(),
+            Home::Table(store) => {
+                let changed = store
+                    .set_payer_blocked(payer, blocked)
+                    .await
+                    .map_err(|e| format!("writing the block list: {e}"))?;
+                if blocked {
+                    self.payers.insert(payer);
+                } else {
+                    self.payers.remove(&payer);
+                }
+                return Ok(changed);
+            }
+            Home::NotYet => return Err("the block list's store is not open yet".into()),
+        };
         let mut next = self.payers.list();
         let changed = if blocked {
             !next.contains(&payer) && {
@@ -64,7 +126,6 @@ impl BlockList {
         if !changed {
             return Ok(false);
         }
-        let path = self.path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&path, &next))
             .await
             .map_err(|e| e.to_string())??;

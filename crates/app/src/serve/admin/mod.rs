@@ -41,6 +41,9 @@ pub use auth::{MIN_TOKEN_LEN, Token};
 pub use blocked::BlockList;
 pub use history::History;
 
+/// How often an instance re-reads a block list shared through PostgreSQL.
+pub const BLOCK_LIST_REFRESH: Duration = Duration::from_secs(1);
+
 /// `[admin]`: the admin API and dashboard.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +55,7 @@ pub struct AdminKnobs {
     #[serde(default = "default_token_env")]
     pub token_env: String,
     /// The block list's file (default: next to the sled store, `<store>.blocked-payers.json`).
+    /// Not with PostgreSQL: the list is then a table every instance shares.
     #[serde(default)]
     pub blocked_payers: Option<PathBuf>,
     /// Seconds between two samples of the dashboard's chart (default 10).
@@ -94,22 +98,31 @@ impl AdminKnobs {
         Ok(())
     }
 
-    /// The block list's file: as configured, or next to the sled store (`store`; `None`
-    /// for PostgreSQL, where the file must be named: each instance keeps its own list).
-    pub fn blocked_payers_path(&self, store: Option<&std::path::Path>) -> Result<PathBuf, String> {
-        if let Some(p) = &self.blocked_payers {
-            return Ok(p.clone());
-        }
-        let Some(name) = store.and_then(|s| s.file_name()) else {
-            return Err(
-                "admin.blocked_payers must name a file when the store is PostgreSQL \
-                        (the block list is kept per instance; see docs/operations.md)"
-                    .into(),
-            );
+    /// The block list: a file as configured or next to the sled store `sled`; with
+    /// PostgreSQL (`sled` is `None`) the shared table, opened later.
+    pub fn block_list(&self, sled: Option<&std::path::Path>) -> Result<BlockList, String> {
+        let Some(store) = sled else {
+            if self.blocked_payers.is_some() {
+                return Err(
+                    "admin.blocked_payers is for the sled store: with PostgreSQL the \
+                            block list is the x402_blocked_payers table every instance shares"
+                        .into(),
+                );
+            }
+            return Ok(BlockList::in_table());
         };
-        let mut name = name.to_os_string();
-        name.push(".blocked-payers.json");
-        Ok(store.map_or_else(|| PathBuf::from(&name), |s| s.with_file_name(&name)))
+        let path = match &self.blocked_payers {
+            Some(p) => p.clone(),
+            None => {
+                let mut name = store
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_else(|| "store".into());
+                name.push(".blocked-payers.json");
+                store.with_file_name(name)
+            }
+        };
+        BlockList::open(path)
     }
 }
 
@@ -192,7 +205,7 @@ impl Prepared {
     pub async fn bind(knobs: &AdminKnobs, store: Option<&std::path::Path>) -> Result<Self, String> {
         knobs.validate()?;
         let token = Token::from_env(&knobs.token_env)?;
-        let blocked = BlockList::open(knobs.blocked_payers_path(store)?)?;
+        let blocked = knobs.block_list(store)?;
         let listener = tokio::net::TcpListener::bind(knobs.listen)
             .await
             .map_err(|e| format!("admin listen {}: {e}", knobs.listen))?;
@@ -203,6 +216,14 @@ impl Prepared {
             blocked,
             history: Arc::new(History::new(knobs.samples)),
         })
+    }
+
+    /// With the PostgreSQL store: the block list is its table; reads it now.
+    pub async fn use_store(
+        &mut self,
+        store: Arc<x402_upto::store::PostgresStore>,
+    ) -> Result<(), String> {
+        self.blocked.use_table(store).await
     }
 
     /// The set of blocked payers, for [`x402_upto::engine::Engine::set_blocked_payers`].
@@ -232,7 +253,7 @@ impl Prepared {
             .listener
             .local_addr()
             .map_or_else(|_| self.knobs.listen.to_string(), |a| a.to_string());
-        tracing::info!(listen = %local, blocked_payers = %self.blocked.path().display(), "admin API and dashboard");
+        tracing::info!(listen = %local, blocked_payers = %self.blocked.home(), "admin API and dashboard");
         let state = Arc::new(api::AdminState {
             ledger: parts.ledger,
             store: parts.store,
@@ -258,14 +279,29 @@ impl Prepared {
                 }
             }
         };
+        // A shared block list changes through any instance: read it again every second.
+        let refresher = {
+            let blocked = state.blocked.clone();
+            async move {
+                let mut tick = tokio::time::interval(BLOCK_LIST_REFRESH);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = blocked.refresh().await {
+                        tracing::warn!(error = %e, "block list not refreshed; keeping the last one");
+                    }
+                }
+            }
+        };
         let app = router(state, self.token);
         let listener = self.listener;
         tokio::spawn(async move {
             let sampler = tokio::spawn(sampler);
+            let refresher = tokio::spawn(refresher);
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "admin listener failed");
             }
             sampler.abort();
+            refresher.abort();
         })
     }
 }
@@ -311,4 +347,49 @@ fn router<S: SettlementStore + 'static>(state: Arc<api::AdminState<S>>, token: T
         .route("/dashboard.css", get(page::css))
         .nest("/api", api)
         .layer(axum::middleware::from_fn(page::no_store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knobs(extra: &str) -> AdminKnobs {
+        toml::from_str(&format!("listen = \"127.0.0.1:9470\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn the_block_list_is_a_file_next_to_sled_and_the_table_with_postgres() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let list = knobs("").block_list(Some(&store)).unwrap();
+        assert_eq!(
+            list.home(),
+            dir.path()
+                .join("store.blocked-payers.json")
+                .display()
+                .to_string()
+        );
+        assert_eq!(
+            knobs("").block_list(None).unwrap().home(),
+            "postgres: x402_blocked_payers"
+        );
+        // A file named for a PostgreSQL store would be per instance: refused.
+        assert!(
+            knobs("blocked_payers = \"/tmp/x.json\"")
+                .block_list(None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn defaults_and_refused_values() {
+        let k = knobs("");
+        assert_eq!(
+            (k.token_env.as_str(), k.sample_secs, k.samples, k.decimals),
+            ("X402_ADMIN_TOKEN", 10, 360, 6)
+        );
+        assert!(knobs("sample_secs = 0").validate().is_err());
+        assert!(knobs("samples = 0").validate().is_err());
+        assert!(toml::from_str::<AdminKnobs>("listen = \"127.0.0.1:1\"\ntoken = \"x\"").is_err());
+    }
 }
