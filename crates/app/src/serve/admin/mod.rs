@@ -41,6 +41,9 @@ pub use auth::{MIN_TOKEN_LEN, Token};
 pub use blocked::BlockList;
 pub use history::History;
 
+/// Connections the admin listener holds open at once (more wait in the backlog).
+pub const ADMIN_CONNECTIONS: usize = 64;
+
 /// How often an instance re-reads a block list shared through PostgreSQL.
 pub const BLOCK_LIST_REFRESH: Duration = Duration::from_secs(1);
 
@@ -297,7 +300,16 @@ impl Prepared {
         tokio::spawn(async move {
             let sampler = tokio::spawn(sampler);
             let refresher = tokio::spawn(refresher);
-            if let Err(e) = axum::serve(listener, app).await {
+            // The proxy's timeouts (slowloris, idle), and few connections: a handful of
+            // operators, not the public.
+            let limits = super::listener::ConnectionLimits {
+                max_connections: ADMIN_CONNECTIONS,
+                ..Default::default()
+            };
+            let served =
+                super::listener::serve_connections(listener, app, limits, std::future::pending())
+                    .await;
+            if let Err(e) = served {
                 tracing::error!(error = %e, "admin listener failed");
             }
             sampler.abort();
