@@ -242,6 +242,12 @@ impl<S: SettlementStore> Settlement<S> {
         self.may_act()
     }
 
+    /// Whether an on-chain act (the task's round, or a forced claim, sweep or refund) is
+    /// running now: a transaction it sent may be mined before the ledger's mirror shows it.
+    pub fn is_acting(&self) -> bool {
+        self.acting.try_lock().is_err()
+    }
+
     /// A claim round of every channel with an unclaimed charge, now (an operator's "claim
     /// now"), after the round the task may be running.
     pub async fn claim_now(&self) -> RoundReport {

@@ -340,6 +340,19 @@ async fn the_admin_api_pages_totals_and_acts_on_chain() {
     assert_eq!(tx["gas_per_paid_request"], gas / 6);
     assert_eq!(journal["open"].as_array().unwrap().len(), 0, "{journal}");
 
+    // The chart's samples never count a claim twice (mined on chain, not yet applied to
+    // the ledger): what was earned never exceeds what was charged, 750. (Only a sample
+    // taken inside that window could break this; whether one is, is up to timing.)
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (_, activity) = rig.get("/activity").await;
+    let samples = activity["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{activity}");
+    for s in samples {
+        let earned: u128 = s["earned"].as_str().unwrap().parse().unwrap();
+        assert!(earned <= 750, "{s}");
+    }
+    assert_eq!(samples.last().unwrap()["claimed"], "750");
+
     // Sweep now: the claimed 750 reach payTo.
     let (status, sweep) = rig.post("/sweep").await;
     assert_eq!((status, sweep["swept"].as_str()), (200, Some("750")));

@@ -124,6 +124,8 @@ async fn the_dashboard_shows_what_the_api_and_the_chain_say() {
     );
     pay(&p4, &rig.proxy, &[30]).await;
     assert_eq!(rig.post("/claim").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(rig.post("/sweep").await.1["swept"], "750");
     pay(&p3, &rig.proxy, &[400]).await;
     pay(&p4, &rig.proxy, &[5]).await;
     // Payer 4 starts its timed withdrawal: the watcher sees it, the settler claims the
@@ -171,6 +173,7 @@ async fn the_dashboard_shows_what_the_api_and_the_chain_say() {
     assert_eq!(shown(&dom, "revenue-claimed"), claimed.to_string());
     assert_eq!(shown(&dom, "revenue-claimed"), "755");
     assert_eq!(shown(&dom, "revenue-swept"), swept.to_string());
+    assert_eq!(swept, 750);
     for (id, key) in [
         ("revenue-claimed", "/revenue/claimed"),
         ("unclaimed", "/unclaimed"),
@@ -267,6 +270,13 @@ async fn the_dashboard_shows_what_the_api_and_the_chain_say() {
         .unwrap();
     assert!(samples >= 2, "{samples} samples");
     assert!(dom.contains("<polyline"));
+    // Its newest point: the chain's totals and the API's exposure.
+    let chart =
+        |key: &str| attr(&dom, "id=\"revenue-chart\"", &format!("data-last-{key}")).unwrap();
+    assert_eq!(chart("claimed"), claimed.to_string());
+    assert_eq!(chart("swept"), swept.to_string());
+    assert_eq!(chart("unclaimed"), "400");
+    assert_eq!(chart("earned"), (claimed + 400).to_string());
 
     // A wrong token shows no data.
     let wrong = headless(

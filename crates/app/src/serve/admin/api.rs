@@ -52,18 +52,62 @@ pub struct AdminState<S: SettlementStore> {
 }
 
 impl<S: SettlementStore> AdminState<S> {
-    /// One point of the chart, from the ledger and the paid-request counter.
-    pub fn take_sample(&self) {
-        let (mut charged, mut claimed, mut unclaimed) = (0u128, 0u128, 0u128);
-        for r in self.ledger.records() {
-            charged = charged.saturating_add(r.charged);
-            claimed = claimed.saturating_add(r.onchain.total_claimed);
-            unclaimed = unclaimed.saturating_add(r.unclaimed());
+    /// One point of the chart: the chain's receiver totals (the last ones known if the read
+    /// fails), the ledger's unclaimed sum, the paid-request counter.
+    ///
+    /// A claim mined but not yet applied to the ledger would count twice (claimed on chain,
+    /// still unclaimed in the ledger): no sample is taken while this instance's settler is
+    /// acting on chain (it applies what it mined before it stops), and the chain is read
+    /// before and after the ledger, the sample taken again if they differ. Over a shared
+    /// store, another instance's claim reaches this cache a refresh later; a point may
+    /// then count it twice.
+    pub async fn take_sample(&self) {
+        for _ in 0..20 {
+            match self.settler.get() {
+                Some(s) if s.is_acting() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                _ => break,
+            }
         }
+        if self.settler.get().is_some_and(|s| s.is_acting()) {
+            return;
+        }
+        let mut sample = None;
+        for _ in 0..3 {
+            let before = self.escrow.receiver_totals(self.pay_to, self.asset).await;
+            let unclaimed = self
+                .ledger
+                .records()
+                .iter()
+                .map(|r| r.unclaimed())
+                .fold(0u128, u128::saturating_add);
+            let after = self.escrow.receiver_totals(self.pay_to, self.asset).await;
+            match (before, after) {
+                (Ok(b), Ok(a)) if a == b => {
+                    sample = Some((a, unclaimed));
+                    break;
+                }
+                (Ok(_), Ok(_)) => continue,
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(error = %e, "admin sample: receiver totals unread; keeping the last");
+                    let last = self
+                        .history
+                        .last_sample()
+                        .map_or((0, 0), |s| (s.claimed, s.swept));
+                    sample = Some((last, unclaimed));
+                    break;
+                }
+            }
+        }
+        let Some(((claimed, swept), unclaimed)) = sample else {
+            return;
+        };
         self.history.push_sample(Sample {
             at: unix_now(),
-            charged,
+            earned: claimed.saturating_add(unclaimed),
             claimed,
+            swept,
             unclaimed,
             paid_requests: counter_total(telemetry::PAID_REQUESTS).unwrap_or(0),
         });

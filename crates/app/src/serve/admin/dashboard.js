@@ -157,10 +157,12 @@ function drawChart(samples) {
   }
   const t0 = samples[0].at, t1 = Math.max(samples[samples.length - 1].at, t0 + 1);
   let max = 1n;
-  for (const s of samples) if (BigInt(s.charged) > max) max = BigInt(s.charged);
+  for (const s of samples) if (BigInt(s.earned) > max) max = BigInt(s.earned);
+  const last = samples[samples.length - 1];
+  for (const key of ["earned", "claimed", "swept", "unclaimed"]) chart.dataset["last" + key[0].toUpperCase() + key.slice(1)] = last[key];
   const x = (at) => L + ((at - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => H - B - Number((BigInt(v) * 10000n) / max) / 10000 * (H - T - B);
-  for (const key of ["charged", "claimed", "unclaimed"]) {
+  for (const key of ["earned", "claimed", "swept", "unclaimed"]) {
     const points = samples.map((s) => x(s.at).toFixed(1) + "," + y(s[key]).toFixed(1)).join(" ");
     chart.appendChild(svg("polyline", { points, class: key }));
   }

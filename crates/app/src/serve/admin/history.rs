@@ -18,18 +18,23 @@ use super::views::amount;
 /// Transactions kept.
 pub const MAX_TRANSACTIONS: usize = 200;
 
-/// One point of the chart.
+/// One point of the chart. `earned` = `claimed` + `unclaimed` only falls when money owed is
+/// lost (a withdrawal finalized over unclaimed charges); a refund or a channel leaving the
+/// ledger does not move it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Sample {
     /// Unix seconds.
     pub at: u64,
-    /// Sum of `charged` over the ledger's channels (atomic units).
+    /// `claimed + unclaimed` (atomic units).
     #[serde(with = "amount")]
-    pub charged: u128,
-    /// Sum of mirrored `totalClaimed`.
+    pub earned: u128,
+    /// `receivers(payTo, asset).totalClaimed` on chain: every claim ever made for `payTo`.
     #[serde(with = "amount")]
     pub claimed: u128,
-    /// Charged but not claimed.
+    /// `receivers(payTo, asset).totalSettled`: swept to `payTo`.
+    #[serde(with = "amount")]
+    pub swept: u128,
+    /// Charged but not yet claimed, over the ledger's channels.
     #[serde(with = "amount")]
     pub unclaimed: u128,
     /// Paid requests committed by this process since it started.
@@ -103,6 +108,11 @@ impl History {
             s.pop_front();
         }
         s.push_back(sample);
+    }
+
+    /// The newest sample.
+    pub fn last_sample(&self) -> Option<Sample> {
+        self.samples.lock().back().cloned()
     }
 
     /// Every sample kept, oldest first.
@@ -300,8 +310,9 @@ mod tests {
         for at in 0..5 {
             h.push_sample(Sample {
                 at,
-                charged: 0,
+                earned: 0,
                 claimed: 0,
+                swept: 0,
                 unclaimed: 0,
                 paid_requests: 0,
             });

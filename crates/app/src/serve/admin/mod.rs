@@ -278,7 +278,7 @@ impl Prepared {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    state.take_sample();
+                    state.take_sample().await;
                 }
             }
         };
