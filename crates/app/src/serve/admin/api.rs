@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use x402_upto::Ledger;
 use x402_upto::chain::escrow::EscrowClient;
 use x402_upto::clock::unix_now;
+use x402_upto::ledger::ChannelRecord;
 use x402_upto::settlement::{RefundError, Settlement};
 use x402_upto::store::{BatchState, SettlementStore};
 use x402_upto::telemetry;
@@ -25,7 +26,7 @@ use x402_upto::typed_data::ChannelId;
 use super::SettlerSlot;
 use super::blocked::BlockList;
 use super::history::{History, Sample, counter_by_label, counter_total};
-use super::views::{ChannelView, amount};
+use super::views::{ChannelView, Withdrawal, amount};
 
 /// Rows a channel page holds at most.
 pub const MAX_PAGE: usize = 500;
@@ -76,12 +77,9 @@ impl<S: SettlementStore> AdminState<S> {
         let mut sample = None;
         for _ in 0..3 {
             let before = self.escrow.receiver_totals(self.pay_to, self.asset).await;
-            let unclaimed = self
-                .ledger
-                .records()
-                .iter()
-                .map(|r| r.unclaimed())
-                .fold(0u128, u128::saturating_add);
+            let mut unclaimed = 0u128;
+            self.ledger
+                .visit(|r, _| unclaimed = unclaimed.saturating_add(r.unclaimed()));
             let after = self.escrow.receiver_totals(self.pay_to, self.asset).await;
             match (before, after) {
                 (Ok(b), Ok(a)) if a == b => {
@@ -113,20 +111,20 @@ impl<S: SettlementStore> AdminState<S> {
         });
     }
 
-    fn views(&self) -> Vec<ChannelView> {
+    /// The channel `id` as the API shows it, if the ledger still has it.
+    fn view(&self, id: &ChannelId, now: u64) -> Option<ChannelView> {
+        let r = self.ledger.record(id)?;
+        Some(ChannelView::of(
+            &r,
+            now,
+            self.ledger.is_held(id),
+            self.blocked.payers().contains(&r.config.payer),
+        ))
+    }
+
+    fn views(&self, ids: Vec<ChannelId>) -> Vec<ChannelView> {
         let now = unix_now();
-        self.ledger
-            .records()
-            .iter()
-            .map(|r| {
-                ChannelView::of(
-                    r,
-                    now,
-                    self.ledger.is_held(&r.channel_id),
-                    self.blocked.payers().contains(&r.config.payer),
-                )
-            })
-            .collect()
+        ids.iter().filter_map(|id| self.view(id, now)).collect()
     }
 
     /// The running scheduler, or the answer saying why actions go elsewhere.
@@ -215,33 +213,37 @@ pub async fn channels<S: SettlementStore>(
             format!("limit must be in 1..={MAX_PAGE}"),
         ));
     }
-    let mut rows = state.views();
-    rows.retain(|r| payer.is_none_or(|p| r.payer == p));
-    match q.get("sort").map_or("unclaimed", String::as_str) {
-        "unclaimed" => rows.sort_by(|a, b| {
-            b.unclaimed
-                .cmp(&a.unclaimed)
-                .then(a.channel_id.cmp(&b.channel_id))
-        }),
-        "last_voucher" => rows.sort_by(|a, b| {
-            b.last_voucher_at
-                .cmp(&a.last_voucher_at)
-                .then(a.channel_id.cmp(&b.channel_id))
-        }),
-        "deadline" => {
-            rows.sort_by_key(|r| (r.withdrawal.deadline.unwrap_or(u64::MAX), r.channel_id));
+    // Over the whole ledger without copying it: a sort key per channel, the first
+    // `offset + limit` kept; only the page's records are copied.
+    let now = unix_now();
+    let key: fn(&ChannelRecord, u64) -> u128 =
+        match q.get("sort").map_or("unclaimed", String::as_str) {
+            "unclaimed" => |r, _| u128::MAX - r.unclaimed(),
+            "last_voucher" => |r, _| u128::MAX - u128::from(r.last_request_at),
+            "deadline" => |r, now| {
+                Withdrawal::of(r, now)
+                    .deadline
+                    .map_or(u128::MAX, u128::from)
+            },
+            "id" => |_, _| 0,
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    "sort must be unclaimed, last_voucher, deadline or id",
+                ));
+            }
+        };
+    let mut first = Smallest::new(offset.saturating_add(limit));
+    let mut total = 0usize;
+    state.ledger.visit(|r, _| {
+        if payer.is_none_or(|p| r.config.payer == p) {
+            total += 1;
+            first.offer(key(r, now), r.channel_id);
         }
-        "id" => rows.sort_by_key(|r| r.channel_id),
-        _ => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                "sort must be unclaimed, last_voucher, deadline or id",
-            ));
-        }
-    }
-    let total = rows.len();
-    let page: Vec<ChannelView> = rows.into_iter().skip(offset).take(limit).collect();
+    });
+    let ids: Vec<ChannelId> = first.into_sorted().into_iter().skip(offset).collect();
+    let page = state.views(ids);
     Ok(Json(json!({
         "total": total,
         "offset": offset,
@@ -265,29 +267,27 @@ struct Revenue {
 
 /// `GET /api/totals`
 pub async fn totals<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>) -> Answer {
-    let rows = state.views();
-    let sum = |f: fn(&ChannelView) -> u128| rows.iter().map(f).fold(0u128, u128::saturating_add);
-    let charged = sum(|r| r.charged);
-    let unclaimed = sum(|r| r.unclaimed);
-    let balance = sum(|r| r.balance);
-    let withdrawing: Vec<&ChannelView> = rows
-        .iter()
-        .filter(|r| r.withdrawal.deadline.is_some())
-        .collect();
-    let at_risk = withdrawing
-        .iter()
-        .map(|r| r.unclaimed)
-        .fold(0u128, u128::saturating_add);
-    let mut largest: Vec<&ChannelView> = rows.iter().filter(|r| r.unclaimed > 0).collect();
-    largest.sort_by(|a, b| {
-        b.unclaimed
-            .cmp(&a.unclaimed)
-            .then(a.channel_id.cmp(&b.channel_id))
+    let now = unix_now();
+    let (mut channels, mut withdrawing) = (0usize, 0usize);
+    let (mut charged, mut unclaimed, mut balance, mut at_risk) = (0u128, 0u128, 0u128, 0u128);
+    let mut largest = Smallest::new(TOP);
+    let mut nearest = Smallest::new(TOP);
+    state.ledger.visit(|r, _| {
+        channels += 1;
+        charged = charged.saturating_add(r.charged);
+        unclaimed = unclaimed.saturating_add(r.unclaimed());
+        balance = balance.saturating_add(r.onchain.balance);
+        if r.unclaimed() > 0 {
+            largest.offer(u128::MAX - r.unclaimed(), r.channel_id);
+        }
+        if let Some(deadline) = Withdrawal::of(r, now).deadline {
+            withdrawing += 1;
+            at_risk = at_risk.saturating_add(r.unclaimed());
+            nearest.offer(u128::from(deadline), r.channel_id);
+        }
     });
-    largest.truncate(TOP);
-    let mut nearest = withdrawing.clone();
-    nearest.sort_by_key(|r| (r.withdrawal.deadline, r.channel_id));
-    nearest.truncate(TOP);
+    let largest = state.views(largest.into_sorted());
+    let nearest = state.views(nearest.into_sorted());
     let (revenue, chain_error) = match state
         .escrow
         .receiver_totals(state.pay_to, state.asset)
@@ -311,11 +311,11 @@ pub async fn totals<S: SettlementStore>(State(state): State<Arc<AdminState<S>>>)
         "decimals": state.decimals,
         "revenue": revenue,
         "chain_error": chain_error,
-        "channels": rows.len(),
+        "channels": channels,
         "balance": balance.to_string(),
         "charged": charged.to_string(),
         "unclaimed": unclaimed.to_string(),
-        "withdrawals_pending": withdrawing.len(),
+        "withdrawals_pending": withdrawing,
         "unclaimed_at_risk": at_risk.to_string(),
         "largest_unclaimed": largest,
         "nearest_deadlines": nearest,
@@ -533,4 +533,61 @@ pub async fn refund<S: SettlementStore>(
         "claimed": done.claimed.to_string(),
         "tx_hash": done.tx_hash,
     })))
+}
+
+/// The `cap` smallest `(key, id)` pairs offered, without keeping the others.
+struct Smallest {
+    cap: usize,
+    heap: std::collections::BinaryHeap<(u128, ChannelId)>,
+}
+
+impl Smallest {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            heap: std::collections::BinaryHeap::new(),
+        }
+    }
+
+    fn offer(&mut self, key: u128, id: ChannelId) {
+        if self.cap == 0 {
+            return;
+        }
+        if self.heap.len() == self.cap {
+            match self.heap.peek() {
+                Some(top) if (key, id) < *top => {
+                    self.heap.pop();
+                }
+                _ => return,
+            }
+        }
+        self.heap.push((key, id));
+    }
+
+    /// The ids, smallest key first (ties by id).
+    fn into_sorted(self) -> Vec<ChannelId> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_keeps_the_first_keys_in_order() {
+        let id = |b: u8| ChannelId(B256::repeat_byte(b));
+        let mut s = Smallest::new(3);
+        for (key, b) in [(5u128, 1u8), (1, 2), (9, 3), (1, 0), (3, 4), (7, 5)] {
+            s.offer(key, id(b));
+        }
+        assert_eq!(s.into_sorted(), vec![id(0), id(2), id(4)]);
+        let mut none = Smallest::new(0);
+        none.offer(1, id(1));
+        assert!(none.into_sorted().is_empty());
+    }
 }
