@@ -432,7 +432,7 @@ async fn serve_refuses_an_admin_table_without_its_token() {
         assert!(!out.status.success(), "{token:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("X402_ADMIN_TOKEN"), "{token:?}: {err}");
-        // Neither listener was ever served.
+        // It exited before serving: nothing listens on either port.
         for p in [port, admin_port] {
             assert!(std::net::TcpStream::connect(("127.0.0.1", p)).is_err());
         }
