@@ -151,6 +151,9 @@ reasons! {
     PayloadAuthorizationValidBefore => "invalid_batch_settlement_evm_payload_authorization_valid_before",
     /// Payload `type` is not valid for this operation.
     PayloadType => "invalid_batch_settlement_evm_payload_type",
+    /// Not in the spec's table (this server's own): the operator blocked this payer; its
+    /// vouchers and deposits are refused with nothing changed (refunds are still served).
+    PayerBlocked => "invalid_batch_settlement_evm_payer_blocked",
     /// Permit2 allowance required before deposit.
     Permit2AllowanceRequired => "invalid_batch_settlement_evm_permit2_allowance_required",
     /// Permit2 amount mismatch.
@@ -243,9 +246,9 @@ mod tests {
             assert_eq!(s.parse::<Reason>(), Ok(reason));
             assert_eq!(reason.to_string(), s);
         }
-        // 64 from the spec's table, 1 from the stock SDK (deposit_below_min_deposit), 2 of
-        // ours (refund_already_executed, refund_rate_limited), 9 core.
-        assert_eq!(Reason::ALL.len(), 67 + 9);
+        // 64 from the spec's table, 1 from the stock SDK (deposit_below_min_deposit), 3 of
+        // ours (refund_already_executed, refund_rate_limited, payer_blocked), 9 core.
+        assert_eq!(Reason::ALL.len(), 68 + 9);
     }
 
     #[test]
@@ -254,7 +257,7 @@ mod tests {
             .iter()
             .filter(|r| r.is_batch_settlement())
             .count();
-        assert_eq!(batch, 67);
+        assert_eq!(batch, 68);
         for core in [
             "invalid_payload",
             "insufficient_funds",

@@ -23,7 +23,9 @@
 //! | `refusal.rs` | [`Refusal`]: status, reason code, the 402 offer |
 //! | `offer.rs` | building `PaymentRequirements` / `PaymentRequired` / `PAYMENT-RESPONSE` bodies |
 //! | `guards.rs` | [`RefundLimits`], the deposit single flight and used-authorization memory |
+//! | `blocked.rs` | [`BlockedPayers`]: payers the operator refuses |
 
+mod blocked;
 mod chain;
 mod config;
 mod decode;
@@ -49,6 +51,7 @@ use crate::wire::{
     BatchPayload, PaymentRequired, PaymentRequirements, PreparedOffer, ResourceInfo, SettleResponse,
 };
 
+pub use blocked::BlockedPayers;
 pub use chain::{BoxFuture, ChainAccess, ChainAccessError, ChainOutcome, ColdReadLimits};
 pub use config::{ConfigError, EngineConfig, MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 pub use guards::RefundLimits;
@@ -109,6 +112,8 @@ struct Inner<S> {
     offers: offer::Offers,
     /// Payers' EIP-55 addresses for `PAYMENT-RESPONSE`.
     payer_names: offer::PayerNames,
+    /// Payers the operator refuses (unset: none).
+    blocked: std::sync::OnceLock<BlockedPayers>,
 }
 
 /// A checked payment holding its channel: run the handler, then [`Engine::settle`]. Dropping
@@ -220,6 +225,7 @@ impl<S: Store + 'static> Engine<S> {
                 refund_limits: parking_lot::Mutex::new(RefundLimits::default()),
                 offers: offer::Offers::default(),
                 payer_names: offer::PayerNames::default(),
+                blocked: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -255,6 +261,25 @@ impl<S: Store + 'static> Engine<S> {
     /// Set once; returns `false` if a policy was already set.
     pub fn set_freshness(&self, freshness: Freshness) -> bool {
         self.inner.freshness.set(freshness).is_ok()
+    }
+
+    /// Refuses the vouchers and deposits of the payers in `blocked` (which the caller may
+    /// change at any time; clones share it) with `payer_blocked`, before anything is read or
+    /// written. Set once; returns `false` if a set was already given.
+    pub fn set_blocked_payers(&self, blocked: BlockedPayers) -> bool {
+        self.inner.blocked.set(blocked).is_ok()
+    }
+
+    /// A refusal if the operator blocked `payer`.
+    fn check_payer(&self, payer: Address, id: Option<ChannelId>) -> Result<(), Reject> {
+        match self.inner.blocked.get() {
+            Some(blocked) if blocked.contains(&payer) => Err(Reject::explained(
+                Reason::PayerBlocked,
+                id,
+                format!("payer {payer} is blocked by this server's operator"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The configuration.
@@ -335,6 +360,9 @@ impl<S: Store + 'static> Engine<S> {
     async fn authorize_payment(&self, raw: &[u8], price: u128) -> Result<Authorized, Reject> {
         let offer = self.prepared_offer(price);
         let checked = decode(raw, &offer, &self.inner.config, self.domain())?;
+        if !matches!(checked.payload, BatchPayload::Refund { .. }) {
+            self.check_payer(checked.config.payer, Some(checked.channel_id))?;
+        }
         match checked.payload {
             BatchPayload::Voucher { .. } => self.voucher(checked, price).await,
             BatchPayload::Deposit { .. } => self.deposit(checked, price).await,

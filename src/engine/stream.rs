@@ -37,10 +37,12 @@ impl<S: Store + 'static> Engine<S> {
         resource: &ResourceInfo,
     ) -> Result<SettleResponse, Refusal> {
         let id = paid.channel_id();
-        let verified = self
-            .check_renewal(id, header, increment)
-            .await
-            .map_err(|r| self.payment_refusal(resource, increment, r))?;
+        let verified = async {
+            self.check_payer(paid.payer(), Some(id))?;
+            self.check_renewal(id, header, increment).await
+        }
+        .await
+        .map_err(|r| self.payment_refusal(resource, increment, r))?;
         let mut staged = paid
             .reservation
             .stage_renewal(verified, increment, stream_charged, now())

@@ -385,6 +385,17 @@ impl Ledger {
         out
     }
 
+    /// Calls `f` with every record and whether a request holds it, one shard lock at a time,
+    /// copying nothing (the admin API's totals and pages over millions of channels). `f`
+    /// runs under the shard's lock: keep it short, and never call the ledger from it.
+    pub fn visit(&self, mut f: impl FnMut(&ChannelRecord, bool)) {
+        for shard in self.inner.shards.iter() {
+            for slot in shard.lock().values() {
+                f(&slot.record, slot.hold.is_some());
+            }
+        }
+    }
+
     /// Whether `id` is currently held by a reservation.
     pub fn is_held(&self, id: &ChannelId) -> bool {
         self.lock(id)

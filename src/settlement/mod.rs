@@ -21,8 +21,10 @@ mod scheduler;
 mod shared;
 mod watcher;
 
-pub use refunds::{RefundPolicy, Refunded, refund_idle};
-pub use scheduler::{Gate, RoundReport, Settlement, SettlementConfig, SettlementHandle};
+pub use refunds::{RefundError, RefundPolicy, Refunded, refund_channel, refund_idle};
+pub use scheduler::{
+    Gate, Observer, RoundReport, Settlement, SettlementConfig, SettlementEvent, SettlementHandle,
+};
 pub use shared::{RefreshCursor, publish_mirrors, refresh_from_store};
 pub use watcher::{PollReport, WatchError, Watcher, WatcherConfig};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::clock::unix_now;
-use crate::ledger::{Claimable, Ledger, OnchainState};
+use crate::ledger::{ChannelRecord, Claimable, Ledger, OnchainState};
 use crate::store::{Hold, Store};
 use crate::typed_data::ChannelId;
 
@@ -70,82 +70,143 @@ pub async fn refund_idle<S: Store + ?Sized>(
         {
             continue;
         }
-        // Fence: with balance == charged, every new voucher exceeds the balance.
-        let fenced = OnchainState {
-            balance: record.charged.max(record.onchain.total_claimed),
-            ..record.onchain
-        };
-        if ledger
-            .refresh(&id, fenced, record.onchain_synced_at)
-            .is_err()
-            || ledger.is_held(&id)
-        {
-            let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
-            continue;
-        }
-        // The record may have moved between the copy and the fence: use the fenced state.
-        let Some(current) = ledger.record(&id) else {
-            continue;
-        };
-        // Over a shared store, other instances serve this channel too: hold it in the
-        // database at the version refunded against, or leave it for the next round. The
-        // hold lasts until the refund's outcome is written (no instance may serve on the
-        // balance from before the refund).
-        if store.is_shared()
-            && !matches!(
-                store
-                    .hold(id, (current.version != 0).then_some(current.version))
-                    .await,
-                Ok(Hold::Held)
-            )
-        {
-            let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
-            continue;
-        }
-        let claim = Claimable::of(&current);
-        let remainder = record.onchain.balance.saturating_sub(current.charged);
-        if remainder == 0 {
-            let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
-            continue;
-        }
-        match client
-            .refund(&current.config, remainder, claim.as_ref())
-            .await
-        {
-            Ok(done) => {
-                let _ = ledger.refresh(&id, done.state, unix_now());
-                let claimed = claim
-                    .as_ref()
-                    .map_or(0, |c| c.claim_total.saturating_sub(c.onchain_total_claimed));
-                tracing::info!(channel = %id, refunded = done.refunded, claimed, tx = %done.tx_hash, "idle channel refunded");
-                if done.state.balance == done.state.total_claimed
-                    && let Ok(removed) = ledger.remove(&id)
-                    && removed.version != 0
-                {
-                    if let Err(e) = store.remove(id, removed.version).await {
-                        tracing::warn!(channel = %id, error = %e, "store removal after refund failed");
-                    }
-                } else if store.is_shared() {
-                    // The new balance reaches the other instances with this write; only
-                    // then may they serve the channel again.
-                    super::shared::publish_one(store, ledger, id).await;
-                    store.release(id);
-                }
-                out.push(Ok(Refunded {
-                    channel_id: id,
-                    amount: done.refunded,
-                    claimed,
-                    tx_hash: done.tx_hash,
-                }));
-            }
-            Err(e) => {
-                // Unfence: the mirror goes back to what chain said before.
-                let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
-                store.release(id);
-                tracing::warn!(channel = %id, error = %e, reason = %e.reason(), "refund failed");
-                out.push(Err((id, e)));
-            }
+        match refund_record(ledger, store, client, &record).await {
+            Ok(Some(done)) => out.push(Ok(done)),
+            Ok(None) => {}
+            Err(e) => out.push(Err((id, e))),
         }
     }
     out
+}
+
+/// Why [`refund_channel`] refunded nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    /// The ledger does not know the channel.
+    #[error("no such channel")]
+    UnknownChannel,
+    /// The channel names another receiver authorizer: we cannot sign its refund.
+    #[error("the channel's receiver authorizer is not our key")]
+    NotOurs,
+    /// Nothing left to refund (`balance == charged`).
+    #[error("nothing to refund: the balance is all charged")]
+    NothingToRefund,
+    /// A request holds the channel (here or, over a shared store, on another instance), or
+    /// the channel moved while it was fenced: try again.
+    #[error("the channel is busy; try again")]
+    Busy,
+    /// This instance may not act on chain now (it is not the settler).
+    #[error("{0}")]
+    NotNow(&'static str),
+    /// The refund transaction failed; the fence was lifted, nothing changed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// Refunds channel `id`'s remainder (`balance - charged`) to its payer now, whatever its
+/// idle time, with the same fence, shared-store hold and clean-up as [`refund_idle`]; the
+/// channel's unclaimed charge is claimed in the same transaction.
+pub async fn refund_channel<S: Store + ?Sized>(
+    ledger: &Ledger,
+    store: &S,
+    client: &EscrowClient,
+    id: ChannelId,
+) -> Result<Refunded, RefundError> {
+    let record = ledger.record(&id).ok_or(RefundError::UnknownChannel)?;
+    if Some(record.config.receiverAuthorizer) != client.receiver_authorizer() {
+        return Err(RefundError::NotOurs);
+    }
+    if record.onchain.balance.saturating_sub(record.charged) == 0 {
+        return Err(RefundError::NothingToRefund);
+    }
+    refund_record(ledger, store, client, &record)
+        .await?
+        .ok_or(RefundError::Busy)
+}
+
+/// Fences, refunds and cleans up one channel (`record` as copied before); `None` when it was
+/// left alone (held, moved, or nothing left once fenced).
+async fn refund_record<S: Store + ?Sized>(
+    ledger: &Ledger,
+    store: &S,
+    client: &EscrowClient,
+    record: &ChannelRecord,
+) -> Result<Option<Refunded>, ChainError> {
+    let id = record.channel_id;
+    // Fence: with balance == charged, every new voucher exceeds the balance.
+    let fenced = OnchainState {
+        balance: record.charged.max(record.onchain.total_claimed),
+        ..record.onchain
+    };
+    if ledger
+        .refresh(&id, fenced, record.onchain_synced_at)
+        .is_err()
+        || ledger.is_held(&id)
+    {
+        let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+        return Ok(None);
+    }
+    // The record may have moved between the copy and the fence: use the fenced state.
+    let Some(current) = ledger.record(&id) else {
+        return Ok(None);
+    };
+    // Over a shared store, other instances serve this channel too: hold it in the
+    // database at the version refunded against, or leave it for the next round. The
+    // hold lasts until the refund's outcome is written (no instance may serve on the
+    // balance from before the refund).
+    if store.is_shared()
+        && !matches!(
+            store
+                .hold(id, (current.version != 0).then_some(current.version))
+                .await,
+            Ok(Hold::Held)
+        )
+    {
+        let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+        return Ok(None);
+    }
+    let claim = Claimable::of(&current);
+    let remainder = record.onchain.balance.saturating_sub(current.charged);
+    if remainder == 0 {
+        let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+        return Ok(None);
+    }
+    match client
+        .refund(&current.config, remainder, claim.as_ref())
+        .await
+    {
+        Ok(done) => {
+            let _ = ledger.refresh(&id, done.state, unix_now());
+            let claimed = claim
+                .as_ref()
+                .map_or(0, |c| c.claim_total.saturating_sub(c.onchain_total_claimed));
+            tracing::info!(channel = %id, refunded = done.refunded, claimed, tx = %done.tx_hash, "channel refunded");
+            if done.state.balance == done.state.total_claimed
+                && let Ok(removed) = ledger.remove(&id)
+                && removed.version != 0
+            {
+                if let Err(e) = store.remove(id, removed.version).await {
+                    tracing::warn!(channel = %id, error = %e, "store removal after refund failed");
+                }
+            } else if store.is_shared() {
+                // The new balance reaches the other instances with this write; only
+                // then may they serve the channel again.
+                super::shared::publish_one(store, ledger, id).await;
+                store.release(id);
+            }
+            Ok(Some(Refunded {
+                channel_id: id,
+                amount: done.refunded,
+                claimed,
+                tx_hash: done.tx_hash,
+            }))
+        }
+        Err(e) => {
+            // Unfence: the mirror goes back to what chain said before.
+            let _ = ledger.refresh(&id, record.onchain, record.onchain_synced_at);
+            store.release(id);
+            tracing::warn!(channel = %id, error = %e, reason = %e.reason(), "refund failed");
+            Err(e)
+        }
+    }
 }

@@ -23,7 +23,9 @@ use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::chain::tx::TxError;
 use crate::clock::unix_now;
 use crate::ledger::{Claimable, Ledger};
-use crate::settlement::{RefundPolicy, refund_idle, sync_all, unclaimed_of};
+use crate::settlement::{
+    RefundError, RefundPolicy, Refunded, refund_channel, refund_idle, sync_all, unclaimed_of,
+};
 use crate::store::{BatchState, ClaimJournal, JournalEntry, SettlementStore, SledStore};
 use crate::telemetry;
 use crate::typed_data::ChannelId;
@@ -98,6 +100,56 @@ pub struct Settlement<S: SettlementStore = SledStore> {
     gate: Option<Gate>,
     /// Where the refresh from a shared store continues.
     cursor: tokio::sync::Mutex<super::RefreshCursor>,
+    /// Held by every on-chain act (the task's round, or one an operator forces through
+    /// [`Self::claim_now`], [`Self::sweep_now`], [`Self::refund_now`]): one at a time, so a
+    /// forced claim never races the task's batches for the same channel.
+    acting: tokio::sync::Mutex<()>,
+    /// Told of every transaction mined (claims, sweeps, refunds).
+    observer: Option<Observer>,
+}
+
+/// What the scheduler did on chain, as told to an [`Observer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettlementEvent {
+    /// A claim batch was mined.
+    Claimed {
+        /// Journal batch id.
+        batch: u64,
+        /// The transaction.
+        tx_hash: alloy_primitives::B256,
+        /// Its block.
+        block: Option<u64>,
+        /// Rows in the batch.
+        rows: usize,
+        /// Added to on-chain `totalClaimed`, per the mirror before the claim.
+        amount: u128,
+        /// Gas used.
+        gas_used: u64,
+    },
+    /// Claimed funds were swept to the receiver.
+    Swept {
+        /// The transaction.
+        tx_hash: alloy_primitives::B256,
+        /// Receiver.
+        receiver: Address,
+        /// Amount swept.
+        amount: u128,
+        /// Gas used.
+        gas_used: u64,
+    },
+    /// A channel's remainder was refunded to its payer.
+    Refunded(Refunded),
+}
+
+/// A callback told of every [`SettlementEvent`]; see [`Settlement::with_observer`]. It runs
+/// on the settlement task: keep it short and non-blocking.
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(&SettlementEvent) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// Whether this instance may act on chain now; see [`Settlement::with_gate`].
@@ -144,6 +196,8 @@ impl<S: SettlementStore> Settlement<S> {
             refunds: None,
             gate: None,
             cursor: tokio::sync::Mutex::new(Default::default()),
+            acting: tokio::sync::Mutex::new(()),
+            observer: None,
             timers: Mutex::new(Timers {
                 last_claim_round: now,
                 last_settle: now,
@@ -169,6 +223,61 @@ impl<S: SettlementStore> Settlement<S> {
     pub fn with_gate(mut self, gate: Gate) -> Self {
         self.gate = Some(gate);
         self
+    }
+
+    /// Tells `observer` of every transaction mined (the admin API's history).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, event: SettlementEvent) {
+        if let Some(o) = &self.observer {
+            (o.0)(&event);
+        }
+    }
+
+    /// Whether this instance may act on chain now (always, unless a settler lease gates it).
+    pub fn may_act_now(&self) -> bool {
+        self.may_act()
+    }
+
+    /// Whether an on-chain act (the task's round, or a forced claim, sweep or refund) is
+    /// running now: a transaction it sent may be mined before the ledger's mirror shows it.
+    pub fn is_acting(&self) -> bool {
+        self.acting.try_lock().is_err()
+    }
+
+    /// A claim round of every channel with an unclaimed charge, now (an operator's "claim
+    /// now"), after the round the task may be running.
+    pub async fn claim_now(&self) -> RoundReport {
+        let _acting = self.acting.lock().await;
+        self.claim_round(true).await
+    }
+
+    /// A sweep now (an operator's "sweep now"), between the task's rounds.
+    pub async fn sweep_now(&self) -> Result<u128, ChainError> {
+        let _acting = self.acting.lock().await;
+        if !self.may_act() {
+            return Ok(0);
+        }
+        self.settle_round().await
+    }
+
+    /// Refunds channel `id`'s remainder to its payer now, idle or not, claiming its unclaimed
+    /// charge in the same transaction (an operator's "refund"); see [`refund_channel`].
+    pub async fn refund_now(&self, id: ChannelId) -> Result<Refunded, RefundError> {
+        let _acting = self.acting.lock().await;
+        if !self.may_act() {
+            return Err(RefundError::NotNow(
+                "this instance may not act on chain now",
+            ));
+        }
+        let out = refund_channel(&self.ledger, &**self.journal.store(), &self.client, id).await;
+        if let Ok(done) = &out {
+            self.observe(SettlementEvent::Refunded(done.clone()));
+        }
+        out
     }
 
     fn may_act(&self) -> bool {
@@ -392,6 +501,14 @@ impl<S: SettlementStore> Settlement<S> {
                     report.rows += rows.len();
                     report.claimed += unclaimed_of(&rows);
                     report.gas_used += out.gas_used;
+                    self.observe(SettlementEvent::Claimed {
+                        batch: id,
+                        tx_hash: out.tx_hash,
+                        block: out.block,
+                        rows: rows.len(),
+                        amount: unclaimed_of(&rows),
+                        gas_used: out.gas_used,
+                    });
                 }
                 Err(e) if e.nothing_sent() && e.unreachable() => {
                     // The node is unreachable, not the batch at fault: no split, no backoff;
@@ -460,10 +577,16 @@ impl<S: SettlementStore> Settlement<S> {
         let mut total = 0u128;
         for (receiver, token) in pairs {
             let out = self.client.settle(receiver, token).await?;
-            if out.tx_hash.is_some() {
+            if let Some(tx_hash) = out.tx_hash {
                 metrics::counter!(telemetry::SETTLES).increment(1);
                 metrics::counter!(telemetry::SETTLED)
                     .increment(u64::try_from(out.amount).unwrap_or(u64::MAX));
+                self.observe(SettlementEvent::Swept {
+                    tx_hash,
+                    receiver,
+                    amount: out.amount,
+                    gas_used: out.gas_used,
+                });
             }
             total = total.saturating_add(out.amount);
         }
@@ -494,6 +617,7 @@ impl<S: SettlementStore> Settlement<S> {
         let (synced, err) = sync_all(&self.ledger, &self.client).await;
         tracing::info!(synced, failed = err.is_some(), "settlement started");
         loop {
+            let acting = self.acting.lock().await;
             let report = self.claim_round(false).await;
             if report.batches > 0 || report.failed_rows > 0 {
                 tracing::info!(?report, "claim round");
@@ -502,6 +626,7 @@ impl<S: SettlementStore> Settlement<S> {
                 super::publish_mirrors(&**self.journal.store(), &self.ledger).await;
             }
             if !self.may_act() {
+                drop(acting);
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(self.config.tick) => {}
@@ -518,6 +643,9 @@ impl<S: SettlementStore> Settlement<S> {
                 if due {
                     let done = refund_idle(&self.ledger, &r.store, &self.client, &r.policy).await;
                     self.timers.lock().last_refund = Instant::now();
+                    for refunded in done.iter().flatten() {
+                        self.observe(SettlementEvent::Refunded(refunded.clone()));
+                    }
                     if !done.is_empty() {
                         tracing::info!(
                             refunds = done.iter().filter(|d| d.is_ok()).count(),
@@ -527,6 +655,7 @@ impl<S: SettlementStore> Settlement<S> {
                     }
                 }
             }
+            drop(acting);
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = self.wake.notified() => {}

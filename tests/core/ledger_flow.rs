@@ -454,3 +454,23 @@ fn restore_loads_every_record_and_keeps_a_hold() {
     drop(held);
     assert!(!ledger.is_held(&id));
 }
+
+#[test]
+fn visit_sees_every_record_and_its_hold_without_copying() {
+    let (ledger, id, key) = ledger_with_channel(1_000);
+    let other = payer(2);
+    let (id2, _) = ledger.upsert_from_chain(config(other.address(), 1), onchain(500), 0);
+    let held = ledger
+        .verify_and_reserve(voucher(&key, id, 10), 10)
+        .expect("reserve");
+    let mut seen = Vec::new();
+    ledger.visit(|r, held| seen.push((r.channel_id, r.onchain.balance, held)));
+    seen.sort();
+    let mut want = vec![(id, 1_000, true), (id2, 500, false)];
+    want.sort();
+    assert_eq!(seen, want);
+    drop(held);
+    let mut holds = 0;
+    ledger.visit(|_, held| holds += usize::from(held));
+    assert_eq!(holds, 0);
+}

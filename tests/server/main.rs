@@ -2,6 +2,7 @@
 //! (on the chain double and on anvil). One binary, one module per feature.
 
 mod anvil;
+mod blocked;
 mod cold_reads;
 mod erc1271;
 mod erc1271_anvil;

@@ -833,3 +833,27 @@ async fn a_smart_wallet_stream_renews_through_erc1271() {
     assert_eq!((record.charged, record.signed_max_claimable), (1500, 2000));
     assert_eq!(record.signature.len(), 97, "the wallet's blob, as sent");
 }
+
+#[tokio::test]
+async fn a_payer_blocked_mid_stream_has_its_renewal_refused_and_nothing_changes() {
+    let f = rig().await;
+    let blocked = x402_upto::engine::BlockedPayers::default();
+    assert!(f.engine.set_blocked_payers(blocked.clone()));
+    let (config, _, mut sse) = at_first_renewal(&f, 7, 10_000, 50).await;
+    let sid = sse.stream_id.clone();
+    blocked.insert(f.payer.address());
+    refused_voucher(
+        &f,
+        &sid,
+        &config,
+        2000,
+        "invalid_batch_settlement_evm_payer_blocked",
+    )
+    .await;
+    // Without its renewal the stream stops at its budget and settles what it delivered:
+    // the first budget, in full.
+    let (tokens, _, last) = sse.finish().await;
+    assert_eq!(tokens, 10 - 8);
+    assert_eq!(last["success"], true);
+    assert_eq!(charged(&last), 1000);
+}

@@ -1,15 +1,46 @@
 //! The binary's exporter and log subscriber; metric names live in `x402_upto::telemetry`.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+
+/// The handle of the recorder this process installed, if any: what the admin API reads the
+/// counters from (rejections by reason, paid requests).
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder with a Prometheus scrape endpoint on `addr` (`GET /metrics`).
 /// Must run inside a tokio runtime. Fails if a recorder is already installed.
-pub fn install_prometheus(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()?;
+pub fn install_prometheus(addr: SocketAddr) -> Result<(), BuildError> {
+    let (recorder, exporter) = PrometheusBuilder::new().with_http_listener(addr).build()?;
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    tokio::spawn(exporter);
+    let _ = HANDLE.set(handle);
     x402_upto::telemetry::describe();
     Ok(())
+}
+
+/// The recorder's handle: the one [`install_prometheus`] installed, else a recorder without
+/// a scrape endpoint, installed now. `None` when another recorder was installed first (a
+/// test process running several servers).
+pub fn prometheus_handle() -> Option<&'static PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Some(h);
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).ok()?;
+    // Histograms are drained by upkeep; the scrape endpoint's task does it otherwise.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    x402_upto::telemetry::describe();
+    Some(HANDLE.get_or_init(|| handle))
 }
 
 /// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`).

@@ -119,10 +119,21 @@ impl EscrowClient {
 
     /// Claimed but not yet swept for `(receiver, token)`.
     pub async fn unsettled(&self, receiver: Address, token: Address) -> Result<u128, ChainError> {
+        let (claimed, settled) = self.receiver_totals(receiver, token).await?;
+        Ok(claimed.saturating_sub(settled))
+    }
+
+    /// `receivers(receiver, token)`: everything ever claimed for the receiver in `token`, and
+    /// how much of it was swept to it, as `(claimed, settled)`.
+    pub async fn receiver_totals(
+        &self,
+        receiver: Address,
+        token: Address,
+    ) -> Result<(u128, u128), ChainError> {
         let totals = self
             .read(UptoEscrow::receiversCall { receiver, token }, "receivers")
             .await?;
-        Ok(totals.totalClaimed.saturating_sub(totals.totalSettled))
+        Ok((totals.totalClaimed, totals.totalSettled))
     }
 }
 

@@ -24,7 +24,9 @@
 //! | `holds.rs` | holds in batches: one statement per batch of holds asked for |
 //! | `lease.rs` | [`SettlerLease`]: one settler at a time, with takeover on expiry |
 //! | `journal.rs` | the claim journal behind the synchronous [`JournalStore`] trait |
+//! | `blocked.rs` | the operator's block list of payers, shared by every instance |
 
+mod blocked;
 mod holds;
 mod journal;
 mod lease;

@@ -44,6 +44,11 @@ const MIGRATIONS: &[&str] = &[
          relayer bytea NOT NULL,
          seen_at timestamptz NOT NULL
      );",
+    // 2: payers the operator blocked (the admin API), shared by every instance.
+    "CREATE TABLE x402_blocked_payers (
+         payer      bytea PRIMARY KEY CHECK (length(payer) = 20),
+         blocked_at timestamptz NOT NULL DEFAULT now()
+     );",
 ];
 
 /// The schema version this binary writes.

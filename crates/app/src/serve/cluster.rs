@@ -20,7 +20,7 @@ use x402_upto::settlement::{Freshness, Gate, RefreshCursor, refresh_from_store};
 use x402_upto::store::{PostgresStore, SettlerLease};
 
 use super::knobs::PostgresKnobs;
-use super::{ChainParts, ServeConfig, Settler, freshness_of, serve_app};
+use super::{ChainParts, ServeConfig, Settler, admin, freshness_of, serve_app};
 
 /// Serves on a shared store until `shutdown`, taking part in the settler election.
 pub(super) async fn serve_shared(
@@ -29,6 +29,7 @@ pub(super) async fn serve_shared(
     chain: ChainParts,
     store: Arc<PostgresStore>,
     listener: tokio::net::TcpListener,
+    mut admin: Option<admin::Prepared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     // One relayer key per instance (see the module docs): refuse a key another live
@@ -46,8 +47,29 @@ pub(super) async fn serve_shared(
         }
         Err(e) => return Err(format!("registering this instance: {e}")),
     }
+    if let Some(a) = &mut admin {
+        a.use_store(Arc::clone(&store)).await?;
+    }
     let (engine, ledger) = chain.engine(&cfg, Arc::clone(&store)).await?;
     let freshness = freshness_of(&cfg, &engine);
+    // The admin API serves on every instance; its actions go to this instance's settler
+    // while it holds the lease, and are refused (409) otherwise.
+    let hooks = admin.as_ref().map(|a| {
+        engine.set_blocked_payers(a.blocked_payers());
+        a.hooks::<PostgresStore>()
+    });
+    let admin = admin.zip(hooks.clone()).map(|(a, hooks)| {
+        a.spawn(admin::Parts {
+            ledger: ledger.clone(),
+            store: Arc::clone(&store),
+            escrow: Arc::clone(&chain.escrow),
+            pay_to: cfg.pay_to,
+            asset: cfg.asset,
+            asset_name: cfg.asset_name.clone(),
+            shared: true,
+            hooks,
+        })
+    });
     // One settler per escrow, chain and receiver: instances of another deployment may share
     // the database without sharing the role.
     let name = format!("settler:{}:{}:{}", cfg.chain_id, cfg.escrow, cfg.pay_to);
@@ -62,9 +84,13 @@ pub(super) async fn serve_shared(
         lease,
         freshness,
         refresh: Duration::from_millis(pg.refresh_ms),
+        admin: hooks,
     };
     let role = tokio::spawn(role.run(stop.clone()));
     let served = serve_app(&cfg, engine, listener, shutdown).await;
+    if let Some(a) = admin {
+        a.abort();
+    }
     stop.cancel();
     let _ = role.await;
     served
@@ -78,6 +104,7 @@ struct Role {
     lease: Arc<SettlerLease>,
     freshness: Option<Freshness>,
     refresh: Duration,
+    admin: Option<admin::Hooks<PostgresStore>>,
 }
 
 impl Role {
@@ -152,6 +179,7 @@ impl Role {
                     Arc::clone(&self.store),
                     self.freshness.clone(),
                     Some(gate),
+                    self.admin.clone(),
                 )
                 .await
                 {

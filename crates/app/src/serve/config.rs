@@ -99,6 +99,9 @@ pub struct ServeConfig {
     /// `[postgres]`: the channel store shared by several instances.
     #[serde(default)]
     pub postgres: Option<PostgresKnobs>,
+    /// `[admin]`: the admin API and dashboard on their own listener (off without it).
+    #[serde(default)]
+    pub admin: Option<super::admin::AdminKnobs>,
 }
 
 /// One priced path prefix: a fixed `price`, or priced by tokens (`tokens = "openai"` or

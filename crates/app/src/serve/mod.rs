@@ -15,7 +15,9 @@
 //! | [`request_target`] | request-target normalisation |
 //! | [`tokens`] | routes priced by tokens (OpenAI / Anthropic APIs): quote, `usage`, streams |
 //! | `cluster` | several instances on one PostgreSQL store: the settler lease, cache refresh |
+//! | [`admin`] | the admin API and dashboard on their own listener (`[admin]`) |
 
+pub mod admin;
 mod cluster;
 pub mod config;
 pub mod knobs;
@@ -90,11 +92,20 @@ pub async fn serve_with(
 ) -> Result<(), String> {
     cfg.validate()?;
     let chain = ChainParts::connect(&cfg, relayer, authorizer)?;
+    // Before anything starts: an `[admin]` table without its token stops here.
+    let admin = match &cfg.admin {
+        Some(knobs) => {
+            let sled = cfg.postgres().is_none().then_some(cfg.store.as_path());
+            Some(admin::Prepared::bind(knobs, sled).await?)
+        }
+        None => None,
+    };
     if let Some(pg) = cfg.postgres() {
         let store = x402_upto::store::PostgresStore::open(pg.options())
             .await
             .map_err(|e| format!("store (postgres): {e}"))?;
-        return cluster::serve_shared(cfg, pg, chain, Arc::new(store), listener, shutdown).await;
+        return cluster::serve_shared(cfg, pg, chain, Arc::new(store), listener, admin, shutdown)
+            .await;
     }
     let store = Arc::new(
         x402_upto::SledStore::open(&cfg.store, cfg.store_options())
@@ -102,8 +113,36 @@ pub async fn serve_with(
     );
     let (engine, ledger) = chain.engine(&cfg, Arc::clone(&store)).await?;
     let freshness = freshness_of(&cfg, &engine);
-    let settler = Settler::start(&cfg, &chain, ledger, store, freshness, None).await?;
+    let hooks = admin.as_ref().map(|a| {
+        engine.set_blocked_payers(a.blocked_payers());
+        a.hooks()
+    });
+    let settler = Settler::start(
+        &cfg,
+        &chain,
+        ledger.clone(),
+        Arc::clone(&store),
+        freshness,
+        None,
+        hooks.clone(),
+    )
+    .await?;
+    let admin = admin.zip(hooks).map(|(a, hooks)| {
+        a.spawn(admin::Parts {
+            ledger,
+            store,
+            escrow: Arc::clone(&chain.escrow),
+            pay_to: cfg.pay_to,
+            asset: cfg.asset,
+            asset_name: cfg.asset_name.clone(),
+            shared: false,
+            hooks,
+        })
+    });
     let served = serve_app(&cfg, engine, listener, shutdown).await;
+    if let Some(a) = admin {
+        a.abort();
+    }
     settler.stop().await;
     served
 }
@@ -210,6 +249,8 @@ struct Settler<S: x402_upto::store::SettlementStore> {
     settlement: x402_upto::settlement::SettlementHandle<S>,
     watcher: tokio::task::JoinHandle<()>,
     stop: tokio_util::sync::CancellationToken,
+    /// The admin API's view of this settler (its actions go to it while it runs).
+    admin: Option<admin::Hooks<S>>,
 }
 
 impl<S: x402_upto::store::SettlementStore> Settler<S> {
@@ -220,6 +261,7 @@ impl<S: x402_upto::store::SettlementStore> Settler<S> {
         store: Arc<S>,
         freshness: Option<x402_upto::settlement::Freshness>,
         gate: Option<x402_upto::settlement::Gate>,
+        admin: Option<admin::Hooks<S>>,
     ) -> Result<Self, String> {
         use alloy::providers::Provider;
 
@@ -241,12 +283,18 @@ impl<S: x402_upto::store::SettlementStore> Settler<S> {
         if let Some(gate) = gate {
             settlement = settlement.with_gate(gate);
         }
+        if let Some(hooks) = &admin {
+            settlement = settlement.with_observer(hooks.observer());
+        }
         let head = chain
             .provider
             .get_block_number()
             .await
             .map_err(|e| format!("rpc {}: {e}", cfg.rpc))?;
         let settlement = settlement.spawn();
+        if let Some(hooks) = &admin {
+            hooks.set_settler(Some(Arc::clone(settlement.settlement())));
+        }
         let stop = tokio_util::sync::CancellationToken::new();
         let mut watcher = x402_upto::settlement::Watcher::new(
             chain.escrow.clone(),
@@ -263,12 +311,16 @@ impl<S: x402_upto::store::SettlementStore> Settler<S> {
             settlement,
             watcher,
             stop,
+            admin,
         })
     }
 
     /// Stops watching, then lets the scheduler finish its round so a started claim is
     /// journalled.
     async fn stop(self) {
+        if let Some(hooks) = &self.admin {
+            hooks.set_settler(None);
+        }
         self.stop.cancel();
         let _ = self.watcher.await;
         self.settlement.shutdown().await;

@@ -1,6 +1,9 @@
 //! The binary and its commands end to end: `serve` (config, proxy, hostile HTTP), `get`, the
 //! demo, the bench, the stock server against our client. One binary, one module per command.
 
+mod admin_api;
+mod admin_cluster;
+mod admin_dashboard;
 mod bench_smoke;
 mod client_cli;
 mod demo;

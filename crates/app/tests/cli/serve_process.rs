@@ -36,17 +36,27 @@ pub fn write_config(chain: &Chain, dir: &Path, upstream: &str, extra: &str) -> (
 /// `x402-upto serve --config config` with the relayer (anvil:1) and receiver-authorizer
 /// (anvil:2) keys; killed on drop.
 pub fn spawn(chain: &Chain, config: &Path) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .args(["serve", "--config"])
+    command(chain, config).spawn().unwrap()
+}
+
+/// The command [`spawn`] runs, for callers that add environment or pipes.
+pub fn command(chain: &Chain, config: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(BIN);
+    c.args(["serve", "--config"])
         .arg(config)
         .env("X402_RELAYER_KEY", hex_key(&chain.net.key(1).unwrap()))
         .env(
             "X402_RECEIVER_AUTHORIZER_KEY",
             hex_key(&chain.net.key(2).unwrap()),
         )
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    c
+}
+
+/// A free local port.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// Polls `url` every 50 ms, `tries` times at most, until any HTTP answer comes back: whether
