@@ -46,7 +46,7 @@ use parking_lot::Mutex;
 use crate::typed_data::ChannelId;
 use crate::wire::{PaymentRequired, SettleResponse};
 use checks::{Response, Terms};
-use payment::Target;
+pub(crate) use payment::Target;
 
 /// Escrow address the stock SDK uses on every chain.
 pub const CANONICAL_ESCROW: Address = address!("0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");
@@ -280,7 +280,7 @@ impl PayingClient {
     }
 
     /// Refuses to pay a receiver that broke the protocol with this client before.
-    fn refuse_cheater(&self, pay_to: Address) -> Result<(), ClientError> {
+    pub(crate) fn refuse_cheater(&self, pay_to: Address) -> Result<(), ClientError> {
         if self.cheaters.lock().contains_key(&pay_to) {
             return Err(ClientError::ServerCheated {
                 pay_to: pay_to.to_string(),
@@ -291,12 +291,12 @@ impl PayingClient {
     }
 
     /// Adopts a corrective 402's state only if it proves itself with our own signature.
-    fn resync(&self, t: &Target, required: &PaymentRequired) -> Result<(), ClientError> {
+    pub(crate) fn resync(&self, t: &Target, required: &PaymentRequired) -> Result<(), ClientError> {
         self.apply_checked(t, Response::Corrective(required))
     }
 
     /// Checks a paid request's `PAYMENT-RESPONSE` and records it in the channel state.
-    fn check_settle(
+    pub(crate) fn check_settle(
         &self,
         t: &Target,
         settle: SettleResponse,
@@ -308,6 +308,22 @@ impl PayingClient {
         };
         self.apply_checked(t, paid)?;
         Ok(settle)
+    }
+
+    /// Takes in the receipt of a call that failed after paying with a deposit (charged 0, the
+    /// deposit on chain all the same), checked like any receipt.
+    pub(crate) fn record_failed(
+        &self,
+        t: &Target,
+        settle: &SettleResponse,
+        deposit: Option<u128>,
+    ) -> Result<(), ClientError> {
+        self.apply_checked(t, Response::Failed { settle, deposit })
+    }
+
+    /// Whether the client can read channels from the chain (cold start, re-read).
+    pub(crate) fn reads_chain(&self) -> bool {
+        self.config.rpc.is_some()
     }
 
     /// Runs [`checks::check`] on `t`'s channel: stores the next state, or marks the server
@@ -338,7 +354,7 @@ impl PayingClient {
 
     /// Marks `t`'s receiver as cheating (persisted, its remembered offers dropped) and
     /// returns the error that reports `what` it did.
-    fn cheated(&self, t: &Target, what: &str) -> ClientError {
+    pub(crate) fn cheated(&self, t: &Target, what: &str) -> ClientError {
         tracing::warn!(pay_to = %t.pay_to, "{what}");
         // Saved under the lock (rare, small): concurrent saves cannot land out of order.
         let mut cheaters = self.cheaters.lock();
