@@ -122,6 +122,43 @@ async fn session<S: Store + 'static>(
     config.serve(client_io).await.unwrap()
 }
 
+/// The JSON-RPC lines of a session, in order, with their direction.
+type Wire = Arc<parking_lot::Mutex<Vec<(&'static str, String)>>>;
+
+/// [`session`] with every line between client and server recorded in `wire`.
+async fn tapped_session<S: Store + 'static>(
+    server: PaidTools<Tools, S>,
+    config: ClientConfig,
+    wire: &Wire,
+) -> RunningService<RoleClient, ClientConfig> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    async fn pump(
+        from: impl tokio::io::AsyncRead + Unpin,
+        mut to: impl tokio::io::AsyncWrite + Unpin,
+        direction: &'static str,
+        wire: Wire,
+    ) {
+        let mut lines = tokio::io::BufReader::new(from).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            wire.lock().push((direction, line.clone()));
+            if to.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    }
+    let (server_io, server_end) = tokio::io::duplex(1 << 16);
+    let (client_io, client_end) = tokio::io::duplex(1 << 16);
+    let (client_read, client_write) = tokio::io::split(client_end);
+    let (server_read, server_write) = tokio::io::split(server_end);
+    tokio::spawn(pump(client_read, server_write, "client", wire.clone()));
+    tokio::spawn(pump(server_read, client_write, "server", wire.clone()));
+    tokio::spawn(async move {
+        let running = server.serve(server_io).await.unwrap();
+        let _ = running.waiting().await;
+    });
+    config.serve(client_io).await.unwrap()
+}
+
 fn args(v: Value) -> Option<JsonObject> {
     v.as_object().cloned()
 }
@@ -162,8 +199,9 @@ async fn an_mcp_client_pays_tool_calls_from_its_http_channel_and_the_claims_reco
     ));
     // Two sessions on one payer: the tool-result binding (a client without the extension)
     // and the extension binding.
-    let plain = session(server_mcp.clone(), ClientConfig::default()).await;
-    let extended = session(server_mcp.clone(), paying_client_config()).await;
+    let wire = Wire::default();
+    let plain = tapped_session(server_mcp.clone(), ClientConfig::default(), &wire).await;
+    let extended = tapped_session(server_mcp.clone(), paying_client_config(), &wire).await;
     let by_result = McpPayingClient::new(payer.clone(), plain.peer().clone());
     let by_extension = McpPayingClient::new(payer.clone(), extended.peer().clone());
 
@@ -223,6 +261,49 @@ async fn an_mcp_client_pays_tool_calls_from_its_http_channel_and_the_claims_reco
         .unwrap();
     assert!(free.settle.is_none());
 
+    // A client that lost its state recovers from the corrective answer (our own signature
+    // over the server's charge) and pays on the same channel.
+    let empty = tempfile::tempdir().unwrap();
+    let amnesiac = Arc::new(PayingClient::new(
+        PayConfig::new(chain.net.key(3).unwrap())
+            .with_contracts(chain.escrow, chain.collector)
+            .with_state_dir(empty.path()),
+    ));
+    let recovered = McpPayingClient::new(amnesiac.clone(), plain.peer().clone())
+        .call_tool("search", args(json!({"q": "again", "charge": 9})))
+        .await
+        .unwrap();
+    assert_eq!(recovered.charged(), Some(9));
+    acknowledged += 9;
+    assert_eq!(amnesiac.channels()[0].charged, acknowledged);
+    // The original client catches up through the same corrective path.
+    let r = by_result
+        .call_tool("search", args(json!({"q": "x", "charge": 1})))
+        .await
+        .unwrap();
+    assert_eq!(r.charged(), Some(1));
+    acknowledged += 1;
+
+    // The extension binding was used where advertised, the tool-result binding elsewhere.
+    let lines = wire.lock().clone();
+    let answers: Vec<Value> = lines
+        .iter()
+        .filter(|(d, _)| *d == "server")
+        .map(|(_, l)| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    assert!(
+        answers
+            .iter()
+            .any(|a| a["result"]["resultType"] == "payment_required")
+    );
+    assert!(answers.iter().any(|a| a["result"]["isError"] == json!(true)
+        && a["result"]["structuredContent"]["x402Version"] == json!(2)));
+    if let Ok(path) = std::env::var("X402_MCP_CAPTURE") {
+        // Documentation: the real messages of this run (docs/protocol.md, "MCP").
+        let text: Vec<String> = lines.iter().map(|(d, l)| format!("{d} {l}")).collect();
+        std::fs::write(path, text.join("\n")).unwrap();
+    }
+
     let channels = payer.channels();
     assert_eq!(channels.len(), 1, "HTTP and MCP pay from one channel");
     let channel = &channels[0];
@@ -232,7 +313,7 @@ async fn an_mcp_client_pays_tool_calls_from_its_http_channel_and_the_claims_reco
         server.engine.ledger().snapshot(&id).unwrap().charged,
         acknowledged
     );
-    assert_eq!(runs.load(Ordering::SeqCst), 13 + 1 + 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 13 + 1 + 2 + 2);
 
     // Claimed on chain == what the client was told it paid, to the unit.
     let escrow = chain.escrow_client();
