@@ -4,7 +4,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `mod.rs` | the `_meta` keys, the extension id, `mcp://tool/<name>` URLs, reading a payment-required answer |
-//! | `server.rs` | [`PaidTools`]: a wrapper around any MCP server that prices chosen tools and runs them through the [`Engine`](crate::engine::Engine) as the HTTP layer does |
+//! | `server.rs` | [`PaidTools`]: a wrapper around any MCP server that prices chosen tools and runs them through the [`Engine`](crate::engine::Engine) as the HTTP layer does (both bindings); [`PaidToolHandler`], the same as an rmcp `ServerHandler` for handler-only transports (tool-result binding) |
 //! | `client.rs` | [`McpPayingClient`]: pays tool calls from a [`PayingClient`](crate::client::PayingClient)'s channels |
 //!
 //! The wire (x402 transport spec `transports-v2/mcp.md`; `docs/protocol.md`, "MCP"):
@@ -29,7 +29,7 @@ mod client;
 mod server;
 
 pub use client::{McpClientError, McpPayingClient, PaidToolResult, paying_client_config};
-pub use server::{PaidTools, ToolPrice};
+pub use server::{PaidToolHandler, PaidTools, ToolPrice};
 
 use serde_json::Value;
 

@@ -5,9 +5,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::future::Future;
+
 use rmcp::model::{
-    CallToolRequest, CallToolResult, ClientRequest, ContentBlock, MetaObject, ProtocolVersion,
-    ServerConfig, ServerResult,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
+    ContentBlock, MetaObject, ProtocolVersion, ServerConfig, ServerResult,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, Service, ServiceRole};
 use rmcp::{ErrorData as McpError, model::ErrorCode};
@@ -250,18 +252,26 @@ where
         }
     }
 
-    async fn paid_call(
+    /// One paid call: authorize, `run` the tool, settle. `extension`: whether this front end
+    /// can answer with the extension binding.
+    async fn paid_call<F, Fut>(
         &self,
-        mut call: CallToolRequest,
+        mut params: CallToolRequestParams,
         mut context: RequestContext<RoleServer>,
         tool: &ToolPrice,
-    ) -> Result<ServerResult, McpError> {
+        extension: bool,
+        run: F,
+    ) -> Result<ServerResult, McpError>
+    where
+        F: FnOnce(CallToolRequestParams, RequestContext<RoleServer>) -> Fut,
+        Fut: Future<Output = Result<ServerResult, McpError>>,
+    {
         let binding = Binding {
-            extension: wants_extension(&context),
+            extension: extension && wants_extension(&context),
             legacy: legacy_peer(&context),
         };
         let resource = ResourceInfo {
-            url: super::tool_url(&call.params.name),
+            url: super::tool_url(&params.name),
             description: tool.description.clone(),
             mime_type: tool.mime_type.clone(),
         };
@@ -270,7 +280,7 @@ where
         // engine reads the header form, so the JSON is carried as one (the 16 KiB bound and
         // every check apply unchanged).
         let payment = context.meta.remove(PAYMENT_META);
-        if let Some(meta) = call.params.meta.as_mut() {
+        if let Some(meta) = params.meta.as_mut() {
             meta.remove(PAYMENT_META);
         }
         let header = payment.map(|p| encode_header(&p).into_bytes());
@@ -300,10 +310,7 @@ where
         let authorizing = started.elapsed();
         let charge = Charge::new(price);
         context.extensions.insert(charge.clone());
-        let ran = self
-            .inner
-            .handle_request(ClientRequest::CallToolRequest(call), context)
-            .await;
+        let ran = run(params, context).await;
         let mut result = match ran {
             Ok(ServerResult::CallToolResult(result)) if result.is_error != Some(true) => result,
             Ok(other) => {
@@ -376,6 +383,22 @@ where
     }
 }
 
+/// Runs a paid call on its own task: it finishes even if the peer goes away or the call is
+/// dropped (a deposit already sent is still credited, work already done is still charged
+/// durably). A panic is a JSON-RPC internal error.
+async fn finish_on_drop<F>(call: F) -> Result<ServerResult, McpError>
+where
+    F: Future<Output = Result<ServerResult, McpError>> + Send + 'static,
+{
+    match tokio::spawn(call).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(error = %e, "a paid tool call panicked");
+            Err(McpError::internal_error("the paid tool call failed", None))
+        }
+    }
+}
+
 impl<H, S> Service<RoleServer> for PaidTools<H, S>
 where
     H: Service<RoleServer>,
@@ -394,22 +417,21 @@ where
             }
             other => return self.shared.inner.handle_request(other, context).await,
         };
-        // A paid call finishes even if the peer goes away or the call is dropped: a deposit
-        // already sent is still credited, work already done is still charged durably.
         let shared = Arc::clone(&self.shared);
-        let task = tokio::spawn(async move {
+        finish_on_drop(async move {
             let Some(tool) = shared.prices.get(call.params.name.as_ref()).cloned() else {
                 return Err(McpError::internal_error("unpriced tool", None));
             };
-            shared.paid_call(call, context, &tool).await
-        });
-        match task.await {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::error!(error = %e, "a paid tool call panicked");
-                Err(McpError::internal_error("the paid tool call failed", None))
-            }
-        }
+            let runner = Arc::clone(&shared);
+            let run = move |params, context| async move {
+                let call = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+                runner.inner.handle_request(call, context).await
+            };
+            shared
+                .paid_call(call.params, context, &tool, true, run)
+                .await
+        })
+        .await
     }
 
     async fn handle_notification(
@@ -434,5 +456,144 @@ where
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
         self.shared.inner.supported_protocol_versions()
+    }
+}
+
+/// [`PaidTools`] as an rmcp `ServerHandler`, for the transports that take only a handler
+/// (rmcp's streamable HTTP server, `StreamableHttpService`): [`PaidTools::into_handler`].
+///
+/// A handler's `call_tool` can answer only a tool result (or an unfinished one), not the
+/// extension binding's `payment_required` result, so this front end speaks the tool-result
+/// binding only and does not advertise `org.x402/payment` (the spec's binding selection then
+/// picks the tool-result binding for every client). Everything but `tools/call` of a priced
+/// tool is the inner handler's.
+pub struct PaidToolHandler<H, S>(PaidTools<H, S>);
+
+impl<H, S> Clone for PaidToolHandler<H, S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<H, S> std::fmt::Debug for PaidToolHandler<H, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PaidToolHandler").field(&self.0).finish()
+    }
+}
+
+impl<H, S> PaidTools<H, S> {
+    /// This wrapper as a `ServerHandler` (tool-result binding only; see [`PaidToolHandler`]).
+    pub fn into_handler(self) -> PaidToolHandler<H, S> {
+        PaidToolHandler(self)
+    }
+}
+
+impl<H, S> rmcp::ServerHandler for PaidToolHandler<H, S>
+where
+    H: rmcp::ServerHandler,
+    S: Store + 'static,
+{
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let shared = &self.0.shared;
+        let Some(tool) = shared.prices.get(request.name.as_ref()).cloned() else {
+            return shared.inner.call_tool(request, context).await;
+        };
+        let shared = Arc::clone(shared);
+        let answer = finish_on_drop(async move {
+            let runner = Arc::clone(&shared);
+            let run = move |params, context| async move {
+                runner
+                    .inner
+                    .call_tool(params, context)
+                    .await
+                    .map(ServerResult::from)
+            };
+            shared.paid_call(request, context, &tool, false, run).await
+        })
+        .await?;
+        match answer {
+            ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
+            ServerResult::InputRequiredResult(result) => {
+                Ok(CallToolResponse::InputRequired(result))
+            }
+            ServerResult::CreateTaskResult(result) => Ok(CallToolResponse::Task(result)),
+            _ => Err(McpError::internal_error("unexpected tool answer", None)),
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, McpError> {
+        self.0.shared.inner.list_tools(request, context).await
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.0.shared.inner.get_tool(name)
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, McpError> {
+        self.0.shared.inner.list_prompts(request, context).await
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, McpError> {
+        self.0.shared.inner.get_prompt(request, context).await
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, McpError> {
+        self.0.shared.inner.list_resources(request, context).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, McpError> {
+        self.0
+            .shared
+            .inner
+            .list_resource_templates(request, context)
+            .await
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, McpError> {
+        self.0.shared.inner.read_resource(request, context).await
+    }
+
+    async fn complete(
+        &self,
+        request: rmcp::model::CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CompleteResult, McpError> {
+        self.0.shared.inner.complete(request, context).await
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        self.0.shared.inner.get_info()
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        rmcp::ServerHandler::supported_protocol_versions(&self.0.shared.inner)
     }
 }
