@@ -79,10 +79,18 @@ pub struct McpPayingClient {
     offers: Mutex<HashMap<String, Target>>,
 }
 
+/// A payment-required answer: the offer, the receipt it carried (a failed settlement, or a
+/// deposit's), and the server's human-readable message.
+struct Required {
+    required: PaymentRequired,
+    receipt: Option<SettleResponse>,
+    message: String,
+}
+
 /// What one call answered, classified.
 enum Answer {
-    /// A payment-required answer (either binding), with its receipt if it carried one.
-    Required(Box<(PaymentRequired, Option<SettleResponse>)>),
+    /// A payment-required answer (either binding).
+    Required(Box<Required>),
     /// A finished tool result (success or the tool's own error).
     Done(CallToolResult),
 }
@@ -122,7 +130,7 @@ impl McpPayingClient {
                         settle: None,
                     });
                 }
-                Answer::Required(required) => self.payer.target(&required.0)?,
+                Answer::Required(answer) => self.payer.target(&answer.required)?,
             },
         };
         let mut busy_waits = 0;
@@ -160,8 +168,12 @@ impl McpPayingClient {
                 Answer::Done(result) => {
                     return self.finish(name, &target, result, deposit);
                 }
-                Answer::Required(required) => {
-                    let (required, receipt) = *required;
+                Answer::Required(answer) => {
+                    let Required {
+                        required,
+                        receipt,
+                        message,
+                    } = *answer;
                     if deposit.is_some()
                         && let Some(receipt) = receipt.filter(|r| r.success)
                     {
@@ -203,7 +215,7 @@ impl McpPayingClient {
                     return Err(ClientError::Refused {
                         status: 402,
                         reason,
-                        message: String::new(),
+                        message,
                     }
                     .into());
                 }
@@ -286,7 +298,20 @@ fn classify(answer: ServerResult) -> Option<Answer> {
                 PAYMENT_RESPONSE_META.replace('/', "~1")
             ))
             .and_then(|r| serde_json::from_value(r.clone()).ok());
-        return Some(Answer::Required(Box::new((required, receipt))));
+        // Ours: `message` in the extension's result, the second text block of a tool result.
+        let message = value
+            .get("message")
+            .or_else(|| value.pointer("/content/1/text"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        return Some(Answer::Required(Box::new(Required {
+            required,
+            receipt,
+            message,
+        })));
     }
     match answer {
         ServerResult::CallToolResult(result) => Some(Answer::Done(result)),

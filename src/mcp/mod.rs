@@ -76,3 +76,47 @@ pub fn payment_required_of(result: &Value) -> Option<PaymentRequired> {
         .as_ref()
         .and_then(parse)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::payment_required_of;
+
+    fn offer(error: &str) -> serde_json::Value {
+        json!({"x402Version": 2, "error": error, "resource": {"url": "mcp://tool/t"},
+               "accepts": [{"scheme": "batch-settlement", "network": "eip155:1", "amount": "1",
+                            "asset": "0x0", "payTo": "0x0", "maxTimeoutSeconds": 60, "extra": {}}]})
+    }
+
+    #[test]
+    fn both_bindings_are_read_and_a_tools_own_error_is_not_an_offer() {
+        let extension = json!({"resultType": "payment_required", "paymentRequired": offer("a")});
+        assert_eq!(
+            payment_required_of(&extension).unwrap().error.as_deref(),
+            Some("a")
+        );
+        // structuredContent wins over the text.
+        let both = json!({"isError": true, "structuredContent": offer("s"),
+                          "content": [{"type": "text", "text": offer("t").to_string()}]});
+        assert_eq!(
+            payment_required_of(&both).unwrap().error.as_deref(),
+            Some("s")
+        );
+        let text_only = json!({"isError": true,
+                               "content": [{"type": "text", "text": offer("t").to_string()}]});
+        assert_eq!(
+            payment_required_of(&text_only).unwrap().error.as_deref(),
+            Some("t")
+        );
+        // Not an error, or an error that is not an offer: no payment asked.
+        let ok = json!({"isError": false, "structuredContent": offer("x"), "content": []});
+        assert!(payment_required_of(&ok).is_none());
+        let own = json!({"isError": true, "structuredContent": {"error": "quota"},
+                         "content": [{"type": "text", "text": "{\"accepts\": 1}"}]});
+        assert!(payment_required_of(&own).is_none());
+        let plain =
+            json!({"isError": true, "content": [{"type": "text", "text": "upstream down"}]});
+        assert!(payment_required_of(&plain).is_none());
+    }
+}
