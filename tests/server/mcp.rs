@@ -372,6 +372,12 @@ async fn bad_payments_in_meta_are_refused_with_their_reason_and_change_nothing()
     );
     let text: Value = serde_json::from_str(a["content"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(text, a["structuredContent"]);
+    // The same call advertising the extension in its own `_meta`: the extension binding.
+    let caps = json!({"io.modelcontextprotocol/clientCapabilities":
+                      {"extensions": {"org.x402/payment": {}}}});
+    let a = raw_call(s.peer(), "search", Some(caps)).await;
+    assert_eq!(a["resultType"], "payment_required", "{a:#}");
+    assert_eq!(a["paymentRequired"]["resource"]["url"], "mcp://tool/search");
 
     // Malformed payments.
     for (payment, expected) in [
