@@ -97,7 +97,7 @@ impl PayingClient {
 
     /// The `PaymentPayload` carrying `payload` for `t`'s offer (the header's JSON; MCP sends
     /// it as is in `_meta`).
-    fn payment_payload(t: &Target, payload: Value) -> Value {
+    pub(super) fn payment_payload(t: &Target, payload: Value) -> Value {
         json!({"x402Version": 2, "accepted": t.offer, "payload": payload, "resource": t.resource})
     }
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Answer, ClientError, PayingClient, Response, Target};
+use super::{Answer, ChannelState, ClientError, PayingClient, Response, Target};
 use crate::reason::Reason;
 use crate::wire::{
     BATCH_SETTLEMENT, MAX_PAYMENT_HEADER_BYTES, PAYMENT_REQUIRED, PAYMENT_RESPONSE,
-    PAYMENT_SIGNATURE, PaymentRequired, SettleResponse, decode_header,
+    PAYMENT_SIGNATURE, PaymentRequired, SettleResponse, decode_header, encode_header,
 };
 
 /// What [`PayingClient::send_paid`] got back.
@@ -245,19 +245,11 @@ impl PayingClient {
         let target = self.target(&required)?;
         self.cold_start(&target, false).await?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let Some(state) = self.state(&target)? else {
-                return Err(ClientError::NoChannel);
-            };
-            let voucher = self.voucher_json(&target, state.charged)?;
-            let mut payload =
-                json!({"type": "refund", "channelConfig": state.config, "voucher": voucher});
-            if let Some(a) = amount {
-                payload["amount"] = json!(a.to_string());
-            }
+            let (payment, state) = self.refund_payment(&target, amount)?;
             let res = self
                 .http
                 .get(url)
-                .header(PAYMENT_SIGNATURE, self.envelope(&target, payload))
+                .header(PAYMENT_SIGNATURE, encode_header(&payment))
                 .send()
                 .await?;
             if res.status() == reqwest::StatusCode::PAYMENT_REQUIRED {
@@ -281,16 +273,49 @@ impl PayingClient {
                     message: settle.error_message.unwrap_or_default(),
                 });
             }
-            let state = self.checked(&target, &state, Response::Refund(&settle))?;
-            if state.balance <= state.charged {
-                self.channels.lock().remove(&target.id);
-                self.dir.remove(&target.id)?;
-            } else {
-                self.store(state)?;
-            }
+            self.record_refund(&target, &state, &settle)?;
             return Ok(settle);
         }
         Err(ClientError::NoChannel)
+    }
+}
+
+impl PayingClient {
+    /// The refund `PaymentPayload` for `t`'s channel (a zero-charge voucher at the charged
+    /// cumulative; everything unspent when `amount` is `None`), and the state it was built on.
+    pub(crate) fn refund_payment(
+        &self,
+        t: &Target,
+        amount: Option<u128>,
+    ) -> Result<(Value, ChannelState), ClientError> {
+        let Some(state) = self.state(t)? else {
+            return Err(ClientError::NoChannel);
+        };
+        let voucher = self.voucher_json(t, state.charged)?;
+        let mut payload =
+            json!({"type": "refund", "channelConfig": state.config, "voucher": voucher});
+        if let Some(a) = amount {
+            payload["amount"] = json!(a.to_string());
+        }
+        Ok((Self::payment_payload(t, payload), state))
+    }
+
+    /// Checks a successful refund's receipt against `state` and records it (a channel refunded
+    /// down to its charge is forgotten).
+    pub(crate) fn record_refund(
+        &self,
+        t: &Target,
+        state: &ChannelState,
+        settle: &SettleResponse,
+    ) -> Result<(), ClientError> {
+        let state = self.checked(t, state, Response::Refund(settle))?;
+        if state.balance <= state.charged {
+            self.channels.lock().remove(&t.id);
+            self.dir.remove(&t.id)?;
+        } else {
+            self.store(state)?;
+        }
+        Ok(())
     }
 }
 

@@ -223,6 +223,66 @@ impl McpPayingClient {
         }
     }
 
+    /// Asks for a cooperative refund of the channel that pays tool `name` (everything unspent
+    /// when `amount` is `None`): the refund payload goes in a call of that tool, which the
+    /// server answers with the receipt instead of running it. A channel refunded down to its
+    /// charge is forgotten.
+    pub async fn refund(
+        &self,
+        name: &str,
+        amount: Option<u128>,
+    ) -> Result<SettleResponse, McpClientError> {
+        let target = match self.send(name, None, None).await? {
+            Answer::Required(answer) => self.payer.target(&answer.required)?,
+            Answer::Done(_) => {
+                return Err(ClientError::NoOffer(format!("tool {name} is free")).into());
+            }
+        };
+        self.payer.cold_start(&target, false).await?;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (payment, state) = self.payer.refund_payment(&target, amount)?;
+            match self.send(name, None, Some(payment)).await? {
+                Answer::Required(answer) => {
+                    let reason = answer.required.error.clone().unwrap_or_default();
+                    if reason == Reason::CumulativeAmountMismatch.as_str() && attempt < MAX_ATTEMPTS
+                    {
+                        self.payer.resync(&target, &answer.required)?;
+                        continue;
+                    }
+                    return Err(ClientError::Refused {
+                        status: 402,
+                        reason,
+                        message: answer.message,
+                    }
+                    .into());
+                }
+                Answer::Done(result) => {
+                    let settle = result
+                        .meta
+                        .as_ref()
+                        .and_then(|m| m.get(PAYMENT_RESPONSE_META))
+                        .and_then(|r| serde_json::from_value::<SettleResponse>(r.clone()).ok())
+                        .ok_or_else(|| {
+                            self.payer
+                                .cheated(&target, "refund answer without x402/payment-response")
+                        })?;
+                    if !settle.success {
+                        return Err(ClientError::Refused {
+                            status: 500,
+                            reason: settle.error_reason.unwrap_or_default(),
+                            message: settle.error_message.unwrap_or_default(),
+                        }
+                        .into());
+                    }
+                    self.payer.record_refund(&target, &state, &settle)?;
+                    self.offers.lock().remove(name);
+                    return Ok(settle);
+                }
+            }
+        }
+        Err(ClientError::NoChannel.into())
+    }
+
     /// A finished result of a paid call: a success must carry a valid receipt; a tool error
     /// charged nothing (its receipt, if any, is a deposit's).
     fn finish(

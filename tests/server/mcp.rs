@@ -188,6 +188,11 @@ async fn raw_call(peer: &Peer<RoleClient>, name: &str, meta: Option<Value>) -> V
 async fn an_mcp_client_pays_tool_calls_from_its_http_channel_and_the_claims_reconcile_on_chain() {
     let chain = Chain::plain(&[3]).await;
     let server = OurServer::start(&chain, 1000).await;
+    let start = chain
+        .net
+        .balance_of(chain.net.key(3).unwrap().address())
+        .await
+        .unwrap();
     let tools = Tools::new();
     let runs = tools.runs.clone();
     let server_mcp = paid(tools, server.engine.clone(), 1000);
@@ -324,6 +329,23 @@ async fn an_mcp_client_pays_tool_calls_from_its_http_channel_and_the_claims_reco
     let onchain = escrow.channel_state(id).await.unwrap();
     assert_eq!(onchain.total_claimed, acknowledged);
     assert_eq!(onchain.balance, 10_000);
+
+    // The unspent deposit comes back through a tool call (the tool does not run): the payer
+    // is out exactly what it was told it paid.
+    let before_refund = runs.load(Ordering::SeqCst);
+    let refund = by_extension.refund("search", None).await.unwrap();
+    assert!(refund.success);
+    assert_eq!(refund.amount, Some((10_000 - acknowledged).to_string()));
+    assert_eq!(runs.load(Ordering::SeqCst), before_refund);
+    assert!(payer.channels().is_empty());
+    assert_eq!(
+        chain
+            .net
+            .balance_of(chain.net.key(3).unwrap().address())
+            .await
+            .unwrap(),
+        start - acknowledged
+    );
 }
 
 /// A Fixture engine (chain double) with a funded channel of the fixture's payer, the paid
