@@ -224,6 +224,10 @@ pub struct PayingClient {
     /// The offer each resource (URL without query) made last time it was paid: the next
     /// request there pays at once instead of asking first.
     offers: Mutex<HashMap<String, Target>>,
+    /// One paid call at a time per channel for the MCP client (`crate::mcp`): a receipt is
+    /// checked against the state its voucher was signed on, so calls on one channel must not
+    /// interleave (the server serves one at a time per channel anyway).
+    turns: Mutex<HashMap<ChannelId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl PayingClient {
@@ -251,6 +255,7 @@ impl PayingClient {
             channels: Mutex::new(HashMap::new()),
             cheaters: Mutex::new(cheaters),
             offers: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -319,6 +324,13 @@ impl PayingClient {
         deposit: Option<u128>,
     ) -> Result<(), ClientError> {
         self.apply_checked(t, Response::Failed { settle, deposit })
+    }
+
+    /// Waits for the turn to pay on channel `id`: held from signing a voucher until its
+    /// receipt is recorded.
+    pub(crate) async fn channel_turn(&self, id: ChannelId) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = std::sync::Arc::clone(self.turns.lock().entry(id).or_default());
+        turn.lock_owned().await
     }
 
     /// Whether the client can read channels from the chain (cold start, re-read).

@@ -137,8 +137,16 @@ impl McpPayingClient {
         let mut attempt = 0;
         let mut cold_for = None;
         let mut reread = false;
+        // The channel's turn, held until the receipt is recorded (taken again if the offer,
+        // and so the channel, changes).
+        let mut turn = None;
         loop {
             attempt += 1;
+            if turn.as_ref().is_none_or(|(id, _)| *id != target.id) {
+                // The old channel's turn goes first: never two held at once.
+                drop(turn.take());
+                turn = Some((target.id, self.payer.channel_turn(target.id).await));
+            }
             if cold_for != Some(target.id) {
                 cold_for = Some(target.id);
                 self.payer.cold_start(&target, false).await?;
@@ -238,6 +246,7 @@ impl McpPayingClient {
                 return Err(ClientError::NoOffer(format!("tool {name} is free")).into());
             }
         };
+        let _turn = self.payer.channel_turn(target.id).await;
         self.payer.cold_start(&target, false).await?;
         for attempt in 1..=MAX_ATTEMPTS {
             let (payment, state) = self.payer.refund_payment(&target, amount)?;

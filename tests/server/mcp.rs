@@ -510,3 +510,60 @@ async fn a_deposit_with_a_failing_tool_is_credited_and_its_receipt_charges_nothi
     let snap = f.engine.ledger().snapshot(&id).unwrap();
     assert_eq!((snap.balance, snap.charged), (5_000, 0));
 }
+
+/// Concurrent calls on one channel: the server holds the channel for one call at a time
+/// (`channel_busy` to the others), the client waits and re-signs; every charge the client was
+/// told of is on chain after a claim, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tool_calls_on_one_channel_all_pay_and_reconcile() {
+    let chain = Chain::plain(&[3]).await;
+    let server = OurServer::start(&chain, 1000).await;
+    let server_mcp = paid(Tools::new(), server.engine.clone(), 1000);
+    let payer = Arc::new(PayingClient::new(
+        PayConfig::new(chain.net.key(3).unwrap()).with_contracts(chain.escrow, chain.collector),
+    ));
+    let s = session(server_mcp, paying_client_config()).await;
+    let client = Arc::new(McpPayingClient::new(payer.clone(), s.peer().clone()));
+    // The channel exists before the burst (a first deposit is not raced).
+    let first = client
+        .call_tool("search", args(json!({"charge": 5})))
+        .await
+        .unwrap();
+    let mut acknowledged = first.charged().unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..6u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sum = 0u128;
+            for i in 0..5u64 {
+                let charge = 10 * t + i + 1;
+                let r = client
+                    .call_tool("search", args(json!({"charge": charge})))
+                    .await
+                    .unwrap();
+                assert_eq!(r.charged(), Some(u128::from(charge)));
+                sum += u128::from(charge);
+            }
+            sum
+        }));
+    }
+    for t in tasks {
+        acknowledged += t.await.unwrap();
+    }
+    let channel = &payer.channels()[0];
+    assert_eq!(channel.charged, acknowledged);
+    let id = channel.channel_id;
+    assert_eq!(
+        server.engine.ledger().snapshot(&id).unwrap().charged,
+        acknowledged
+    );
+    let escrow = chain.escrow_client();
+    escrow
+        .claim(&server.engine.ledger().claimable())
+        .await
+        .unwrap();
+    assert_eq!(
+        escrow.channel_state(id).await.unwrap().total_claimed,
+        acknowledged
+    );
+}
