@@ -224,7 +224,7 @@ pub struct PayingClient {
     /// The offer each resource (URL without query) made last time it was paid: the next
     /// request there pays at once instead of asking first.
     offers: Mutex<HashMap<String, Target>>,
-    /// One paid call at a time per channel for the MCP client (`crate::mcp`): a receipt is
+    /// One paid call at a time per channel (HTTP requests and MCP tool calls): a receipt is
     /// checked against the state its voucher was signed on, so calls on one channel must not
     /// interleave (the server serves one at a time per channel anyway).
     turns: Mutex<HashMap<ChannelId, std::sync::Arc<tokio::sync::Mutex<()>>>>,

@@ -22,6 +22,9 @@ pub(super) enum Sent {
         res: reqwest::Response,
         target: Box<Target>,
         deposit: Option<u128>,
+        /// The channel's turn (`PayingClient::channel_turn`): hold it until the receipt is
+        /// recorded.
+        turn: tokio::sync::OwnedMutexGuard<()>,
     },
 }
 
@@ -55,13 +58,15 @@ impl PayingClient {
     }
 
     async fn fetch(&self, url: &str, upload: Upload<'_>) -> Result<Answer, ClientError> {
-        let (res, target, deposit) = match self.send_paid(url, upload, None, None).await? {
+        // `_turn` is dropped when this returns, after the receipt is recorded.
+        let (res, target, deposit, _turn) = match self.send_paid(url, upload, None, None).await? {
             Sent::Free(res) => return answer(res, None).await,
             Sent::Paid {
                 res,
                 target,
                 deposit,
-            } => (res, target, deposit),
+                turn,
+            } => (res, target, deposit, turn),
         };
         if !res.status().is_success() {
             // Nothing was charged (the server releases the channel on a failure). A deposit
@@ -141,6 +146,9 @@ impl PayingClient {
         // and whether a refusal already made us re-read the chain: each at most once.
         let mut cold_for = None;
         let mut reread = false;
+        // The channel's turn, from signing until the caller has recorded the receipt; taken
+        // again if the offer (and so the channel) changes, never two at once.
+        let mut turn = self.channel_turn(target.id).await;
         loop {
             attempt += 1;
             if cold_for != Some(target.id) {
@@ -183,7 +191,12 @@ impl PayingClient {
                     // The remembered offer no longer fits: start over from the server's.
                     ahead = false;
                     self.offers.lock().remove(key);
+                    let before = target.id;
                     target = self.target(&again)?;
+                    if target.id != before {
+                        drop(turn);
+                        turn = self.channel_turn(target.id).await;
+                    }
                     if let Some(max_total) = cover
                         && max_total < target.price
                     {
@@ -212,6 +225,7 @@ impl PayingClient {
                 res,
                 target: Box::new(target),
                 deposit,
+                turn,
             });
         }
     }
