@@ -97,6 +97,7 @@ pub mod engine;
 pub mod error;
 pub mod facilitator;
 pub mod ledger;
+pub mod mcp;
 pub mod reason;
 pub mod server;
 pub mod settlement;

@@ -46,7 +46,7 @@ use parking_lot::Mutex;
 use crate::typed_data::ChannelId;
 use crate::wire::{PaymentRequired, SettleResponse};
 use checks::{Response, Terms};
-use payment::Target;
+pub(crate) use payment::Target;
 
 /// Escrow address the stock SDK uses on every chain.
 pub const CANONICAL_ESCROW: Address = address!("0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");
@@ -224,6 +224,10 @@ pub struct PayingClient {
     /// The offer each resource (URL without query) made last time it was paid: the next
     /// request there pays at once instead of asking first.
     offers: Mutex<HashMap<String, Target>>,
+    /// One paid call at a time per channel (HTTP requests and MCP tool calls): a receipt is
+    /// checked against the state its voucher was signed on, so calls on one channel must not
+    /// interleave (the server serves one at a time per channel anyway).
+    turns: Mutex<HashMap<ChannelId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl PayingClient {
@@ -251,6 +255,7 @@ impl PayingClient {
             channels: Mutex::new(HashMap::new()),
             cheaters: Mutex::new(cheaters),
             offers: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -280,7 +285,7 @@ impl PayingClient {
     }
 
     /// Refuses to pay a receiver that broke the protocol with this client before.
-    fn refuse_cheater(&self, pay_to: Address) -> Result<(), ClientError> {
+    pub(crate) fn refuse_cheater(&self, pay_to: Address) -> Result<(), ClientError> {
         if self.cheaters.lock().contains_key(&pay_to) {
             return Err(ClientError::ServerCheated {
                 pay_to: pay_to.to_string(),
@@ -291,12 +296,12 @@ impl PayingClient {
     }
 
     /// Adopts a corrective 402's state only if it proves itself with our own signature.
-    fn resync(&self, t: &Target, required: &PaymentRequired) -> Result<(), ClientError> {
+    pub(crate) fn resync(&self, t: &Target, required: &PaymentRequired) -> Result<(), ClientError> {
         self.apply_checked(t, Response::Corrective(required))
     }
 
     /// Checks a paid request's `PAYMENT-RESPONSE` and records it in the channel state.
-    fn check_settle(
+    pub(crate) fn check_settle(
         &self,
         t: &Target,
         settle: SettleResponse,
@@ -308,6 +313,29 @@ impl PayingClient {
         };
         self.apply_checked(t, paid)?;
         Ok(settle)
+    }
+
+    /// Takes in the receipt of a call that failed after paying with a deposit (charged 0, the
+    /// deposit on chain all the same), checked like any receipt.
+    pub(crate) fn record_failed(
+        &self,
+        t: &Target,
+        settle: &SettleResponse,
+        deposit: Option<u128>,
+    ) -> Result<(), ClientError> {
+        self.apply_checked(t, Response::Failed { settle, deposit })
+    }
+
+    /// Waits for the turn to pay on channel `id`: held from signing a voucher until its
+    /// receipt is recorded.
+    pub(crate) async fn channel_turn(&self, id: ChannelId) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = std::sync::Arc::clone(self.turns.lock().entry(id).or_default());
+        turn.lock_owned().await
+    }
+
+    /// Whether the client can read channels from the chain (cold start, re-read).
+    pub(crate) fn reads_chain(&self) -> bool {
+        self.config.rpc.is_some()
     }
 
     /// Runs [`checks::check`] on `t`'s channel: stores the next state, or marks the server
@@ -338,7 +366,7 @@ impl PayingClient {
 
     /// Marks `t`'s receiver as cheating (persisted, its remembered offers dropped) and
     /// returns the error that reports `what` it did.
-    fn cheated(&self, t: &Target, what: &str) -> ClientError {
+    pub(crate) fn cheated(&self, t: &Target, what: &str) -> ClientError {
         tracing::warn!(pay_to = %t.pay_to, "{what}");
         // Saved under the lock (rare, small): concurrent saves cannot land out of order.
         let mut cheaters = self.cheaters.lock();

@@ -89,7 +89,7 @@ impl PayingClient {
     /// Without `force`, only a channel with no local state is read (one read per new
     /// channel; an empty channel stays unknown). With `force`, the local state is raised to
     /// the chain's if the chain is ahead. Returns whether the local state changed.
-    pub(super) async fn cold_start(&self, t: &Target, force: bool) -> Result<bool, ClientError> {
+    pub(crate) async fn cold_start(&self, t: &Target, force: bool) -> Result<bool, ClientError> {
         let Some(rpc) = self.config.rpc.as_deref() else {
             return Ok(false);
         };

@@ -17,28 +17,28 @@ use crate::wire::{
 
 /// One chosen offer and the channel it maps to.
 #[derive(Clone, Debug)]
-pub(super) struct Target {
+pub(crate) struct Target {
     /// The `batch-settlement` offer, echoed as `accepted`.
-    pub(super) offer: PaymentRequirements,
+    pub(crate) offer: PaymentRequirements,
     /// Its `extra`, parsed.
     pub(super) extra: BatchSettlementExtra,
     /// The offer's per-request maximum.
-    pub(super) price: u128,
+    pub(crate) price: u128,
     /// Our channel with its receiver.
     pub(super) config: ChannelConfig,
     /// That channel's id.
-    pub(super) id: ChannelId,
+    pub(crate) id: ChannelId,
     /// The escrow domain vouchers are signed in.
     pub(super) domain: EscrowDomain,
     /// The receiver (refused once it cheats).
-    pub(super) pay_to: Address,
+    pub(crate) pay_to: Address,
     /// The 402's `resource`, echoed in the payment.
-    pub(super) resource: Value,
+    pub(crate) resource: Value,
 }
 
 impl PayingClient {
     /// The `batch-settlement` eip155 offer of a 402 and the channel this client pays it on.
-    pub(super) fn target(&self, required: &PaymentRequired) -> Result<Target, ClientError> {
+    pub(crate) fn target(&self, required: &PaymentRequired) -> Result<Target, ClientError> {
         let offer = required
             .accepts
             .iter()
@@ -92,8 +92,13 @@ impl PayingClient {
 
     /// The `PAYMENT-SIGNATURE` header value carrying `payload` for `t`'s offer.
     pub(super) fn envelope(&self, t: &Target, payload: Value) -> String {
-        encode_header(&json!({"x402Version": 2, "accepted": t.offer,
-                              "payload": payload, "resource": t.resource}))
+        encode_header(&Self::payment_payload(t, payload))
+    }
+
+    /// The `PaymentPayload` carrying `payload` for `t`'s offer (the header's JSON; MCP sends
+    /// it as is in `_meta`).
+    pub(super) fn payment_payload(t: &Target, payload: Value) -> Value {
+        json!({"x402Version": 2, "accepted": t.offer, "payload": payload, "resource": t.resource})
     }
 
     /// The `PAYMENT-SIGNATURE` for the next request, and the deposit amount if one is made.
@@ -104,6 +109,18 @@ impl PayingClient {
         t: &Target,
         cover: Option<u128>,
     ) -> Result<(String, Option<u128>), ClientError> {
+        let (payment, deposit) = self.next_payment(t, cover)?;
+        Ok((encode_header(&payment), deposit))
+    }
+
+    /// The `PaymentPayload` for the next call on `t`'s channel (a voucher, with a deposit
+    /// when the balance does not cover it), and the deposit amount if one is made; see
+    /// [`Self::build_payment`]. The signed ceiling is recorded before it is sent.
+    pub(crate) fn next_payment(
+        &self,
+        t: &Target,
+        cover: Option<u128>,
+    ) -> Result<(Value, Option<u128>), ClientError> {
         let mut state = self.state(t)?.unwrap_or_else(|| self.fresh(t));
         let max = state.charged.saturating_add(t.price);
         let voucher = self.voucher_json(t, max)?;
@@ -140,7 +157,7 @@ impl PayingClient {
         }
         state.signed_max = state.signed_max.max(max);
         self.store(state)?;
-        Ok((self.envelope(t, payload), deposit))
+        Ok((Self::payment_payload(t, payload), deposit))
     }
 
     /// The payer's ERC-3009 `receiveWithAuthorization` of `amount` to the collector, with a

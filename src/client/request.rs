@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Answer, ClientError, PayingClient, Response, Target};
+use super::{Answer, ChannelState, ClientError, PayingClient, Response, Target};
 use crate::reason::Reason;
 use crate::wire::{
     BATCH_SETTLEMENT, MAX_PAYMENT_HEADER_BYTES, PAYMENT_REQUIRED, PAYMENT_RESPONSE,
-    PAYMENT_SIGNATURE, PaymentRequired, SettleResponse, decode_header,
+    PAYMENT_SIGNATURE, PaymentRequired, SettleResponse, decode_header, encode_header,
 };
 
 /// What [`PayingClient::send_paid`] got back.
@@ -22,6 +22,9 @@ pub(super) enum Sent {
         res: reqwest::Response,
         target: Box<Target>,
         deposit: Option<u128>,
+        /// The channel's turn (`PayingClient::channel_turn`): hold it until the receipt is
+        /// recorded.
+        turn: tokio::sync::OwnedMutexGuard<()>,
     },
 }
 
@@ -55,13 +58,15 @@ impl PayingClient {
     }
 
     async fn fetch(&self, url: &str, upload: Upload<'_>) -> Result<Answer, ClientError> {
-        let (res, target, deposit) = match self.send_paid(url, upload, None, None).await? {
+        // `_turn` is dropped when this returns, after the receipt is recorded.
+        let (res, target, deposit, _turn) = match self.send_paid(url, upload, None, None).await? {
             Sent::Free(res) => return answer(res, None).await,
             Sent::Paid {
                 res,
                 target,
                 deposit,
-            } => (res, target, deposit),
+                turn,
+            } => (res, target, deposit, turn),
         };
         if !res.status().is_success() {
             // Nothing was charged (the server releases the channel on a failure). A deposit
@@ -141,6 +146,9 @@ impl PayingClient {
         // and whether a refusal already made us re-read the chain: each at most once.
         let mut cold_for = None;
         let mut reread = false;
+        // The channel's turn, from signing until the caller has recorded the receipt; taken
+        // again if the offer (and so the channel) changes, never two at once.
+        let mut turn = self.channel_turn(target.id).await;
         loop {
             attempt += 1;
             if cold_for != Some(target.id) {
@@ -183,7 +191,12 @@ impl PayingClient {
                     // The remembered offer no longer fits: start over from the server's.
                     ahead = false;
                     self.offers.lock().remove(key);
+                    let before = target.id;
                     target = self.target(&again)?;
+                    if target.id != before {
+                        drop(turn);
+                        turn = self.channel_turn(target.id).await;
+                    }
                     if let Some(max_total) = cover
                         && max_total < target.price
                     {
@@ -212,6 +225,7 @@ impl PayingClient {
                 res,
                 target: Box::new(target),
                 deposit,
+                turn,
             });
         }
     }
@@ -245,19 +259,11 @@ impl PayingClient {
         let target = self.target(&required)?;
         self.cold_start(&target, false).await?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let Some(state) = self.state(&target)? else {
-                return Err(ClientError::NoChannel);
-            };
-            let voucher = self.voucher_json(&target, state.charged)?;
-            let mut payload =
-                json!({"type": "refund", "channelConfig": state.config, "voucher": voucher});
-            if let Some(a) = amount {
-                payload["amount"] = json!(a.to_string());
-            }
+            let (payment, state) = self.refund_payment(&target, amount)?;
             let res = self
                 .http
                 .get(url)
-                .header(PAYMENT_SIGNATURE, self.envelope(&target, payload))
+                .header(PAYMENT_SIGNATURE, encode_header(&payment))
                 .send()
                 .await?;
             if res.status() == reqwest::StatusCode::PAYMENT_REQUIRED {
@@ -281,16 +287,49 @@ impl PayingClient {
                     message: settle.error_message.unwrap_or_default(),
                 });
             }
-            let state = self.checked(&target, &state, Response::Refund(&settle))?;
-            if state.balance <= state.charged {
-                self.channels.lock().remove(&target.id);
-                self.dir.remove(&target.id)?;
-            } else {
-                self.store(state)?;
-            }
+            self.record_refund(&target, &state, &settle)?;
             return Ok(settle);
         }
         Err(ClientError::NoChannel)
+    }
+}
+
+impl PayingClient {
+    /// The refund `PaymentPayload` for `t`'s channel (a zero-charge voucher at the charged
+    /// cumulative; everything unspent when `amount` is `None`), and the state it was built on.
+    pub(crate) fn refund_payment(
+        &self,
+        t: &Target,
+        amount: Option<u128>,
+    ) -> Result<(Value, ChannelState), ClientError> {
+        let Some(state) = self.state(t)? else {
+            return Err(ClientError::NoChannel);
+        };
+        let voucher = self.voucher_json(t, state.charged)?;
+        let mut payload =
+            json!({"type": "refund", "channelConfig": state.config, "voucher": voucher});
+        if let Some(a) = amount {
+            payload["amount"] = json!(a.to_string());
+        }
+        Ok((Self::payment_payload(t, payload), state))
+    }
+
+    /// Checks a successful refund's receipt against `state` and records it (a channel refunded
+    /// down to its charge is forgotten).
+    pub(crate) fn record_refund(
+        &self,
+        t: &Target,
+        state: &ChannelState,
+        settle: &SettleResponse,
+    ) -> Result<(), ClientError> {
+        let state = self.checked(t, state, Response::Refund(settle))?;
+        if state.balance <= state.charged {
+            self.channels.lock().remove(&t.id);
+            self.dir.remove(&t.id)?;
+        } else {
+            self.store(state)?;
+        }
+        Ok(())
     }
 }
 

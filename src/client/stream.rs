@@ -124,10 +124,12 @@ impl PayingClient {
                     Err(refused(res).await)
                 };
             }
+            // A stream records its receipts as it goes (renewals): no turn is kept.
             Sent::Paid {
                 res,
                 target,
                 deposit,
+                turn: _,
             } => (res, *target, deposit),
         };
         if !res.status().is_success() {

@@ -77,7 +77,7 @@ struct ChargeState {
 }
 
 impl Charge {
-    fn new(max: u128) -> Self {
+    pub(crate) fn new(max: u128) -> Self {
         Self {
             inner: Arc::new(ChargeInner {
                 state: Mutex::new(ChargeState { max, actual: None }),

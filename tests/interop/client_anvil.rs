@@ -178,3 +178,42 @@ async fn a_client_pays_ahead_after_its_first_402_and_follows_a_changed_offer() {
     assert_eq!(unpaid.load(Ordering::SeqCst), 1);
     assert_eq!(c.channels()[0].charged, 110);
 }
+
+/// Concurrent requests on one channel from one client: each receipt is checked against the
+/// state its voucher was signed on (the client's channel turn), so an honest server is never
+/// taken for a cheat, and every charge reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_one_channel_all_pay() {
+    let (chain, server, _payer, _start) = rig().await;
+    let c = std::sync::Arc::new(PayingClient::new(
+        ClientConfig::new(chain.net.key(3).unwrap()).with_contracts(chain.escrow, chain.collector),
+    ));
+    let mut charged = c
+        .get(&format!("{}?charge=5", server.url))
+        .await
+        .unwrap()
+        .charged()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..6u128 {
+        let c = c.clone();
+        let url = server.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sum = 0;
+            for i in 0..5u128 {
+                let a = c
+                    .get(&format!("{url}?charge={}", 10 * t + i + 1))
+                    .await
+                    .unwrap();
+                assert_eq!(a.charged(), Some(10 * t + i + 1));
+                sum += 10 * t + i + 1;
+            }
+            sum
+        }));
+    }
+    for t in tasks {
+        charged += t.await.unwrap();
+    }
+    assert_eq!(c.channels()[0].charged, charged);
+    assert!(c.cheaters().is_empty());
+}

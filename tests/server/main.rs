@@ -11,4 +11,5 @@ mod facilitator_refund;
 mod freshness;
 mod layer;
 mod malformed;
+mod mcp;
 mod min_deposit;

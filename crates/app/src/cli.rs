@@ -32,6 +32,9 @@ enum Command {
     /// Local channels: status, cooperative refund, timed withdrawal.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Example paid MCP server: tools priced "up to" over batch-settlement channels, on the
+    /// chain, store and settlement of a `serve` TOML; stdio, or streamable HTTP at `/mcp`.
+    Mcp(McpArgs),
     /// Runs the whole money path on a local anvil chain and prints a reconciled summary.
     Demo(crate::demo::DemoArgs),
     /// Side-by-side load generator: paid req/s and latency of servers started by `scripts/bench.sh`.
@@ -54,6 +57,26 @@ struct ServeArgs {
     /// Key that signs claims and refunds (`extra.receiverAuthorizer`).
     #[arg(long, env = "X402_RECEIVER_AUTHORIZER_KEY", hide_env_values = true)]
     authorizer_key: String,
+}
+
+#[derive(Debug, Args)]
+struct McpArgs {
+    /// The keys and the `serve` TOML: chain, contracts, asset, receiver, store, settlement
+    /// (`listen`, `upstream` and `[[routes]]` are not used).
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Serve streamable HTTP at `http://ADDR/mcp` instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// `Host` names the HTTP transport answers (default: localhost, 127.0.0.1, ::1).
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// `word_count`: atomic units per word.
+    #[arg(long, default_value_t = 10)]
+    unit_price: u128,
+    /// `word_count`: the most one call may cost (the offer's amount).
+    #[arg(long, default_value_t = 10_000)]
+    max_price: u128,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +189,29 @@ fn serve(args: &ServeArgs) -> crate::Result<()> {
         .map_err(command_error)
 }
 
+fn mcp(args: &McpArgs) -> crate::Result<()> {
+    let text = std::fs::read_to_string(&args.serve.config)
+        .map_err(|e| command_error(format!("{}: {e}", args.serve.config.display())))?;
+    let cfg = crate::serve::ServeConfig::from_toml(&text)
+        .map_err(|e| command_error(format!("{}: {e}", args.serve.config.display())))?;
+    let relayer = parse_key(&args.serve.relayer_key, "relayer")?;
+    let authorizer = parse_key(&args.serve.authorizer_key, "receiver authorizer")?;
+    let transport = match &args.listen {
+        None => crate::mcp::Transport::Stdio,
+        Some(listen) => crate::mcp::Transport::Http {
+            listen: listen.clone(),
+            allowed_hosts: args.allowed_hosts.clone(),
+        },
+    };
+    let prices = crate::mcp::Prices {
+        unit_price: args.unit_price,
+        max_price: args.max_price,
+    };
+    runtime()?
+        .block_on(crate::mcp::run(cfg, relayer, authorizer, transport, prices))
+        .map_err(command_error)
+}
+
 fn get(args: &GetArgs) -> crate::Result<()> {
     use std::io::Write as _;
     let client = args.payer.client_with(args.rpc.as_deref())?;
@@ -256,6 +302,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(&args),
+        Command::Mcp(args) => mcp(&args),
         Command::Get(args) => get(&args),
         Command::Channel(cmd) => channel(&cmd),
         Command::Bench(args) => crate::bench::run_blocking(&args),

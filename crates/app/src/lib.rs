@@ -7,6 +7,7 @@
 //! | [`demo`] | `x402-upto demo`: crawler and GPU scenarios, claims, sweep, refunds, reconciled summary |
 //! | [`bench`] | `x402-upto bench`: side-by-side load generator, and the bench/ceiling servers it measures |
 //! | [`harness`] | processes the crash tests kill: store load, settlement load |
+//! | [`mcp`] | `x402-upto mcp`: the example paid MCP server (stdio or streamable HTTP) |
 //! | [`telemetry`] | the Prometheus exporter and the log subscriber |
 //! | [`error`] | the application's [`Error`] |
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod harness;
+pub mod mcp;
 pub mod serve;
 pub mod telemetry;
 

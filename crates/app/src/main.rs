@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `RUST_LOG` wins. Otherwise a server logs at `info` (deposits, claims, refunds are worth
     // a line each); one-shot commands stay quiet below `warn` so their output stays readable.
-    let default = if std::env::args().nth(1).as_deref() == Some("serve") {
+    let default = if matches!(std::env::args().nth(1).as_deref(), Some("serve" | "mcp")) {
         "info"
     } else {
         "warn"

@@ -57,7 +57,7 @@ pub async fn serve(
 }
 
 /// Completes on SIGINT or (on Unix) SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -145,6 +145,36 @@ pub async fn serve_with(
     }
     settler.stop().await;
     served
+}
+
+/// The engine of a `serve` TOML (chain, sled store, restored channels) with its claim
+/// scheduler and watcher running, handed to another front end (`x402-upto mcp`) until it
+/// returns; then the settlement side stops as in [`serve_with`]. Only the sled store.
+pub async fn with_engine<F, Fut>(
+    cfg: ServeConfig,
+    relayer: PrivateKeySigner,
+    authorizer: PrivateKeySigner,
+    run: F,
+) -> Result<(), String>
+where
+    F: FnOnce(Engine<x402_upto::SledStore>) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    cfg.validate()?;
+    if cfg.postgres().is_some() {
+        return Err("this front end runs on the sled store only (no [postgres])".into());
+    }
+    let chain = ChainParts::connect(&cfg, relayer, authorizer)?;
+    let store = Arc::new(
+        x402_upto::SledStore::open(&cfg.store, cfg.store_options())
+            .map_err(|e| format!("store {}: {e}", cfg.store.display()))?,
+    );
+    let (engine, ledger) = chain.engine(&cfg, Arc::clone(&store)).await?;
+    let freshness = freshness_of(&cfg, &engine);
+    let settler = Settler::start(&cfg, &chain, ledger, store, freshness, None).await?;
+    let ran = run(engine).await;
+    settler.stop().await;
+    ran
 }
 
 /// The chain side every instance needs: provider, escrow client, domain.
