@@ -171,7 +171,7 @@ where
     );
     let (engine, ledger) = chain.engine(&cfg, Arc::clone(&store)).await?;
     let freshness = freshness_of(&cfg, &engine);
-    let settler = Settler::start(&cfg, &chain, ledger, store, freshness, None).await?;
+    let settler = Settler::start(&cfg, &chain, ledger, store, freshness, None, None).await?;
     let ran = run(engine).await;
     settler.stop().await;
     ran
