@@ -11,6 +11,7 @@
 //! | [`config`] | the TOML file: [`ServeConfig`], [`RouteConfig`] |
 //! | [`knobs`] | its tables: settlement, refunds, watcher, tx, cold reads, http, deposits |
 //! | [`proxy`] | [`proxy_router`]: pricing by prefix, dispatch, forwarding upstream |
+//! | [`limits`] | rate limits by address and payer, the free tier |
 //! | [`listener`] | connection limits and timeouts around hyper |
 //! | [`request_target`] | request-target normalisation |
 //! | [`tokens`] | routes priced by tokens (OpenAI / Anthropic APIs): quote, `usage`, streams |
@@ -19,6 +20,7 @@
 mod cluster;
 pub mod config;
 pub mod knobs;
+pub mod limits;
 pub mod listener;
 pub mod proxy;
 pub mod request_target;

@@ -13,8 +13,9 @@ use http::{HeaderName, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
-use super::config::ServeConfig;
+use super::config::{RouteConfig, ServeConfig};
 use super::knobs::HttpKnobs;
+use super::limits::{Cidr, LimitKnobs, LimitState, RouteLimits, after_verify, before_payment};
 use super::request_target::{self, RequestTarget};
 use x402_upto::engine::Engine;
 use x402_upto::server::{ActualCharge, PaymentLayer};
@@ -81,19 +82,36 @@ impl Upstream {
     }
 }
 
-type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
+pub(super) type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
 
 /// What the proxy routes on: each priced prefix's service, longest prefix first, and the
-/// free forwarder.
+/// free forwarder. Built whole from one configuration; a reload swaps in another.
 #[derive(Clone)]
-struct Proxy {
+pub(super) struct Proxy {
     routes: Arc<Vec<(String, HttpService)>>,
     free: HttpService,
     upstream: Arc<Upstream>,
     max_target_bytes: usize,
     /// `resource.url` is built from this origin; without it, from a validated `Host`.
     public_url: Option<String>,
+    /// What the route services were built from, so a reload keeps the services (and the
+    /// live streams they hold) of the routes it does not change.
+    built: Arc<Built>,
 }
+
+/// The configuration a [`Proxy`]'s services depend on.
+#[derive(PartialEq)]
+struct Built {
+    upstream: String,
+    public_url: Option<String>,
+    http: HttpKnobs,
+    limits: LimitKnobs,
+    routes: Vec<RouteConfig>,
+}
+
+/// The proxy being served: read once per request (a request finishes on the proxy it
+/// started with), replaced whole by [`ProxySlot::swap`].
+pub(super) type ProxySlot = Arc<parking_lot::RwLock<Arc<Proxy>>>;
 
 /// The proxy router: the request target is normalised once ([`request_target`]); the
 /// normalised path picks the price (the longest matching prefix, by whole segments, the
@@ -103,24 +121,80 @@ pub fn proxy_router<S: Store + 'static>(
     engine: Engine<S>,
     cfg: &ServeConfig,
 ) -> Result<Router, String> {
-    let upstream = Arc::new(Upstream::new(&cfg.upstream, &cfg.http)?);
+    let state = Arc::new(LimitState::new(cfg.limits.max_tracked));
+    let proxy = build_proxy(&engine, cfg, &state, None)?;
+    Ok(router(Arc::new(parking_lot::RwLock::new(Arc::new(proxy)))))
+}
+
+/// The router over whatever proxy `slot` holds at each request.
+pub(super) fn router(slot: ProxySlot) -> Router {
+    Router::new().fallback(dispatch).with_state(slot)
+}
+
+/// Builds the routes of `cfg`. A route whose configuration (and everything its service
+/// depends on) is unchanged from `previous` keeps its service.
+pub(super) fn build_proxy<S: Store + 'static>(
+    engine: &Engine<S>,
+    cfg: &ServeConfig,
+    state: &Arc<LimitState>,
+    previous: Option<&Proxy>,
+) -> Result<Proxy, String> {
+    let built = Arc::new(Built {
+        upstream: cfg.upstream.clone(),
+        public_url: cfg.public_url.clone(),
+        http: cfg.http.clone(),
+        limits: cfg.limits.clone(),
+        routes: cfg.routes.clone(),
+    });
+    let same_base = previous.filter(|p| {
+        p.built.upstream == built.upstream
+            && p.built.public_url == built.public_url
+            && p.built.http == built.http
+            && p.built.limits == built.limits
+    });
+    let upstream = match same_base {
+        Some(p) => Arc::clone(&p.upstream),
+        None => Arc::new(Upstream::new(&cfg.upstream, &cfg.http)?),
+    };
     let forwarder = {
         let up = Arc::clone(&upstream);
-        tower::service_fn(move |req: Request| {
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
             let up = Arc::clone(&up);
             async move { Ok::<_, Infallible>(forward(&up, req).await) }
-        })
+        }))
     };
+    let trusted: Arc<[Cidr]> = cfg.limits.trusted()?.into();
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for r in &cfg.routes {
         let prefix = request_target::route_prefix(&r.prefix)
             .ok_or_else(|| format!("route prefix {:?} is not a normalised path", r.prefix))?;
-        let service = match r.price {
+        let kept = same_base.and_then(|p| {
+            let i = p.built.routes.iter().position(|old| old == r)?;
+            let old_prefix = request_target::route_prefix(&p.built.routes[i].prefix)?;
+            p.routes
+                .iter()
+                .find(|(pre, _)| *pre == old_prefix)
+                .map(|(_, s)| s.clone())
+        });
+        if let Some(service) = kept {
+            routes.push((prefix, service));
+            continue;
+        }
+        let limits = RouteLimits::of(
+            &prefix,
+            &cfg.limits,
+            r.limits,
+            r.free_tier,
+            Arc::clone(&trusted),
+            state,
+        );
+        let paid = match r.price {
             None => super::tokens::route_service(
                 engine.clone(),
                 r,
                 Arc::clone(&upstream),
                 cfg.public_url.as_deref(),
+                limits.clone(),
             )?,
             Some(price) => {
                 let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(price));
@@ -130,25 +204,36 @@ pub fn proxy_router<S: Store + 'static>(
                 if let Some(base) = &cfg.public_url {
                     layer = layer.with_base_url(base.clone());
                 }
-                BoxCloneSyncService::new(layer.layer(forwarder.clone()))
+                let handler = match &limits {
+                    Some(l) if l.checks_verified_payer() => {
+                        after_verify(Arc::clone(l), engine.ledger().clone(), forwarder.clone())
+                    }
+                    _ => forwarder.clone(),
+                };
+                BoxCloneSyncService::new(layer.layer(handler))
             }
+        };
+        let service = match limits {
+            Some(l) => before_payment(l, paid),
+            None => paid,
         };
         routes.push((prefix, service));
     }
     // Longest prefix first, so the first match is the most specific price.
     routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-    let proxy = Proxy {
+    Ok(Proxy {
         routes: Arc::new(routes),
-        free: BoxCloneSyncService::new(forwarder),
+        free: forwarder,
         upstream,
         max_target_bytes: cfg.http.max_target_bytes,
         public_url: cfg.public_url.clone(),
-    };
-    Ok(Router::new().fallback(dispatch).with_state(proxy))
+        built,
+    })
 }
 
 /// Normalises the target, checks `Host`, then hands the request to its route's service.
-async fn dispatch(State(proxy): State<Proxy>, mut req: Request) -> Response {
+async fn dispatch(State(slot): State<ProxySlot>, mut req: Request) -> Response {
+    let proxy = Arc::clone(&slot.read());
     let raw = req.uri().path_and_query().map_or("", |p| p.as_str());
     let target = match request_target::normalize(raw, proxy.max_target_bytes) {
         Ok(t) => t,

@@ -5,6 +5,7 @@ mod bench_smoke;
 mod client_cli;
 mod demo;
 mod interop_stock_server;
+mod rate_limits;
 mod scale_smoke;
 mod security_http;
 mod serve_config;
