@@ -6,6 +6,7 @@ mod client_cli;
 mod demo;
 mod interop_stock_server;
 mod rate_limits;
+mod reload;
 mod scale_smoke;
 mod security_http;
 mod serve_config;
