@@ -4,6 +4,7 @@
 mod bench_smoke;
 mod client_cli;
 mod demo;
+mod grafana;
 mod interop_stock_server;
 mod rate_limits;
 mod reload;
