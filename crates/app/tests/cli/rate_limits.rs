@@ -223,6 +223,9 @@ payer = { rate = 0.5, burst = 2 }
     assert_eq!((b.status.as_u16(), b.charged()), (200, Some(PRICE)));
     assert_eq!(bob.get(&url).await.unwrap().charged(), Some(PRICE));
     assert_eq!(bob.get(&url).await.unwrap().status, 429);
+    // A payer over its limit can still take its money back: refunds are not limited by payer.
+    let refunded = bob.refund(&url, None).await.unwrap();
+    assert!(refunded.success, "{refunded:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,9 +45,11 @@ use tower::util::BoxCloneSyncService;
 
 use x402_upto::Ledger;
 use x402_upto::server::Charge;
+use x402_upto::server::STREAM_ID_HEADER;
 use x402_upto::typed_data::ChannelId;
 use x402_upto::wire::{
-    BatchPayload, MAX_PAYMENT_HEADER_BYTES, PAYMENT_SIGNATURE, PaymentPayload, decode_header,
+    BatchPayload, MAX_PAYMENT_HEADER_BYTES, PAYMENT_SIGNATURE, PaymentPayload, VoucherView,
+    decode_header_bytes,
 };
 
 use super::proxy::refused;
@@ -300,10 +302,28 @@ struct Claimed {
     channel: ChannelId,
 }
 
+/// The payer and channel of a voucher or deposit header. Refunds (the payer taking its
+/// money back) and stream renewals (extending a stream already admitted, which no handler
+/// runs for) are not limited by payer.
 fn claimed(req: &Request) -> Option<Claimed> {
+    if req.headers().contains_key(STREAM_ID_HEADER) {
+        return None;
+    }
     let raw = req.headers().get(PAYMENT_SIGNATURE)?;
-    let payload: PaymentPayload = decode_header(raw.as_bytes(), MAX_PAYMENT_HEADER_BYTES).ok()?;
+    let json = decode_header_bytes(raw.as_bytes(), MAX_PAYMENT_HEADER_BYTES).ok()?;
+    // The engine's one-pass reader first (it answers only what the general decoder reads
+    // the same way), then the general decoder.
+    if let Some(view) = VoucherView::parse(&json) {
+        return Some(Claimed {
+            payer: view.channel_config.payer,
+            channel: ChannelId(view.voucher.channel_id),
+        });
+    }
+    let payload: PaymentPayload = serde_json::from_slice(&json).ok()?;
     let batch = BatchPayload::parse(&payload.payload).ok()?;
+    if matches!(batch, BatchPayload::Refund { .. }) {
+        return None;
+    }
     Some(Claimed {
         payer: batch.channel_config().payer,
         channel: ChannelId(batch.voucher().channel_id),
