@@ -259,3 +259,138 @@ store = "./data/channels"
     let store = parse("", ("./data/channels", "./elsewhere"));
     assert_eq!(unreloadable_changes(&old, &store), vec!["store"]);
 }
+
+/// A fake OpenAI API whose streams send ten deltas 60 ms apart, then their usage.
+async fn slow_stream_api() -> String {
+    use axum::body::{Body, Bytes};
+    let answer = || async {
+        let delta = |c: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"content": c}}], "usage": null})
+            )
+        };
+        let mut events = vec![delta("")];
+        events.extend((0..10).map(|_| delta("abc")));
+        events.push(format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 10}})
+        ));
+        events.push("data: [DONE]\n\n".into());
+        let paced = futures_util::StreamExt::then(futures_util::stream::iter(events), |e| async {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            Ok::<_, std::convert::Infallible>(Bytes::from(e))
+        });
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(paced))
+            .unwrap()
+    };
+    let app = Router::new().route("/v1/chat/completions", axum::routing::post(answer));
+    support::serve_local(app).await.0
+}
+
+fn token_routes(other_price: u64, description: &str) -> String {
+    format!(
+        r#"min_deposit = "1000000"
+[[route]]
+prefix = "/v1/chat/completions"
+tokens = "openai"
+stream_increment_tokens = 2
+renewal_grace_secs = 1
+description = "{description}"
+[route.models]
+"m" = {{ input = 1000000, output = 100000000 }}
+[[route]]
+prefix = "/other/"
+price = {other_price}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_live_streams_of_the_routes_it_does_not_change() {
+    use x402_upto::client::StreamEvent;
+    use x402_upto::engine::{ChainAccess, Engine};
+    use x402_upto::{Durability, Ledger, SledOptions, SledStore};
+    use x402_upto_app::serve::reload::Reloader;
+
+    let chain = Chain::plain(&[3]).await;
+    let upstream = slow_stream_api().await;
+    let config = |other_price: u64, description: &str| {
+        let toml = chain.serve_toml("127.0.0.1:0", &upstream, "/unused")
+            + &token_routes(other_price, description);
+        ServeConfig::from_toml(&toml).unwrap()
+    };
+    let cfg = config(1, "chat");
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group)).unwrap();
+    let access: Arc<dyn ChainAccess> = Arc::new(chain.escrow_client());
+    let engine = Engine::new(
+        cfg.engine_config(chain.net.key(2).unwrap().address()),
+        Ledger::new(chain.domain()),
+        Arc::new(store),
+        Some(access),
+    )
+    .unwrap();
+    let (app, reloader) = Reloader::new(engine, &cfg).unwrap();
+    let (proxy, _) = support::serve_local(app).await;
+    let client = PayingClient::new(
+        ClientConfig::new(chain.net.key(3).unwrap()).with_contracts(chain.escrow, chain.collector),
+    );
+    let url = format!("{proxy}/v1/chat/completions");
+    let body =
+        r#"{"model":"m","max_tokens":50,"stream":true,"stream_options":{"include_usage":true}}"#;
+
+    // Another route's price changes under a live stream: the stream keeps renewing.
+    let mut stream = client.stream_post_json(&url, body, 100_000).await.unwrap();
+    let (mut data, mut renewed, mut after_reload) = (0, 0, 0);
+    let charged = loop {
+        match stream.next().await.unwrap().unwrap() {
+            StreamEvent::Data { .. } => data += 1,
+            StreamEvent::Renewed(_) => {
+                renewed += 1;
+                if renewed == 1 {
+                    reloader.reload(config(2, "chat")).unwrap();
+                } else {
+                    after_reload += 1;
+                }
+            }
+            StreamEvent::RenewalSkipped { reason } => panic!("renewal refused: {reason}"),
+            StreamEvent::Settled(s) => break s.extra.and_then(|e| e.charged_amount).unwrap(),
+        }
+    };
+    assert_eq!(data, 13, "every event, [DONE] included");
+    assert!(
+        after_reload >= 1,
+        "renewed {renewed} times, {after_reload} after the reload"
+    );
+    assert_eq!(charged, 20 + 10 * 100, "the usage, at the route's prices");
+
+    // The stream's own route changes: the stream runs on, but its renewals go to the new
+    // route, which does not know it; it ends at its budget, charged what it delivered.
+    let mut stream = client.stream_post_json(&url, body, 100_000).await.unwrap();
+    let (mut renewed, mut refused) = (0, None);
+    let cut = loop {
+        match stream.next().await.unwrap().unwrap() {
+            StreamEvent::Data { .. } => {}
+            StreamEvent::Renewed(_) => {
+                renewed += 1;
+                if renewed == 1 {
+                    reloader.reload(config(2, "chat, renamed")).unwrap();
+                }
+            }
+            StreamEvent::RenewalSkipped { reason } => refused = Some(reason),
+            StreamEvent::Settled(s) => break s.extra.and_then(|e| e.charged_amount).unwrap(),
+        }
+    };
+    assert_eq!(renewed, 1);
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|r| r.contains("stream_not_found")),
+        "{refused:?}"
+    );
+    assert!(cut < charged, "cut at its budget: {cut}");
+}
