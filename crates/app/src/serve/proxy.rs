@@ -15,7 +15,7 @@ use tower::{Layer, ServiceExt};
 
 use super::config::{RouteConfig, ServeConfig};
 use super::knobs::HttpKnobs;
-use super::limits::{Cidr, LimitKnobs, LimitState, RouteLimits, after_verify, before_payment};
+use super::limits::{Cidr, LimitCell, LimitState, RouteLimits, after_verify, before_payment};
 use super::request_target::{self, RequestTarget};
 use x402_upto::engine::Engine;
 use x402_upto::server::{ActualCharge, PaymentLayer};
@@ -94,23 +94,38 @@ pub(super) struct Proxy {
     max_target_bytes: usize,
     /// `resource.url` is built from this origin; without it, from a validated `Host`.
     public_url: Option<String>,
-    /// What the route services were built from, so a reload keeps the services (and the
-    /// live streams they hold) of the routes it does not change.
+    /// What the services were built from, so a reload keeps the services (and the live
+    /// streams they hold) of the routes it does not change.
     built: Arc<Built>,
 }
 
 /// The configuration a [`Proxy`]'s services depend on.
-#[derive(PartialEq)]
 struct Built {
     upstream: String,
     public_url: Option<String>,
     http: HttpKnobs,
-    limits: LimitKnobs,
-    routes: Vec<RouteConfig>,
+    routes: Vec<BuiltRoute>,
+}
+
+/// One priced route's service, what it was built from, and the cell its limits are read
+/// from (a reload that changes only limits updates the cell and keeps the service).
+struct BuiltRoute {
+    config: RouteConfig,
+    limits: LimitCell,
+    service: HttpService,
+}
+
+/// A route's configuration apart from its limits: what its service is built from.
+fn service_config(r: &RouteConfig) -> RouteConfig {
+    RouteConfig {
+        limits: None,
+        free_tier: None,
+        ..r.clone()
+    }
 }
 
 /// The proxy being served: read once per request (a request finishes on the proxy it
-/// started with), replaced whole by [`ProxySlot::swap`].
+/// started with), replaced whole by a reload.
 pub(super) type ProxySlot = Arc<parking_lot::RwLock<Arc<Proxy>>>;
 
 /// The proxy router: the request target is normalised once ([`request_target`]); the
@@ -131,55 +146,40 @@ pub(super) fn router(slot: ProxySlot) -> Router {
     Router::new().fallback(dispatch).with_state(slot)
 }
 
-/// Builds the routes of `cfg`. A route whose configuration (and everything its service
-/// depends on) is unchanged from `previous` keeps its service.
+/// Builds the routes of `cfg`. A route whose settings apart from its limits (and the
+/// upstream, `public_url` and `[http]` its service depends on) are unchanged from
+/// `previous` keeps its service, with its limits replaced in place.
 pub(super) fn build_proxy<S: Store + 'static>(
     engine: &Engine<S>,
     cfg: &ServeConfig,
     state: &Arc<LimitState>,
     previous: Option<&Proxy>,
 ) -> Result<Proxy, String> {
-    let built = Arc::new(Built {
-        upstream: cfg.upstream.clone(),
-        public_url: cfg.public_url.clone(),
-        http: cfg.http.clone(),
-        limits: cfg.limits.clone(),
-        routes: cfg.routes.clone(),
-    });
     let same_base = previous.filter(|p| {
-        p.built.upstream == built.upstream
-            && p.built.public_url == built.public_url
-            && p.built.http == built.http
-            && p.built.limits == built.limits
+        p.built.upstream == cfg.upstream
+            && p.built.public_url == cfg.public_url
+            && p.built.http == cfg.http
     });
     let upstream = match same_base {
         Some(p) => Arc::clone(&p.upstream),
         None => Arc::new(Upstream::new(&cfg.upstream, &cfg.http)?),
     };
-    let forwarder = {
-        let up = Arc::clone(&upstream);
-        BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
-            let up = Arc::clone(&up);
-            async move { Ok::<_, Infallible>(forward(&up, req).await) }
-        }))
+    let forwarder = match same_base {
+        Some(p) => p.free.clone(),
+        None => {
+            let up = Arc::clone(&upstream);
+            BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
+                let up = Arc::clone(&up);
+                async move { Ok::<_, Infallible>(forward(&up, req).await) }
+            }))
+        }
     };
     let trusted: Arc<[Cidr]> = cfg.limits.trusted()?.into();
+    let mut built = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for r in &cfg.routes {
         let prefix = request_target::route_prefix(&r.prefix)
             .ok_or_else(|| format!("route prefix {:?} is not a normalised path", r.prefix))?;
-        let kept = same_base.and_then(|p| {
-            let i = p.built.routes.iter().position(|old| old == r)?;
-            let old_prefix = request_target::route_prefix(&p.built.routes[i].prefix)?;
-            p.routes
-                .iter()
-                .find(|(pre, _)| *pre == old_prefix)
-                .map(|(_, s)| s.clone())
-        });
-        if let Some(service) = kept {
-            routes.push((prefix, service));
-            continue;
-        }
         let limits = RouteLimits::of(
             &prefix,
             &cfg.limits,
@@ -188,36 +188,30 @@ pub(super) fn build_proxy<S: Store + 'static>(
             Arc::clone(&trusted),
             state,
         );
-        let paid = match r.price {
-            None => super::tokens::route_service(
-                engine.clone(),
-                r,
-                Arc::clone(&upstream),
-                cfg.public_url.as_deref(),
-                limits.clone(),
-            )?,
-            Some(price) => {
-                let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(price));
-                if let Some(d) = &r.description {
-                    layer = layer.with_description(d.clone());
-                }
-                if let Some(base) = &cfg.public_url {
-                    layer = layer.with_base_url(base.clone());
-                }
-                let handler = match &limits {
-                    Some(l) if l.checks_verified_payer() => {
-                        after_verify(Arc::clone(l), engine.ledger().clone(), forwarder.clone())
-                    }
-                    _ => forwarder.clone(),
-                };
-                BoxCloneSyncService::new(layer.layer(handler))
+        let wanted = service_config(r);
+        let kept = same_base.and_then(|p| {
+            p.built
+                .routes
+                .iter()
+                .find(|old| service_config(&old.config) == wanted)
+        });
+        let (cell, service) = match kept {
+            Some(old) => {
+                *old.limits.write() = limits;
+                (Arc::clone(&old.limits), old.service.clone())
+            }
+            None => {
+                let cell: LimitCell = Arc::new(parking_lot::RwLock::new(limits));
+                let service = route_service(engine, cfg, r, &upstream, &forwarder, &cell)?;
+                (cell, service)
             }
         };
-        let service = match limits {
-            Some(l) => before_payment(l, paid),
-            None => paid,
-        };
-        routes.push((prefix, service));
+        routes.push((prefix, service.clone()));
+        built.push(BuiltRoute {
+            config: r.clone(),
+            limits: cell,
+            service,
+        });
     }
     // Longest prefix first, so the first match is the most specific price.
     routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
@@ -227,8 +221,50 @@ pub(super) fn build_proxy<S: Store + 'static>(
         upstream,
         max_target_bytes: cfg.http.max_target_bytes,
         public_url: cfg.public_url.clone(),
-        built,
+        built: Arc::new(Built {
+            upstream: cfg.upstream.clone(),
+            public_url: cfg.public_url.clone(),
+            http: cfg.http.clone(),
+            routes: built,
+        }),
     })
+}
+
+/// A priced route's service: its limits around the payment layer, and the verified
+/// payer's around what it runs.
+fn route_service<S: Store + 'static>(
+    engine: &Engine<S>,
+    cfg: &ServeConfig,
+    r: &RouteConfig,
+    upstream: &Arc<Upstream>,
+    forwarder: &HttpService,
+    limits: &LimitCell,
+) -> Result<HttpService, String> {
+    let paid = match r.price {
+        None => super::tokens::route_service(
+            engine.clone(),
+            r,
+            Arc::clone(upstream),
+            cfg.public_url.as_deref(),
+            Arc::clone(limits),
+        )?,
+        Some(price) => {
+            let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(price));
+            if let Some(d) = &r.description {
+                layer = layer.with_description(d.clone());
+            }
+            if let Some(base) = &cfg.public_url {
+                layer = layer.with_base_url(base.clone());
+            }
+            let handler = after_verify(
+                Arc::clone(limits),
+                engine.ledger().clone(),
+                forwarder.clone(),
+            );
+            BoxCloneSyncService::new(layer.layer(handler))
+        }
+    };
+    Ok(before_payment(Arc::clone(limits), paid))
 }
 
 /// Normalises the target, checks `Host`, then hands the request to its route's service.

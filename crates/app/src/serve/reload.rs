@@ -4,8 +4,8 @@
 //! reload replaces whole: a request in flight finishes (and is charged) under the
 //! configuration it started with; the next one sees the new one. Listener, connections,
 //! engine, store, ledger and settler are not touched, so no connection is dropped and no
-//! payment is lost. Routes whose configuration did not change keep their services (a live
-//! metered stream keeps renewing).
+//! payment is lost. Routes whose configuration did not change but for their limits keep
+//! their services, limits replaced in place (a live metered stream keeps renewing).
 //!
 //! What the running process cannot take on without a restart (the listener, the chain and
 //! its contracts, the offer's terms, the store, the settler's and watcher's knobs) refuses

@@ -39,6 +39,7 @@ struct Rig {
     chain: Chain,
     engine: Engine<SledStore>,
     proxy: String,
+    upstream: String,
     /// Requests the upstream received.
     hits: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
@@ -72,6 +73,7 @@ impl Rig {
             chain,
             engine,
             proxy,
+            upstream,
             hits,
             _dir: dir,
         }
@@ -276,4 +278,32 @@ price = 100
         .unwrap();
     assert_eq!(r.status(), 402);
     assert_eq!(rig.hits.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_limits_from_the_next_request() {
+    use x402_upto_app::serve::reload::Reloader;
+    let rig = Rig::new("[[route]]\nprefix = \"/api/\"\nprice = 100\n").await;
+    let base = rig
+        .chain
+        .serve_toml("127.0.0.1:0", &rig.upstream, "/unused");
+    let config = |extra: &str| ServeConfig::from_toml(&(base.clone() + extra)).unwrap();
+    let routes = "[[route]]\nprefix = \"/api/\"\nprice = 100\n";
+    let (app, reloader) = Reloader::new(rig.engine.clone(), &config(routes)).unwrap();
+    let proxy = listen(app).await;
+    let url = format!("{proxy}/api/x");
+    let c = rig.client(3);
+    for _ in 0..3 {
+        assert_eq!(c.get(&url).await.unwrap().status, 200);
+    }
+    // One request per 100 s from now on.
+    let limited = format!("[limits]\nip = {{ rate = 0.01, burst = 1 }}\n{routes}");
+    reloader.reload(config(&limited)).unwrap();
+    assert_eq!(c.get(&url).await.unwrap().status, 200);
+    let refused = c.get(&url).await.unwrap();
+    assert_eq!(refused.status, 429);
+    assert!(retry_after(&refused) > 90);
+    // Limits off again.
+    reloader.reload(config(routes)).unwrap();
+    assert_eq!(c.get(&url).await.unwrap().charged(), Some(PRICE));
 }

@@ -290,9 +290,10 @@ async fn slow_stream_api() -> String {
     support::serve_local(app).await.0
 }
 
-fn token_routes(other_price: u64, description: &str) -> String {
+fn token_routes(other_price: u64, description: &str, limits: &str) -> String {
     format!(
         r#"min_deposit = "1000000"
+{limits}
 [[route]]
 prefix = "/v1/chat/completions"
 tokens = "openai"
@@ -317,12 +318,12 @@ async fn a_reload_keeps_the_live_streams_of_the_routes_it_does_not_change() {
 
     let chain = Chain::plain(&[3]).await;
     let upstream = slow_stream_api().await;
-    let config = |other_price: u64, description: &str| {
+    let config = |other_price: u64, description: &str, limits: &str| {
         let toml = chain.serve_toml("127.0.0.1:0", &upstream, "/unused")
-            + &token_routes(other_price, description);
+            + &token_routes(other_price, description, limits);
         ServeConfig::from_toml(&toml).unwrap()
     };
-    let cfg = config(1, "chat");
+    let cfg = config(1, "chat", "");
     let dir = tempfile::tempdir().unwrap();
     let store =
         SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group)).unwrap();
@@ -343,7 +344,7 @@ async fn a_reload_keeps_the_live_streams_of_the_routes_it_does_not_change() {
     let body =
         r#"{"model":"m","max_tokens":50,"stream":true,"stream_options":{"include_usage":true}}"#;
 
-    // Another route's price changes under a live stream: the stream keeps renewing.
+    // Another route's price and the limits change under a live stream: it keeps renewing.
     let mut stream = client.stream_post_json(&url, body, 100_000).await.unwrap();
     let (mut data, mut renewed, mut after_reload) = (0, 0, 0);
     let charged = loop {
@@ -352,7 +353,8 @@ async fn a_reload_keeps_the_live_streams_of_the_routes_it_does_not_change() {
             StreamEvent::Renewed(_) => {
                 renewed += 1;
                 if renewed == 1 {
-                    reloader.reload(config(2, "chat")).unwrap();
+                    let limits = "[limits]\npayer = { rate = 1000.0, burst = 1000 }\n";
+                    reloader.reload(config(2, "chat", limits)).unwrap();
                 } else {
                     after_reload += 1;
                 }
@@ -378,7 +380,7 @@ async fn a_reload_keeps_the_live_streams_of_the_routes_it_does_not_change() {
             StreamEvent::Renewed(_) => {
                 renewed += 1;
                 if renewed == 1 {
-                    reloader.reload(config(2, "chat, renamed")).unwrap();
+                    reloader.reload(config(2, "chat, renamed", "")).unwrap();
                 }
             }
             StreamEvent::RenewalSkipped { reason } => refused = Some(reason),

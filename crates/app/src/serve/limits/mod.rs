@@ -293,6 +293,10 @@ impl RouteLimits {
     }
 }
 
+/// A route's limits as configured now (`None`: none); a reload that changes only limits
+/// replaces them here and keeps the route's service.
+pub type LimitCell = Arc<parking_lot::RwLock<Option<Arc<RouteLimits>>>>;
+
 /// The payer a payment header names (channel config) and the channel of its voucher: read
 /// with the library's general decoder, not verified. A request extension from
 /// [`before_payment`] to [`after_verify`].
@@ -332,10 +336,14 @@ fn claimed(req: &Request) -> Option<Claimed> {
 
 /// `inner` (the route's payment layer) behind the address bucket and a look at the named
 /// payer's bucket.
-pub fn before_payment(limits: Arc<RouteLimits>, inner: HttpService) -> HttpService {
+pub fn before_payment(cell: LimitCell, inner: HttpService) -> HttpService {
     BoxCloneSyncService::new(tower::service_fn(move |mut req: Request| {
-        let (limits, inner) = (Arc::clone(&limits), inner.clone());
+        let limits = cell.read().clone();
+        let inner = inner.clone();
         async move {
+            let Some(limits) = limits else {
+                return inner.oneshot(req).await;
+            };
             let state = &limits.state;
             if let Some(rate) = limits.ip {
                 let ip = client_ip(req.extensions(), req.headers(), &limits.trusted);
@@ -363,11 +371,15 @@ pub fn before_payment(limits: Arc<RouteLimits>, inner: HttpService) -> HttpServi
 /// `inner` (what a paid request runs) behind the verified payer's bucket and free tier. Runs
 /// as the payment layer's handler: only once the engine verified the voucher and holds its
 /// channel; an answer ≥ 400 from here is charged nothing.
-pub fn after_verify(limits: Arc<RouteLimits>, ledger: Ledger, inner: HttpService) -> HttpService {
+pub fn after_verify(cell: LimitCell, ledger: Ledger, inner: HttpService) -> HttpService {
     BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
-        let (limits, ledger, inner) = (Arc::clone(&limits), ledger.clone(), inner.clone());
+        let limits = cell.read().clone();
+        let (ledger, inner) = (ledger.clone(), inner.clone());
         async move {
-            if let Some(payer) = verified_payer(&req, &ledger) {
+            if let Some(limits) = limits
+                && limits.checks_verified_payer()
+                && let Some(payer) = verified_payer(&req, &ledger)
+            {
                 let state = &limits.state;
                 let key = (limits.route, payer);
                 if let Some(rate) = limits.payer

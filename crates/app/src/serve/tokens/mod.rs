@@ -269,7 +269,7 @@ pub(super) fn route_service<S: Store + 'static>(
     r: &RouteConfig,
     upstream: Arc<Upstream>,
     public_url: Option<&str>,
-    limits: Option<Arc<super::limits::RouteLimits>>,
+    limits: super::limits::LimitCell,
 ) -> Result<BoxCloneSyncService<Request, Response, Infallible>, String> {
     let route = Arc::new(TokenRoute::new(r)?);
     let price = Price::Dynamic(Arc::new(|req: &Request| {
@@ -292,10 +292,7 @@ pub(super) fn route_service<S: Store + 'static>(
         }))
     };
     // The verified payer's bucket (a token route has no free tier: its handler charges usage).
-    let handler = match limits {
-        Some(l) if l.checks_verified_payer() => super::limits::after_verify(l, ledger, handler),
-        _ => handler,
-    };
+    let handler = super::limits::after_verify(limits, ledger, handler);
     let once = BoxCloneSyncService::new(layer.clone().layer(handler.clone()));
     let mut streaming = layer.streaming();
     if route.stream_increment_tokens.is_none() {
