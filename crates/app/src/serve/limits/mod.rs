@@ -297,8 +297,8 @@ impl RouteLimits {
 /// replaces them here and keeps the route's service.
 pub type LimitCell = Arc<parking_lot::RwLock<Option<Arc<RouteLimits>>>>;
 
-/// The payer a payment header names (channel config) and the channel of its voucher: read
-/// with the library's general decoder, not verified. A request extension from
+/// The payer a payment header names (channel config) and the channel of its voucher, read
+/// by the engine's own readers ([`named_payer`]), not verified. A request extension from
 /// [`before_payment`] to [`after_verify`].
 #[derive(Clone, Copy, Debug)]
 struct Claimed {
@@ -310,28 +310,34 @@ struct Claimed {
 /// money back) and stream renewals (extending a stream already admitted, which no handler
 /// runs for) are not limited by payer.
 fn claimed(req: &Request) -> Option<Claimed> {
-    if req.headers().contains_key(STREAM_ID_HEADER) {
+    named_payer(req.headers()).map(|(payer, channel)| Claimed { payer, channel })
+}
+
+/// The payer and channel a voucher or deposit header names, unverified: what the payer
+/// limits key on (see [`claimed`]'s rules).
+pub fn named_payer(headers: &http::HeaderMap) -> Option<(Address, ChannelId)> {
+    if headers.contains_key(STREAM_ID_HEADER) {
         return None;
     }
-    let raw = req.headers().get(PAYMENT_SIGNATURE)?;
+    let raw = headers.get(PAYMENT_SIGNATURE)?;
     let json = decode_header_bytes(raw.as_bytes(), MAX_PAYMENT_HEADER_BYTES).ok()?;
     // The engine's one-pass reader first (it answers only what the general decoder reads
     // the same way), then the general decoder.
     if let Some(view) = VoucherView::parse(&json) {
-        return Some(Claimed {
-            payer: view.channel_config.payer,
-            channel: ChannelId(view.voucher.channel_id),
-        });
+        return Some((
+            view.channel_config.payer,
+            ChannelId(view.voucher.channel_id),
+        ));
     }
     let payload: PaymentPayload = serde_json::from_slice(&json).ok()?;
     let batch = BatchPayload::parse(&payload.payload).ok()?;
     if matches!(batch, BatchPayload::Refund { .. }) {
         return None;
     }
-    Some(Claimed {
-        payer: batch.channel_config().payer,
-        channel: ChannelId(batch.voucher().channel_id),
-    })
+    Some((
+        batch.channel_config().payer,
+        ChannelId(batch.voucher().channel_id),
+    ))
 }
 
 /// `inner` (the route's payment layer) behind the address bucket and a look at the named
@@ -403,9 +409,9 @@ pub fn after_verify(cell: LimitCell, ledger: Ledger, inner: HttpService) -> Http
 
 /// The payer of the voucher the engine verified for this request: the ledger's record of
 /// the channel the header names, held now (by this request), whose payer is the one the
-/// header named. The header was parsed by the engine's own decoder and its channel id is
-/// the hash of its config, so the two agree; if they ever did not, nothing is taken and
-/// nothing is free.
+/// header named. The header was read by the engine's own readers and its channel id is the
+/// hash of its config, so the two agree; if they ever did not, nothing is taken and nothing
+/// is free.
 fn verified_payer(req: &Request, ledger: &Ledger) -> Option<Address> {
     let c = req.extensions().get::<Claimed>()?;
     let record = ledger.record(&c.channel)?;
