@@ -180,8 +180,10 @@ fn command_error(e: impl std::fmt::Display) -> crate::Error {
 fn serve(args: &ServeArgs) -> crate::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| command_error(format!("{}: {e}", args.config.display())))?;
-    let cfg = crate::serve::ServeConfig::from_toml(&text)
+    let mut cfg = crate::serve::ServeConfig::from_toml(&text)
         .map_err(|e| command_error(format!("{}: {e}", args.config.display())))?;
+    // SIGHUP reads it again (routes, prices, limits).
+    cfg.source = Some(args.config.clone());
     let relayer = parse_key(&args.relayer_key, "relayer")?;
     let authorizer = parse_key(&args.authorizer_key, "receiver authorizer")?;
     runtime()?

@@ -13,6 +13,7 @@ use super::knobs::{
     ColdReadKnobs, DepositKnobs, HttpKnobs, PostgresKnobs, RefundKnobs, SettlementKnobs, TxKnobs,
     WatcherKnobs,
 };
+use super::limits::{FreeTierKnobs, LimitKnobs, RouteLimitKnobs};
 use super::request_target;
 pub use super::tokens::{ModelPrice, TokenApi};
 use x402_upto::engine::EngineConfig;
@@ -102,11 +103,17 @@ pub struct ServeConfig {
     /// `[admin]`: the admin API and dashboard on their own listener (off without it).
     #[serde(default)]
     pub admin: Option<super::admin::AdminKnobs>,
+    /// `[limits]`: rate limits of the priced routes, trusted reverse proxies.
+    #[serde(default)]
+    pub limits: LimitKnobs,
+    /// The file this configuration was read from: `serve` reads it again on SIGHUP.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// One priced path prefix: a fixed `price`, or priced by tokens (`tokens = "openai"` or
 /// `"anthropic"` with a `models` table; see [`super::tokens`]).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Path prefix, e.g. `/api/` (longest prefix wins).
@@ -140,6 +147,12 @@ pub struct RouteConfig {
     /// renewal before it is cut (seconds).
     #[serde(default = "default_renewal_grace")]
     pub renewal_grace_secs: u64,
+    /// This route's rate limits instead of `[limits]`'s.
+    #[serde(default)]
+    pub limits: Option<RouteLimitKnobs>,
+    /// Requests per period per payer served without charge (fixed-price routes).
+    #[serde(default)]
+    pub free_tier: Option<FreeTierKnobs>,
 }
 
 fn default_renewal_grace() -> u64 {
@@ -358,7 +371,9 @@ impl ServeConfig {
                 ));
             }
             r.check_kind()?;
+            super::limits::check_route(&r.prefix, r.limits, r.free_tier, r.price.is_some())?;
         }
+        self.limits.check()?;
         Ok(())
     }
 

@@ -69,7 +69,7 @@ pub async fn serve_connections(
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -78,6 +78,7 @@ pub async fn serve_connections(
                 }
             },
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Tracked {
@@ -89,7 +90,11 @@ pub async fn serve_connections(
             let app = app.clone();
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let in_flight = InFlight::enter(Arc::clone(&activity));
-                let call = app.clone().oneshot(req.map(Body::new));
+                let mut req = req.map(Body::new);
+                // The peer's address, for the rate limits by client address.
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let call = app.clone().oneshot(req);
                 async move {
                     let response = call.await;
                     drop(in_flight);

@@ -11,7 +11,9 @@
 //! | [`config`] | the TOML file: [`ServeConfig`], [`RouteConfig`] |
 //! | [`knobs`] | its tables: settlement, refunds, watcher, tx, cold reads, http, deposits |
 //! | [`proxy`] | [`proxy_router`]: pricing by prefix, dispatch, forwarding upstream |
+//! | [`limits`] | rate limits by address and payer, the free tier |
 //! | [`listener`] | connection limits and timeouts around hyper |
+//! | [`reload`] | SIGHUP: routes, prices and limits swapped without dropping a request |
 //! | [`request_target`] | request-target normalisation |
 //! | [`tokens`] | routes priced by tokens (OpenAI / Anthropic APIs): quote, `usage`, streams |
 //! | `cluster` | several instances on one PostgreSQL store: the settler lease, cache refresh |
@@ -21,8 +23,10 @@ pub mod admin;
 mod cluster;
 pub mod config;
 pub mod knobs;
+pub mod limits;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod request_target;
 pub mod tokens;
 
@@ -364,12 +368,23 @@ async fn serve_app<S: x402_upto::store::Store + 'static>(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let app = proxy_router(engine, cfg)?;
+    let (app, reloader) = reload::Reloader::new(engine, cfg)?;
+    // Reloads only when the configuration came from a file (`serve --config`).
+    #[cfg(unix)]
+    let reloading = cfg
+        .source
+        .clone()
+        .map(|path| tokio::spawn(reload::on_sighup(std::sync::Arc::new(reloader), path)));
     let local = listener
         .local_addr()
         .map_or_else(|_| cfg.listen.clone(), |a| a.to_string());
     tracing::info!(listen = %local, upstream = %cfg.upstream, "serving");
-    serve_connections(listener, app, cfg.http.connection_limits(), shutdown)
+    let served = serve_connections(listener, app, cfg.http.connection_limits(), shutdown)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    #[cfg(unix)]
+    if let Some(task) = reloading {
+        task.abort();
+    }
+    served
 }

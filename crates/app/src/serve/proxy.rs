@@ -13,8 +13,9 @@ use http::{HeaderName, StatusCode};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
-use super::config::ServeConfig;
+use super::config::{RouteConfig, ServeConfig};
 use super::knobs::HttpKnobs;
+use super::limits::{Cidr, LimitCell, LimitState, RouteLimits, after_verify, before_payment};
 use super::request_target::{self, RequestTarget};
 use x402_upto::engine::Engine;
 use x402_upto::server::{ActualCharge, PaymentLayer};
@@ -81,19 +82,51 @@ impl Upstream {
     }
 }
 
-type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
+pub(super) type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
 
 /// What the proxy routes on: each priced prefix's service, longest prefix first, and the
-/// free forwarder.
+/// free forwarder. Built whole from one configuration; a reload swaps in another.
 #[derive(Clone)]
-struct Proxy {
+pub(super) struct Proxy {
     routes: Arc<Vec<(String, HttpService)>>,
     free: HttpService,
     upstream: Arc<Upstream>,
     max_target_bytes: usize,
     /// `resource.url` is built from this origin; without it, from a validated `Host`.
     public_url: Option<String>,
+    /// What the services were built from, so a reload keeps the services (and the live
+    /// streams they hold) of the routes it does not change.
+    built: Arc<Built>,
 }
+
+/// The configuration a [`Proxy`]'s services depend on.
+struct Built {
+    upstream: String,
+    public_url: Option<String>,
+    http: HttpKnobs,
+    routes: Vec<BuiltRoute>,
+}
+
+/// One priced route's service, what it was built from, and the cell its limits are read
+/// from (a reload that changes only limits updates the cell and keeps the service).
+struct BuiltRoute {
+    config: RouteConfig,
+    limits: LimitCell,
+    service: HttpService,
+}
+
+/// A route's configuration apart from its limits: what its service is built from.
+fn service_config(r: &RouteConfig) -> RouteConfig {
+    RouteConfig {
+        limits: None,
+        free_tier: None,
+        ..r.clone()
+    }
+}
+
+/// The proxy being served: read once per request (a request finishes on the proxy it
+/// started with), replaced whole by a reload.
+pub(super) type ProxySlot = Arc<parking_lot::RwLock<Arc<Proxy>>>;
 
 /// The proxy router: the request target is normalised once ([`request_target`]); the
 /// normalised path picks the price (the longest matching prefix, by whole segments, the
@@ -103,52 +136,140 @@ pub fn proxy_router<S: Store + 'static>(
     engine: Engine<S>,
     cfg: &ServeConfig,
 ) -> Result<Router, String> {
-    let upstream = Arc::new(Upstream::new(&cfg.upstream, &cfg.http)?);
-    let forwarder = {
-        let up = Arc::clone(&upstream);
-        tower::service_fn(move |req: Request| {
-            let up = Arc::clone(&up);
-            async move { Ok::<_, Infallible>(forward(&up, req).await) }
-        })
+    let state = Arc::new(LimitState::new(cfg.limits.max_tracked));
+    let proxy = build_proxy(&engine, cfg, &state, None)?;
+    Ok(router(Arc::new(parking_lot::RwLock::new(Arc::new(proxy)))))
+}
+
+/// The router over whatever proxy `slot` holds at each request.
+pub(super) fn router(slot: ProxySlot) -> Router {
+    Router::new().fallback(dispatch).with_state(slot)
+}
+
+/// Builds the routes of `cfg`. A route whose settings apart from its limits (and the
+/// upstream, `public_url` and `[http]` its service depends on) are unchanged from
+/// `previous` keeps its service, with its limits replaced in place.
+pub(super) fn build_proxy<S: Store + 'static>(
+    engine: &Engine<S>,
+    cfg: &ServeConfig,
+    state: &Arc<LimitState>,
+    previous: Option<&Proxy>,
+) -> Result<Proxy, String> {
+    let same_base = previous.filter(|p| {
+        p.built.upstream == cfg.upstream
+            && p.built.public_url == cfg.public_url
+            && p.built.http == cfg.http
+    });
+    let upstream = match same_base {
+        Some(p) => Arc::clone(&p.upstream),
+        None => Arc::new(Upstream::new(&cfg.upstream, &cfg.http)?),
     };
+    let forwarder = match same_base {
+        Some(p) => p.free.clone(),
+        None => {
+            let up = Arc::clone(&upstream);
+            BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
+                let up = Arc::clone(&up);
+                async move { Ok::<_, Infallible>(forward(&up, req).await) }
+            }))
+        }
+    };
+    let trusted: Arc<[Cidr]> = cfg.limits.trusted()?.into();
+    let mut built = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for r in &cfg.routes {
         let prefix = request_target::route_prefix(&r.prefix)
             .ok_or_else(|| format!("route prefix {:?} is not a normalised path", r.prefix))?;
-        let service = match r.price {
-            None => super::tokens::route_service(
-                engine.clone(),
-                r,
-                Arc::clone(&upstream),
-                cfg.public_url.as_deref(),
-            )?,
-            Some(price) => {
-                let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(price));
-                if let Some(d) = &r.description {
-                    layer = layer.with_description(d.clone());
-                }
-                if let Some(base) = &cfg.public_url {
-                    layer = layer.with_base_url(base.clone());
-                }
-                BoxCloneSyncService::new(layer.layer(forwarder.clone()))
+        let limits = RouteLimits::of(
+            &prefix,
+            &cfg.limits,
+            r.limits,
+            r.free_tier,
+            Arc::clone(&trusted),
+            state,
+        );
+        let wanted = service_config(r);
+        let kept = same_base.and_then(|p| {
+            p.built
+                .routes
+                .iter()
+                .find(|old| service_config(&old.config) == wanted)
+        });
+        let (cell, service) = match kept {
+            Some(old) => {
+                *old.limits.write() = limits;
+                (Arc::clone(&old.limits), old.service.clone())
+            }
+            None => {
+                let cell: LimitCell = Arc::new(parking_lot::RwLock::new(limits));
+                let service = route_service(engine, cfg, r, &upstream, &forwarder, &cell)?;
+                (cell, service)
             }
         };
-        routes.push((prefix, service));
+        routes.push((prefix, service.clone()));
+        built.push(BuiltRoute {
+            config: r.clone(),
+            limits: cell,
+            service,
+        });
     }
     // Longest prefix first, so the first match is the most specific price.
     routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-    let proxy = Proxy {
+    Ok(Proxy {
         routes: Arc::new(routes),
-        free: BoxCloneSyncService::new(forwarder),
+        free: forwarder,
         upstream,
         max_target_bytes: cfg.http.max_target_bytes,
         public_url: cfg.public_url.clone(),
+        built: Arc::new(Built {
+            upstream: cfg.upstream.clone(),
+            public_url: cfg.public_url.clone(),
+            http: cfg.http.clone(),
+            routes: built,
+        }),
+    })
+}
+
+/// A priced route's service: its limits around the payment layer, and the verified
+/// payer's around what it runs.
+fn route_service<S: Store + 'static>(
+    engine: &Engine<S>,
+    cfg: &ServeConfig,
+    r: &RouteConfig,
+    upstream: &Arc<Upstream>,
+    forwarder: &HttpService,
+    limits: &LimitCell,
+) -> Result<HttpService, String> {
+    let paid = match r.price {
+        None => super::tokens::route_service(
+            engine.clone(),
+            r,
+            Arc::clone(upstream),
+            cfg.public_url.as_deref(),
+            Arc::clone(limits),
+        )?,
+        Some(price) => {
+            let mut layer = PaymentLayer::fixed(engine.clone(), u128::from(price));
+            if let Some(d) = &r.description {
+                layer = layer.with_description(d.clone());
+            }
+            if let Some(base) = &cfg.public_url {
+                layer = layer.with_base_url(base.clone());
+            }
+            let handler = after_verify(
+                Arc::clone(limits),
+                engine.ledger().clone(),
+                forwarder.clone(),
+            );
+            BoxCloneSyncService::new(layer.layer(handler))
+        }
     };
-    Ok(Router::new().fallback(dispatch).with_state(proxy))
+    Ok(before_payment(Arc::clone(limits), paid))
 }
 
 /// Normalises the target, checks `Host`, then hands the request to its route's service.
-async fn dispatch(State(proxy): State<Proxy>, mut req: Request) -> Response {
+async fn dispatch(State(slot): State<ProxySlot>, mut req: Request) -> Response {
+    let proxy = Arc::clone(&slot.read());
     let raw = req.uri().path_and_query().map_or("", |p| p.as_str());
     let target = match request_target::normalize(raw, proxy.max_target_bytes) {
         Ok(t) => t,

@@ -309,7 +309,7 @@ fn len(body: &str) -> u128 {
 }
 
 /// Reads a paid stream to its end: the data events, the renewals, the final charge.
-async fn drain(mut stream: PaidStream<'_>) -> (usize, usize, usize, u128) {
+pub(crate) async fn drain(mut stream: PaidStream<'_>) -> (usize, usize, usize, u128) {
     let (mut data, mut renewed, mut skipped) = (0, 0, 0);
     while let Some(event) = stream.next().await {
         match event.unwrap() {

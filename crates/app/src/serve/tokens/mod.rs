@@ -269,12 +269,14 @@ pub(super) fn route_service<S: Store + 'static>(
     r: &RouteConfig,
     upstream: Arc<Upstream>,
     public_url: Option<&str>,
+    limits: super::limits::LimitCell,
 ) -> Result<BoxCloneSyncService<Request, Response, Infallible>, String> {
     let route = Arc::new(TokenRoute::new(r)?);
     let price = Price::Dynamic(Arc::new(|req: &Request| {
         // Every request the layers see was quoted, except renewals (priced by their stream).
         req.extensions().get::<Quote>().map_or(0, |q| q.price)
     }));
+    let ledger = engine.ledger().clone();
     let mut layer = PaymentLayer::new(engine, price);
     if let Some(d) = &r.description {
         layer = layer.with_description(d.clone());
@@ -284,11 +286,13 @@ pub(super) fn route_service<S: Store + 'static>(
     }
     let handler = {
         let (up, route) = (Arc::clone(&upstream), Arc::clone(&route));
-        service_fn(move |req: Request| {
+        BoxCloneSyncService::new(service_fn(move |req: Request| {
             let (up, route) = (Arc::clone(&up), Arc::clone(&route));
             async move { Ok::<_, Infallible>(answer(&up, &route, req).await) }
-        })
+        }))
     };
+    // The verified payer's bucket (a token route has no free tier: its handler charges usage).
+    let handler = super::limits::after_verify(limits, ledger, handler);
     let once = BoxCloneSyncService::new(layer.clone().layer(handler.clone()));
     let mut streaming = layer.streaming();
     if route.stream_increment_tokens.is_none() {
