@@ -127,7 +127,7 @@ pub(super) async fn on_sighup<S: Store + 'static>(
 /// `max_target_bytes`) is reloadable.
 pub fn unreloadable_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
     let (oh, nh) = (&old.http, &new.http);
-    let checks: [(&'static str, bool); 28] = [
+    let checks: [(&'static str, bool); 29] = [
         ("listen", old.listen == new.listen),
         ("rpc", old.rpc == new.rpc),
         ("chain_id", old.chain_id == new.chain_id),
@@ -152,6 +152,8 @@ pub fn unreloadable_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<&'stati
         ),
         ("postgres", old.postgres == new.postgres),
         ("metrics_listen", old.metrics_listen == new.metrics_listen),
+        // The admin listener, its token variable and its rings are set up once, at start.
+        ("admin", old.admin == new.admin),
         ("settlement", old.settlement == new.settlement),
         ("refunds", old.refunds == new.refunds),
         ("watcher", old.watcher == new.watcher),

@@ -258,6 +258,8 @@ store = "./data/channels"
     );
     let store = parse("", ("./data/channels", "./elsewhere"));
     assert_eq!(unreloadable_changes(&old, &store), vec!["store"]);
+    let admin = parse("[admin]\nlisten = \"127.0.0.1:9470\"\n", ("", ""));
+    assert_eq!(unreloadable_changes(&old, &admin), vec!["admin"]);
 }
 
 /// A fake OpenAI API whose streams send ten deltas 60 ms apart, then their usage.
