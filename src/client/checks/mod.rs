@@ -81,6 +81,12 @@ pub(super) fn check(
     match response {
         Response::Paid { settle, deposit } => check_paid(state, terms, settle, deposit),
         Response::Failed { settle, deposit } => {
+            if !settle.success {
+                // A failure receipt (the server could not settle: its store or chain was
+                // down) states nothing about the channel: nothing to take in, nothing
+                // dishonest. The next request meets the server's state (a corrective 402).
+                return Ok(state.clone());
+            }
             let charged = settle.extra.as_ref().and_then(|e| e.charged_amount);
             if charged.is_some_and(|c| c != 0) {
                 return Err(Cheat("charged a failed request"));

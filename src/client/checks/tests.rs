@@ -296,6 +296,16 @@ fn a_failed_request_charges_nothing() {
     assert_eq!((next.charged, next.deposited), (0, 2000));
     let charging = f.receipt(0, 1);
     assert_eq!(cheat(failed(&charging)), "charged a failed request");
+    // A receipt saying the settlement itself failed (503 while the store is down) has no
+    // channel state: the client keeps its own, and does not call the server a cheat.
+    let refused = SettleResponse {
+        success: false,
+        error_reason: Some("unexpected_settle_error".into()),
+        extra: None,
+        ..f.receipt(0, 0)
+    };
+    let kept = failed(&refused).expect("a failure receipt is not a cheat");
+    assert_eq!((kept.charged, kept.deposited), (0, 0));
 }
 
 fn stream(
