@@ -1,4 +1,5 @@
-//! The claim and sweep scheduler.
+//! The claim and sweep scheduler (`task.rs`: the task loop and its handle; `hooks.rs`: events
+//! told to an observer, the gate asked before acting).
 //!
 //! One task owns all claiming, so batches never race each other for the same channel. Each
 //! round: reconcile whatever the journal still holds, pick the due channels, claim them in
@@ -15,20 +16,22 @@ use alloy::providers::Provider;
 use alloy_primitives::Address;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::chain::escrow::{ChainError, EscrowClient};
 use crate::chain::tx::TxError;
 use crate::clock::unix_now;
 use crate::ledger::{Claimable, Ledger};
-use crate::settlement::{
-    RefundError, RefundPolicy, Refunded, refund_channel, refund_idle, sync_all, unclaimed_of,
-};
+use crate::settlement::{RefundError, RefundPolicy, Refunded, refund_channel, unclaimed_of};
 use crate::store::{BatchState, ClaimJournal, JournalEntry, SettlementStore, SledStore};
 use crate::telemetry;
 use crate::typed_data::ChannelId;
+
+mod hooks;
+mod task;
+
+pub use hooks::{Gate, Observer, SettlementEvent};
+pub use task::SettlementHandle;
 
 /// When to claim and sweep.
 #[derive(Clone, Debug)]
@@ -108,60 +111,6 @@ pub struct Settlement<S: SettlementStore = SledStore> {
     observer: Option<Observer>,
 }
 
-/// What the scheduler did on chain, as told to an [`Observer`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SettlementEvent {
-    /// A claim batch was mined.
-    Claimed {
-        /// Journal batch id.
-        batch: u64,
-        /// The transaction.
-        tx_hash: alloy_primitives::B256,
-        /// Its block.
-        block: Option<u64>,
-        /// Rows in the batch.
-        rows: usize,
-        /// Added to on-chain `totalClaimed`, per the mirror before the claim.
-        amount: u128,
-        /// Gas used.
-        gas_used: u64,
-    },
-    /// Claimed funds were swept to the receiver.
-    Swept {
-        /// The transaction.
-        tx_hash: alloy_primitives::B256,
-        /// Receiver.
-        receiver: Address,
-        /// Amount swept.
-        amount: u128,
-        /// Gas used.
-        gas_used: u64,
-    },
-    /// A channel's remainder was refunded to its payer.
-    Refunded(Refunded),
-}
-
-/// A callback told of every [`SettlementEvent`]; see [`Settlement::with_observer`]. It runs
-/// on the settlement task: keep it short and non-blocking.
-#[derive(Clone)]
-pub struct Observer(pub Arc<dyn Fn(&SettlementEvent) + Send + Sync>);
-
-impl std::fmt::Debug for Observer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Observer")
-    }
-}
-
-/// Whether this instance may act on chain now; see [`Settlement::with_gate`].
-#[derive(Clone)]
-pub struct Gate(pub Arc<dyn Fn() -> bool + Send + Sync>);
-
-impl std::fmt::Debug for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Gate")
-    }
-}
-
 /// Idle-channel refunds run by the scheduler task (so never concurrently with a claim).
 #[derive(Debug)]
 struct Refunds<S> {
@@ -207,7 +156,7 @@ impl<S: SettlementStore> Settlement<S> {
         }
     }
 
-    /// Also refunds idle channels per `policy` every `every` (see [`refund_idle`]); the
+    /// Also refunds idle channels per `policy` every `every` (see [`refund_idle`](crate::settlement::refund_idle)); the
     /// store is where refunded-out channels are deleted.
     pub fn with_refunds(mut self, store: Arc<S>, policy: RefundPolicy, every: Duration) -> Self {
         self.refunds = Some(Refunds {
@@ -598,71 +547,6 @@ impl<S: SettlementStore> Settlement<S> {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
-
-    /// Starts the scheduler task: reconcile the journal, re-read every channel (a
-    /// withdrawal may have started while we were down), claim what is due at once, then
-    /// loop on ticks and wake-ups.
-    pub fn spawn(self) -> SettlementHandle<S> {
-        let inner = Arc::new(self);
-        let stop = CancellationToken::new();
-        let task = {
-            let inner = Arc::clone(&inner);
-            let stop = stop.clone();
-            tokio::spawn(async move { inner.run(stop).await })
-        };
-        SettlementHandle { inner, stop, task }
-    }
-
-    async fn run(&self, stop: CancellationToken) {
-        let (synced, err) = sync_all(&self.ledger, &self.client).await;
-        tracing::info!(synced, failed = err.is_some(), "settlement started");
-        loop {
-            let acting = self.acting.lock().await;
-            let report = self.claim_round(false).await;
-            if report.batches > 0 || report.failed_rows > 0 {
-                tracing::info!(?report, "claim round");
-            }
-            if self.journal.store().is_shared() {
-                super::publish_mirrors(&**self.journal.store(), &self.ledger).await;
-            }
-            if !self.may_act() {
-                drop(acting);
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(self.config.tick) => {}
-                }
-                continue;
-            }
-            let settle_due =
-                self.timers.lock().last_settle.elapsed() >= self.config.settle_interval;
-            if settle_due && let Err(e) = self.settle_round().await {
-                tracing::warn!(error = %e, "settle failed; retrying next interval");
-            }
-            if let Some(r) = &self.refunds {
-                let due = self.timers.lock().last_refund.elapsed() >= r.every;
-                if due {
-                    let done = refund_idle(&self.ledger, &r.store, &self.client, &r.policy).await;
-                    self.timers.lock().last_refund = Instant::now();
-                    for refunded in done.iter().flatten() {
-                        self.observe(SettlementEvent::Refunded(refunded.clone()));
-                    }
-                    if !done.is_empty() {
-                        tracing::info!(
-                            refunds = done.iter().filter(|d| d.is_ok()).count(),
-                            failed = done.iter().filter(|d| d.is_err()).count(),
-                            "idle-channel refunds"
-                        );
-                    }
-                }
-            }
-            drop(acting);
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.tick) => {}
-            }
-        }
-    }
 }
 
 /// When the row's latest charge was made (for the latency metric).
@@ -671,36 +555,4 @@ fn row_time(ledger: &Ledger, row: &Claimable) -> u64 {
         .record(&row.channel_id)
         .map(|r| r.last_request_at)
         .unwrap_or(0)
-}
-
-/// A running scheduler.
-#[derive(Debug)]
-pub struct SettlementHandle<S: SettlementStore = SledStore> {
-    inner: Arc<Settlement<S>>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl<S: SettlementStore> SettlementHandle<S> {
-    /// Makes the scheduler run a round now (e.g. the watcher or the HTTP layer saw a
-    /// withdrawal being initiated).
-    pub fn wake(&self) {
-        self.inner.wake();
-    }
-
-    /// The `Notify` behind [`Self::wake`], for components that only need to wake it.
-    pub fn waker(&self) -> Arc<Notify> {
-        Arc::clone(&self.inner.wake)
-    }
-
-    /// The scheduler itself (forced rounds, journal inspection).
-    pub fn settlement(&self) -> &Arc<Settlement<S>> {
-        &self.inner
-    }
-
-    /// Stops the task after its current round.
-    pub async fn shutdown(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
 }
