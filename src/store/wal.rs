@@ -20,11 +20,19 @@
 //!   (a removal).
 //!
 //! The file grows by writing zeros ([`GROW_BYTES`] at a time, synced), never with holes, so
-//! an `fdatasync` after a frame has no block allocation or size change to commit.
+//! a frame's write has no block allocation or size change to commit.
+//!
+//! Frames are written with `O_DIRECT | O_DSYNC` where the file system allows it: one
+//! `pwrite` of whole 4 KiB blocks that returns once the blocks are on stable storage, with no
+//! page cache and no separate `fdatasync` (49 against 74 µs per commit on this machine's
+//! disk, and less CPU on the store thread: docs/benchmarks.md). A commit that ends inside a
+//! block rewrites that block next time with the same leading bytes, so a torn rewrite leaves
+//! every acknowledged byte as it was. Where `O_DIRECT` is refused (`EINVAL`), frames go
+//! through the page cache and `fdatasync`, as durable and slower.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// File name of the log inside the store directory.
@@ -37,6 +45,9 @@ const SLOT_B: u64 = 512;
 const DATA_START: u64 = 4096;
 /// The file is extended by this much of zeros when a batch would pass its end.
 const GROW_BYTES: u64 = 8 << 20;
+/// Unit of a direct write: offset, length and buffer address are multiples of it (4 KiB
+/// covers devices with 512-byte and 4 KiB logical blocks).
+const BLOCK: usize = 4096;
 /// Frame header: len, epoch, crc.
 const FRAME_HEADER: usize = 16;
 /// No single write is larger (a record is ~200 bytes); a bigger length is garbage.
@@ -70,6 +81,40 @@ pub(crate) struct WriteAheadLog {
     len: u64,
     /// Frames of the batch being built.
     buf: Vec<u8>,
+    /// The file opened with `O_DIRECT | O_DSYNC`, for frames; `None` where refused.
+    direct: Option<File>,
+    /// Block-aligned staging for direct writes.
+    staging: AlignedBuf,
+    /// The bytes of this epoch already in the block that holds `end` (`end % BLOCK` of them):
+    /// a direct write rewrites that block whole.
+    tail: Vec<u8>,
+}
+
+/// A byte buffer whose usable part starts at a [`BLOCK`] boundary (over-allocated and
+/// offset, so no unsafe allocation is needed).
+#[derive(Debug, Default)]
+struct AlignedBuf {
+    raw: Vec<u8>,
+    offset: usize,
+}
+
+impl AlignedBuf {
+    /// `len` bytes starting at a block boundary (contents unspecified).
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.raw.len() < self.offset + len {
+            self.raw = vec![0; len + BLOCK];
+            self.offset = self.raw.as_ptr().align_offset(BLOCK);
+        }
+        &mut self.raw[self.offset..self.offset + len]
+    }
+}
+
+fn align_down(at: u64) -> u64 {
+    at - at % BLOCK as u64
+}
+
+fn align_up(at: u64) -> u64 {
+    at.div_ceil(BLOCK as u64) * BLOCK as u64
 }
 
 impl WriteAheadLog {
@@ -83,6 +128,11 @@ impl WriteAheadLog {
             .truncate(false)
             .open(&path)?;
         let len = file.metadata()?.len();
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+            .open(&path)
+            .ok();
         let mut log = Self {
             path,
             file,
@@ -91,6 +141,9 @@ impl WriteAheadLog {
             end: DATA_START,
             len,
             buf: Vec::with_capacity(64 << 10),
+            direct,
+            staging: AlignedBuf::default(),
+            tail: Vec::with_capacity(BLOCK),
         };
         let header = if len < DATA_START {
             None
@@ -147,25 +200,55 @@ impl WriteAheadLog {
         self.buf[start + 12..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Writes the batch built with [`Self::push`] and `fdatasync`s it. On error nothing of it
-    /// counts as written (the position stays; the caller stops acknowledging).
+    /// Writes the batch built with [`Self::push`] durably (a direct synchronous write, or a
+    /// write and `fdatasync`). On error nothing of it counts as written (the position stays;
+    /// the caller stops acknowledging).
     pub(crate) fn commit(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let need = self.end + self.buf.len() as u64;
-        if need > self.len {
-            self.grow(need + GROW_BYTES)?;
+        if align_up(need) > self.len {
+            self.grow(align_up(need) + GROW_BYTES)?;
         }
-        let result = self
-            .file
-            .write_all_at(&self.buf, self.end)
-            .and_then(|()| self.file.sync_data());
+        let mut result = self.write_direct();
+        if let Err(e) = &result
+            && e.raw_os_error() == Some(libc::EINVAL)
+        {
+            // The file system takes no direct I/O at this alignment: use the page cache.
+            tracing::warn!(path = %self.path.display(), "O_DIRECT refused; the log falls back to write + fdatasync");
+            self.direct = None;
+            result = self.write_direct();
+        }
         if result.is_ok() {
             self.end = need;
         }
         self.buf.clear();
         result
+    }
+
+    /// One commit's write: the blocks from the one holding `end` to the batch's last, whole,
+    /// with `O_DIRECT | O_DSYNC`; or, without a direct handle, the frames and `fdatasync`.
+    fn write_direct(&mut self) -> io::Result<()> {
+        let Some(direct) = &self.direct else {
+            return self
+                .file
+                .write_all_at(&self.buf, self.end)
+                .and_then(|()| self.file.sync_data());
+        };
+        let start = align_down(self.end);
+        let head = self.tail.len();
+        let used = head + self.buf.len();
+        let out = self.staging.get(align_up(used as u64) as usize);
+        out[..head].copy_from_slice(&self.tail);
+        out[head..used].copy_from_slice(&self.buf);
+        // Past the frames: zeros (an empty frame ends the replay).
+        out[used..].fill(0);
+        direct.write_all_at(out, start)?;
+        let last = used - used % BLOCK;
+        self.tail.clear();
+        self.tail.extend_from_slice(&out[last..used]);
+        Ok(())
     }
 
     /// Starts a new epoch: every write logged so far must already be durable elsewhere
@@ -174,6 +257,7 @@ impl WriteAheadLog {
         let next = if self.slot == 0 { SLOT_B } else { 0 };
         self.write_header(next, self.epoch + 1)?;
         self.end = DATA_START;
+        self.tail.clear();
         Ok(())
     }
 
@@ -230,6 +314,9 @@ impl WriteAheadLog {
             at += size;
         }
         self.end = DATA_START + at as u64;
+        let block = usize::try_from(align_down(self.end) - DATA_START).unwrap_or(0);
+        self.tail.clear();
+        self.tail.extend_from_slice(&data[block..at]);
         Ok(ops)
     }
 
@@ -381,6 +468,70 @@ mod tests {
         let (log, found) = WriteAheadLog::open(dir.path()).expect("reopen");
         assert_eq!(log.epoch, 2);
         assert_eq!(found, vec![put(9, b"nine")]);
+    }
+
+    /// Many small commits, some ending inside a block and some across block edges, with a
+    /// reopen between rounds (the reopened log rebuilds the partial block it rewrites next).
+    fn small_commits_replay_after_each_reopen(direct: bool) {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut all = Vec::new();
+        for round in 0..3u8 {
+            let (mut log, found) = WriteAheadLog::open(dir.path()).expect("open");
+            assert_eq!(found, all, "round {round}");
+            if !direct {
+                log.direct = None;
+            }
+            for i in 0..60u8 {
+                let op = put(i, &vec![round ^ i; 40 + 37 * usize::from(i % 9)]);
+                log_ops(&mut log, std::slice::from_ref(&op));
+                all.push(op);
+            }
+            if round == 1 {
+                log_ops(&mut log, &[LoggedOp::Remove { key: [3; 32] }]);
+                all.push(LoggedOp::Remove { key: [3; 32] });
+            }
+        }
+        let (_, found) = WriteAheadLog::open(dir.path()).expect("reopen");
+        assert_eq!(found, all);
+    }
+
+    #[test]
+    fn small_direct_commits_replay_after_each_reopen() {
+        small_commits_replay_after_each_reopen(true);
+    }
+
+    #[test]
+    fn small_buffered_commits_replay_after_each_reopen() {
+        small_commits_replay_after_each_reopen(false);
+    }
+
+    /// The file system type of the mount holding `path` (the longest mount point that
+    /// prefixes it, from `/proc/self/mounts`).
+    fn fs_type(path: &Path) -> Option<String> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        let path = path.canonicalize().ok()?;
+        mounts
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(' ');
+                let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+                path.starts_with(point)
+                    .then(|| (point.len(), kind.to_owned()))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, kind)| kind)
+    }
+
+    /// On ext4 (this project's machines and CI) the log must take the direct path, so the
+    /// tests above exercise it; other file systems may refuse it and fall back.
+    #[test]
+    fn frames_go_direct_on_ext4() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut log, _) = WriteAheadLog::open(dir.path()).expect("open");
+        log_ops(&mut log, &[put(1, b"x")]);
+        if fs_type(dir.path()).as_deref() == Some("ext4") {
+            assert!(log.direct.is_some(), "ext4 takes O_DIRECT");
+        }
     }
 
     #[test]
