@@ -2,13 +2,14 @@
 //!
 //! The order of checks follows the cost of each: size and base64 first, JSON, version,
 //! `accepted` against our offer, payload shape, channel config against the offer, and the
-//! channel id (one keccak). Signatures and ledger rules come after, in the engine.
+//! channel id (four keccak rounds, skipped when the ledger already holds that id with that
+//! exact config). Signatures and ledger rules come after, in the engine.
 
 use alloy::primitives::aliases::U40;
 use serde_json::Value;
 
 use crate::engine::EngineConfig;
-use crate::ledger::Reject;
+use crate::ledger::{Ledger, Reject};
 use crate::reason::Reason;
 use crate::typed_data::{ChannelConfig, ChannelId, EscrowDomain};
 use crate::wire::{
@@ -30,12 +31,16 @@ fn stateless(reason: Reason, message: String) -> Reject {
     Reject::explained(reason, None, message)
 }
 
-/// Decodes and checks a `PAYMENT-SIGNATURE` value against `offer`.
+/// Decodes and checks a `PAYMENT-SIGNATURE` value against `offer`. With a `ledger`, a
+/// channel it holds with exactly the payload's config is not hashed again: its id was
+/// computed from that config when the channel was first seen (a deposit, the chain, or our
+/// own store's record), so the claimed id is that config's id.
 pub(crate) fn decode(
     raw: &[u8],
     offer: &PreparedOffer,
     ours: &EngineConfig,
     domain: &EscrowDomain,
+    ledger: Option<&Ledger>,
 ) -> Result<Checked, Reject> {
     let payload = match voucher_in_one_pass(raw, offer) {
         Some(payload) => payload,
@@ -65,7 +70,11 @@ pub(crate) fn decode(
         ));
     }
     let config = check_config(payload.channel_config(), ours)?;
-    let channel_id = domain.channel_id(&config);
+    let claimed = ChannelId(payload.voucher().channel_id);
+    let channel_id = match ledger {
+        Some(ledger) if ledger.holds_config(&claimed, &config) => claimed,
+        _ => domain.channel_id(&config),
+    };
     if payload.voucher().channel_id != channel_id.0 {
         return Err(stateless(
             Reason::ChannelIdMismatch,
@@ -502,13 +511,50 @@ mod tests {
         }
     }
 
+    /// The ledger shortcut: a held channel with the payload's exact config is not hashed
+    /// again, and any other config for that id is still hashed and refused.
+    #[test]
+    fn a_known_channel_skips_the_hash_only_for_its_own_config() {
+        use crate::ledger::{ChannelRecord, OnchainState};
+        let c = ours();
+        let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
+        let offer = PreparedOffer::new(requirements(&c, 1000));
+        let base = good(&c, &domain);
+        let fresh = decode(&b64(&base), &offer, &c, &domain, None).unwrap();
+        let ledger = Ledger::new(domain.clone());
+        ledger.restore([ChannelRecord::from_chain(
+            fresh.channel_id,
+            fresh.config.clone(),
+            OnchainState::default(),
+            0,
+        )]);
+        assert!(ledger.holds_config(&fresh.channel_id, &fresh.config));
+        let known = decode(&b64(&base), &offer, &c, &domain, Some(&ledger)).unwrap();
+        assert_eq!(
+            (known.channel_id, &known.config),
+            (fresh.channel_id, &fresh.config)
+        );
+        // Another salt under the same claimed id: not the held config, so hashed and refused.
+        let salt = format!("{}", B256::repeat_byte(0x22));
+        let other = base.replacen(&salt, &format!("{}", B256::repeat_byte(0x33)), 1);
+        assert_ne!(other, base);
+        let refused = decode(&b64(&other), &offer, &c, &domain, Some(&ledger)).unwrap_err();
+        assert_eq!(refused.reason, Reason::ChannelIdMismatch);
+        assert_eq!(
+            refused.reason,
+            decode(&b64(&other), &offer, &c, &domain, None)
+                .unwrap_err()
+                .reason
+        );
+    }
+
     #[test]
     fn every_refusal_is_the_general_decoders() {
         let c = ours();
         let domain = EscrowDomain::new(31337, Address::repeat_byte(0xee));
         let offer = PreparedOffer::new(requirements(&c, 1000));
         let base = good(&c, &domain);
-        let checked = decode(&b64(&base), &offer, &c, &domain).unwrap();
+        let checked = decode(&b64(&base), &offer, &c, &domain, None).unwrap();
         assert!(matches!(checked.payload, BatchPayload::Voucher { .. }));
         for text in [
             base.replacen("\"x402Version\":2", "\"x402Version\":1", 1),
@@ -521,7 +567,7 @@ mod tests {
             "[1,2]".to_owned(),
         ] {
             let raw = b64(&text);
-            let ours = decode(&raw, &offer, &c, &domain).unwrap_err();
+            let ours = decode(&raw, &offer, &c, &domain, None).unwrap_err();
             let general = decode_general(&raw, offer.requirements()).unwrap_err();
             assert_eq!(
                 (ours.reason, ours.message()),
@@ -530,7 +576,7 @@ mod tests {
         }
         // Over the size bound: the general decoder's message, whatever the content.
         let huge = encode_header(&json!({"x": "y".repeat(MAX_PAYMENT_HEADER_BYTES)}));
-        let refused = decode(huge.as_bytes(), &offer, &c, &domain).unwrap_err();
+        let refused = decode(huge.as_bytes(), &offer, &c, &domain, None).unwrap_err();
         assert_eq!(refused.reason, Reason::InvalidPayload);
         assert!(
             refused.message().contains("more than the"),

@@ -74,7 +74,7 @@ pub(crate) fn decode_for_facilitator(
     domain: &EscrowDomain,
 ) -> Result<(BatchPayload, ChannelConfig, ChannelId), Reject> {
     let offer = PreparedOffer::new(offer.clone());
-    decode(raw, &offer, ours, domain).map(|c| (c.payload, c.config, c.channel_id))
+    decode(raw, &offer, ours, domain, None).map(|c| (c.payload, c.config, c.channel_id))
 }
 
 /// The payment engine. Cheap to clone; share one per escrow deployment and receiver.
@@ -359,7 +359,13 @@ impl<S: Store + 'static> Engine<S> {
     /// [`Self::authorize`] for a payment that was sent: decode, then the payload's flow.
     async fn authorize_payment(&self, raw: &[u8], price: u128) -> Result<Authorized, Reject> {
         let offer = self.prepared_offer(price);
-        let checked = decode(raw, &offer, &self.inner.config, self.domain())?;
+        let checked = decode(
+            raw,
+            &offer,
+            &self.inner.config,
+            self.domain(),
+            Some(&self.inner.ledger),
+        )?;
         if !matches!(checked.payload, BatchPayload::Refund { .. }) {
             self.check_payer(checked.config.payer, Some(checked.channel_id))?;
         }

@@ -100,7 +100,13 @@ impl<S: Store + 'static> Engine<S> {
         increment: u128,
     ) -> Result<VerifiedVoucher, Reject> {
         let offer = self.prepared_offer(increment);
-        let checked = decode(header, &offer, &self.inner.config, self.domain())?;
+        let checked = decode(
+            header,
+            &offer,
+            &self.inner.config,
+            self.domain(),
+            Some(&self.inner.ledger),
+        )?;
         let BatchPayload::Voucher { voucher, .. } = &checked.payload else {
             // Deposits and refunds are separate requests; a renewal only extends the budget.
             return Err(Reject::explained(

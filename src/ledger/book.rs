@@ -319,6 +319,15 @@ impl Ledger {
         }
     }
 
+    /// True when `id` is held here with exactly `config`. Every record's id was computed
+    /// from its config when the channel was first seen (a deposit, the chain) and the store
+    /// holds only what this engine wrote, so the decoder may then skip hashing `config`.
+    pub fn holds_config(&self, id: &ChannelId, config: &ChannelConfig) -> bool {
+        self.lock(id)
+            .get(id)
+            .is_some_and(|slot| slot.record.config == *config)
+    }
+
     /// How `id`'s vouchers must be verified, or `channel_busy` if it is held right now
     /// (checked first so a duplicate request does not pay for a recovery).
     pub fn signer(&self, id: &ChannelId) -> Result<VoucherSigner, Reject> {
