@@ -74,6 +74,10 @@ pub struct BenchServerArgs {
     /// Store durability: `group` (the default of `serve`), `every` or `none`.
     #[arg(long, default_value = "group")]
     pub durability: Durability,
+    /// Group mode: the longest the store thread gathers writes into one commit, in
+    /// microseconds (the default is `serve`'s; 0 commits whatever is queued at once).
+    #[arg(long, default_value_t = x402_upto::store::DEFAULT_GROUP_LINGER.as_micros() as u64)]
+    pub group_linger_us: u64,
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
@@ -246,8 +250,14 @@ async fn run_server(args: &BenchServerArgs) -> crate::Result<()> {
     }
     let dir = tempfile::tempdir().map_err(|e| fail("temp dir", e))?;
     let store = Arc::new(
-        SledStore::open(dir.path(), SledOptions::with_durability(args.durability))
-            .map_err(|e| fail("store", e))?,
+        SledStore::open(
+            dir.path(),
+            SledOptions {
+                group_linger: std::time::Duration::from_micros(args.group_linger_us),
+                ..SledOptions::with_durability(args.durability)
+            },
+        )
+        .map_err(|e| fail("store", e))?,
     );
     let label = format!("{:?}", args.durability).to_lowercase();
     let served = serve_engine(
