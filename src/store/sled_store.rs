@@ -45,7 +45,7 @@ pub struct SledOptions {
     /// writes keep arriving. Adds at most this to an acknowledgement.
     pub group_linger: Duration,
     /// Group mode with `fdatasync`: make each batch durable in the write-ahead log
-    /// (`wal.rs`: one write and one `fdatasync` of a preallocated file) and flush sled only
+    /// (`wal.rs`: one synchronous write of a preallocated file) and flush sled only
     /// at checkpoints. Off: sled is flushed and its file synced per batch, as before the log.
     pub write_ahead_log: bool,
 }

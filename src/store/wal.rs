@@ -1,5 +1,5 @@
 //! The write-ahead log in front of sled: the group commit's batches are made durable here
-//! (one `write` and one `fdatasync` of a preallocated file), and applied to sled after the
+//! (one synchronous write of a preallocated file), and applied to sled after the
 //! writers were acknowledged. sled is flushed at checkpoints, not per batch.
 //!
 //! Why: a sled flush per batch is a `pwrite` of its pages plus work on its thread pool, and
