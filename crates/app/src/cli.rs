@@ -282,7 +282,7 @@ enum Internal {
     /// Ledger + store + claim scheduler against an RPC/escrow; prints one line per ack.
     SettleLoad(Box<crate::harness::settle_load::SettleLoadArgs>),
     /// Our server for `bench`: PaymentLayer over a fixed-charge handler, durable sled store.
-    BenchServer(crate::bench::servers::BenchServerArgs),
+    BenchServer(Box<crate::bench::servers::BenchServerArgs>),
     /// The ceiling for `bench`: decode the payment header, one secp256k1 recovery.
     BenchCeiling(crate::bench::servers::BenchCeilingArgs),
     /// Writes N idle channels into a fresh sled store for `bench-scale`.
