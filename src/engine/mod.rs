@@ -190,6 +190,15 @@ impl Paid {
     pub fn with_deposit(&self) -> bool {
         self.deposit.is_some()
     }
+
+    /// The metrics label of the payment: `deposit` or `voucher`.
+    pub fn kind(&self) -> &'static str {
+        if self.with_deposit() {
+            "deposit"
+        } else {
+            "voucher"
+        }
+    }
 }
 
 /// What [`Engine::authorize`] accepted.
@@ -384,6 +393,23 @@ impl<S: Store + 'static> Engine<S> {
     ) -> SettleResponse {
         let payer = self.inner.payer_names.get(receipt.payer);
         offer::paid_response(&self.inner.config, receipt, &payer, deposit)
+    }
+
+    /// Releases a payment whose work failed (an HTTP handler's error, a tool's error): nothing
+    /// is charged. A deposit that came with it is on chain already, so it is settled at 0 and
+    /// its receipt returned: a client that never learns of it would deposit again.
+    pub async fn release_unserved(&self, paid: Paid) -> Option<SettleResponse> {
+        if !paid.with_deposit() {
+            drop(paid);
+            return None;
+        }
+        match self.settle(paid, 0).await {
+            Ok(receipt) => Some(receipt),
+            Err(refusal) => {
+                tracing::warn!(reason = ?refusal.reason, "no receipt for a deposit whose work failed");
+                None
+            }
+        }
     }
 
     /// Commits the actual charge (`actual <= price`), makes it durable and returns the

@@ -301,12 +301,7 @@ where
             }
             Ok(Authorized::Paid(paid)) => paid,
         };
-        let kind = if paid.with_deposit() {
-            "deposit"
-        } else {
-            "voucher"
-        };
-        metrics::counter!(telemetry::PAYMENTS_ACCEPTED, "kind" => kind).increment(1);
+        metrics::counter!(telemetry::PAYMENTS_ACCEPTED, "kind" => paid.kind()).increment(1);
         let authorizing = started.elapsed();
         let charge = Charge::new(price);
         context.extensions.insert(charge.clone());
@@ -318,7 +313,7 @@ where
                 return Ok(self.uncharged(paid, other).await);
             }
             Err(mut error) => {
-                if let Some(receipt) = self.deposit_receipt(paid).await {
+                if let Some(receipt) = self.engine.release_unserved(paid).await {
                     // The deposit is on chain: the client learns of it from the error's data.
                     let data = error.data.get_or_insert_with(|| Value::Object(Map::new()));
                     if let Value::Object(map) = data {
@@ -355,7 +350,7 @@ where
     /// the call is on chain already; its receipt (charged 0) goes into the result's `_meta`,
     /// or the client would deposit again on its next call.
     async fn uncharged(&self, paid: Paid, mut result: ServerResult) -> ServerResult {
-        let Some(receipt) = self.deposit_receipt(paid).await else {
+        let Some(receipt) = self.engine.release_unserved(paid).await else {
             return result;
         };
         if let ServerResult::CallToolResult(r) = &mut result {
@@ -365,21 +360,6 @@ where
             );
         }
         result
-    }
-
-    /// Releases a payment whose call is charged nothing; with a deposit, the receipt of it.
-    async fn deposit_receipt(&self, paid: Paid) -> Option<SettleResponse> {
-        if !paid.with_deposit() {
-            drop(paid);
-            return None;
-        }
-        match self.engine.settle(paid, 0).await {
-            Ok(receipt) => Some(receipt),
-            Err(refusal) => {
-                tracing::warn!(reason = ?refusal.reason, "no receipt for a deposit whose tool failed");
-                None
-            }
-        }
     }
 }
 

@@ -426,12 +426,7 @@ where
         }
         Ok(Authorized::Paid(paid)) => paid,
     };
-    let kind = if paid.with_deposit() {
-        "deposit"
-    } else {
-        "voucher"
-    };
-    metrics::counter!(telemetry::PAYMENTS_ACCEPTED, "kind" => kind).increment(1);
+    metrics::counter!(telemetry::PAYMENTS_ACCEPTED, "kind" => paid.kind()).increment(1);
     // Payment overhead excludes the handler: time to authorize, then time to settle.
     let authorizing = started.elapsed();
     let charge = Charge::new(price);
@@ -441,15 +436,8 @@ where
         // The handler failed: charge nothing. A deposit that came with the request is on
         // chain already; the client must learn of it, or it would sign a second deposit on
         // its next request. So the failure carries a receipt: the deposit, charged 0.
-        if paid.with_deposit() {
-            match layer.engine.settle(paid, 0).await {
-                Ok(receipt) => insert(&mut response, PAYMENT_RESPONSE, &encode_header(&receipt)),
-                Err(refusal) => {
-                    tracing::warn!(reason = ?refusal.reason, "no receipt for a deposit whose handler failed")
-                }
-            }
-        } else {
-            drop(paid);
+        if let Some(receipt) = layer.engine.release_unserved(paid).await {
+            insert(&mut response, PAYMENT_RESPONSE, &encode_header(&receipt));
         }
         return response;
     }
