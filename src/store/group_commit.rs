@@ -1,6 +1,7 @@
-//! Group commit on a store thread: request tasks hand their writes to one thread, which
-//! applies everything queued as one sled batch, flushes (and `fdatasync`s), then completes
-//! exactly the writers that flush covered.
+//! Group commit on a store thread: request tasks hand their writes to one thread, which makes
+//! everything queued durable in one step (with the write-ahead log: one synchronous write of
+//! the log, `wal.rs`; without it: one sled batch, a flush and an `fdatasync`), then completes
+//! exactly the writers that step covered.
 //!
 //! Why a thread and not a flush-only helper: sled's copy-on-write inserts churn memory, and
 //! doing them on the request thread between two signature recoveries evicted
