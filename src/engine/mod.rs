@@ -21,6 +21,7 @@
 //! | `stream.rs` | [`Engine::renew`]: mid-stream renewal |
 //! | `chain.rs` | [`ChainAccess`]: reading channels, submitting deposits and refunds |
 //! | `refusal.rs` | [`Refusal`]: status, reason code, the 402 offer |
+//! | `paid.rs` | [`Paid`]: a held channel between authorize and settle, and a shared store's hold |
 //! | `offer.rs` | building `PaymentRequirements` / `PaymentRequired` / `PAYMENT-RESPONSE` bodies |
 //! | `guards.rs` | [`RefundLimits`], the deposit single flight and used-authorization memory |
 //! | `blocked.rs` | [`BlockedPayers`]: payers the operator refuses |
@@ -32,6 +33,7 @@ mod decode;
 mod deposit;
 mod guards;
 mod offer;
+mod paid;
 mod refund;
 mod refusal;
 mod stream;
@@ -56,6 +58,8 @@ pub use chain::{BoxFuture, ChainAccess, ChainAccessError, ChainOutcome, ColdRead
 pub use config::{ConfigError, EngineConfig, MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 pub use guards::RefundLimits;
 pub use offer::{channel_state_wire, failed_response};
+pub use paid::Paid;
+use paid::SharedHold;
 pub use refusal::Refusal;
 
 /// The old name of [`ChainAccessError`], kept for implementations of [`ChainAccess`]
@@ -114,91 +118,6 @@ struct Inner<S> {
     payer_names: offer::PayerNames,
     /// Payers the operator refuses (unset: none).
     blocked: std::sync::OnceLock<BlockedPayers>,
-}
-
-/// A checked payment holding its channel: run the handler, then [`Engine::settle`]. Dropping
-/// it releases the channel with nothing charged.
-#[derive(Debug)]
-pub struct Paid {
-    reservation: Reservation,
-    /// The deposit that came with this request: transaction and amount.
-    deposit: Option<(B256, u128)>,
-    /// The shared store's hold, given back if the request charges nothing.
-    shared: Option<SharedHold>,
-}
-
-/// Lets a dropped [`Paid`] give a shared store's hold back (the store is generic; this is not).
-trait ReleaseHold: Send + Sync {
-    fn release_hold(&self, id: ChannelId);
-}
-
-impl<S: Store> ReleaseHold for S {
-    fn release_hold(&self, id: ChannelId) {
-        self.release(id);
-    }
-}
-
-/// A hold in a shared store, released on drop unless a write released it already.
-struct SharedHold {
-    store: Option<Arc<dyn ReleaseHold>>,
-    id: ChannelId,
-}
-
-impl SharedHold {
-    fn new<S: Store + 'static>(store: &Arc<S>, id: ChannelId) -> Self {
-        let store: Arc<dyn ReleaseHold> = Arc::clone(store) as Arc<dyn ReleaseHold>;
-        Self {
-            store: Some(store),
-            id,
-        }
-    }
-
-    /// The write that ended the request released the hold in the database.
-    fn disarm(mut self) {
-        self.store = None;
-    }
-}
-
-impl Drop for SharedHold {
-    fn drop(&mut self) {
-        if let Some(store) = self.store.take() {
-            store.release_hold(self.id);
-        }
-    }
-}
-
-impl std::fmt::Debug for SharedHold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedHold").field("id", &self.id).finish()
-    }
-}
-
-impl Paid {
-    /// The per-request maximum this payment covers.
-    pub fn price(&self) -> u128 {
-        self.reservation.price()
-    }
-    /// The held channel.
-    pub fn channel_id(&self) -> ChannelId {
-        self.reservation.channel_id()
-    }
-    /// Who pays.
-    pub fn payer(&self) -> Address {
-        self.reservation.payer()
-    }
-    /// Whether a deposit came with this payment (it is on chain already).
-    pub fn with_deposit(&self) -> bool {
-        self.deposit.is_some()
-    }
-
-    /// The metrics label of the payment: `deposit` or `voucher`.
-    pub fn kind(&self) -> &'static str {
-        if self.with_deposit() {
-            "deposit"
-        } else {
-            "voucher"
-        }
-    }
 }
 
 /// What [`Engine::authorize`] accepted.
@@ -318,6 +237,19 @@ impl<S: Store + 'static> Engine<S> {
         self.inner.offers.get(&self.inner.config, price)
     }
 
+    /// A `PAYMENT-SIGNATURE` value decoded and checked against our offer at `price`; a channel
+    /// the ledger holds with the payload's exact config is not hashed again.
+    fn decode_payment(&self, raw: &[u8], price: u128) -> Result<decode::Checked, Reject> {
+        let offer = self.prepared_offer(price);
+        decode(
+            raw,
+            &offer,
+            &self.inner.config,
+            self.domain(),
+            Some(&self.inner.ledger),
+        )
+    }
+
     /// The plain 402 offer (no payment, or a payment we could not use).
     pub fn payment_required(
         &self,
@@ -367,14 +299,7 @@ impl<S: Store + 'static> Engine<S> {
 
     /// [`Self::authorize`] for a payment that was sent: decode, then the payload's flow.
     async fn authorize_payment(&self, raw: &[u8], price: u128) -> Result<Authorized, Reject> {
-        let offer = self.prepared_offer(price);
-        let checked = decode(
-            raw,
-            &offer,
-            &self.inner.config,
-            self.domain(),
-            Some(&self.inner.ledger),
-        )?;
+        let checked = self.decode_payment(raw, price)?;
         if !matches!(checked.payload, BatchPayload::Refund { .. }) {
             self.check_payer(checked.config.payer, Some(checked.channel_id))?;
         }

@@ -9,7 +9,7 @@
 
 use http::StatusCode;
 
-use super::{Engine, Paid, Refusal, decode::decode};
+use super::{Engine, Paid, Refusal};
 use crate::clock::unix_now as now;
 use crate::ledger::Reject;
 use crate::reason::Reason;
@@ -99,14 +99,7 @@ impl<S: Store + 'static> Engine<S> {
         header: &[u8],
         increment: u128,
     ) -> Result<VerifiedVoucher, Reject> {
-        let offer = self.prepared_offer(increment);
-        let checked = decode(
-            header,
-            &offer,
-            &self.inner.config,
-            self.domain(),
-            Some(&self.inner.ledger),
-        )?;
+        let checked = self.decode_payment(header, increment)?;
         let BatchPayload::Voucher { voucher, .. } = &checked.payload else {
             // Deposits and refunds are separate requests; a renewal only extends the budget.
             return Err(Reject::explained(

@@ -10,7 +10,8 @@
 //! |---|---|
 //! | `sled_store.rs` | [`SledStore`], tree names, open options |
 //! | `group_commit.rs` | the store thread: queued writes persisted as one batch, waiters woken, then applied |
-//! | `wal.rs` | the write-ahead log of [`SledStore`]'s group mode: one `fdatasync` per batch, sled flushed at checkpoints |
+//! | `wal.rs` | the write-ahead log of [`SledStore`]'s group mode: one synchronous write per batch, sled flushed at checkpoints |
+//! | `sled_wal.rs` | the log's sled side: the store thread's batch writer, checkpoints, replay at open |
 //! | `codec.rs` | on-disk format of channel records and journal entries: format byte, bincode 2 payload |
 //! | `persist.rs` | [`persist`]: staged commit → compare-and-set → durable → apply |
 //! | `journal.rs` | [`ClaimJournal`] over the [`JournalStore`] trait: claim batches written durably before they are sent |
@@ -25,6 +26,7 @@ mod journal;
 mod persist;
 mod postgres;
 mod sled_store;
+mod sled_wal;
 mod wal;
 
 use std::future::Future;
