@@ -13,10 +13,7 @@ use x402_upto_testkit::offchain::signed_voucher;
 
 #[tokio::test]
 async fn claim_and_sweep_metrics_are_exported_for_prometheus() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = x402_upto_testkit::free_port();
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .install()

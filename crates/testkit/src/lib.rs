@@ -25,6 +25,33 @@ pub mod offchain;
 pub mod postgres;
 pub mod settlement_fixture;
 
+/// A local TCP port for a server that a test starts in another process, which binds it by number.
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range (32768–60999 by default), and
+/// never twice in one process: a port asked of the kernel (`bind` to port 0) and released can
+/// be given at once to another test's `bind(0)` listener or to an outgoing connection, and the
+/// server then fails to start, or the test talks to someone else's server. Each process starts
+/// at its own offset, so concurrent test binaries rarely meet; a port in use is skipped.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 32_768 - LOW;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free local port in {LOW}..{}", LOW + SPAN);
+}
+
 /// The repository's root (where `.tools/`, `contracts/`, `interop/` and `scripts/` are).
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,7 +4,6 @@
 //! binaries are found under `/usr/lib/postgresql/<major>/bin` (or `$X402_UPTO_PG_BIN`);
 //! `scripts/test.sh` installs the package where it is missing.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -29,7 +28,7 @@ impl PgServer {
         if as_postgres {
             chown_postgres(dir.path());
         }
-        let port = free_port();
+        let port = crate::free_port();
         let server = Self {
             bin,
             dir,
@@ -181,11 +180,4 @@ fn chown_postgres(dir: &Path) {
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(ok, "chown postgres {}", dir.display());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

@@ -228,10 +228,7 @@ async fn the_dashboard_queries_only_exported_metrics() {
         url
     };
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let metrics_port = x402_upto_testkit::free_port();
     let extra = format!(
         r#"metrics_listen = "127.0.0.1:{metrics_port}"
 [settlement]

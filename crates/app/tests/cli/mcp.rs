@@ -93,10 +93,7 @@ async fn the_example_mcp_server_is_paid_over_stdio_then_streamable_http_on_one_c
     assert!(status.success(), "{status}");
 
     // Streamable HTTP on the same store: the channel is restored and paid on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = x402_upto_testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
     let _child = spawn(&chain, &config, &["--listen", &listen]);
     let url = format!("http://{listen}/mcp");

@@ -19,13 +19,9 @@ use x402_upto::client::{ClientConfig, PayingClient};
 use x402_upto::wire::{PAYMENT_REQUIRED, PaymentRequired, decode_header};
 use x402_upto_app::serve::ServeConfig;
 use x402_upto_app::serve::reload::unreloadable_changes;
+use x402_upto_testkit::free_port;
 
 use crate::serve_process;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 fn route(price: u64) -> String {
     format!("\n[[route]]\nprefix = \"/api/\"\nprice = {price}\n")

@@ -19,10 +19,7 @@ pub fn hex_key(k: &PrivateKeySigner) -> String {
 /// Writes `dir/serve.toml` for `chain`: a free local port, `upstream` proxied, the store in
 /// `dir/store`, `extra` TOML appended. Its path and the port.
 pub fn write_config(chain: &Chain, dir: &Path, upstream: &str, extra: &str) -> (PathBuf, u16) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let config = dir.join("serve.toml");
     let toml = chain.serve_toml(
         &format!("127.0.0.1:{port}"),
@@ -53,11 +50,7 @@ pub fn command(chain: &Chain, config: &Path) -> tokio::process::Command {
     c
 }
 
-/// A free local port.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use x402_upto_testkit::free_port;
 
 /// Polls `url` every 50 ms, `tries` times at most, until any HTTP answer comes back: whether
 /// the server came up.

@@ -21,6 +21,7 @@ use x402_upto::store::{PgOptions, PostgresStore};
 use x402_upto::typed_data::ChannelId;
 use x402_upto::{ChannelRecord, Store};
 use x402_upto_testkit::devnet::mined;
+use x402_upto_testkit::free_port;
 use x402_upto_testkit::interop::{Chain, serve_local};
 use x402_upto_testkit::postgres::PgServer;
 
@@ -229,13 +230,6 @@ impl Drop for Cluster {
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 async fn answers(url: String) -> bool {
