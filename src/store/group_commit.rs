@@ -22,7 +22,10 @@
 //! A batch has two steps ([`BatchWriter`]): `persist` makes it durable, and its writers are
 //! acknowledged as soon as that returns; `apply` then makes it visible to reads (sled's tree,
 //! when the batch went to the write-ahead log first). Reads wait for `apply`
-//! ([`GroupCommit::wait_applied`]), acknowledgements do not.
+//! ([`GroupCommit::wait_applied`]), acknowledgements do not. Applying is lazy: every
+//! [`APPLY_EVERY`] (or after [`APPLY_AFTER`] writes, or at once for a waiting reader or at
+//! stop), in slices between batches while writes keep coming, so the writer can keep only
+//! the last write per key (a channel paid 300 times in a round costs one sled insert).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +43,16 @@ type Outcome = Result<(), Arc<FlushError>>;
 /// While gathering a batch, a pause this long with no new write ends the wait.
 pub(crate) const GATHER_GAP: Duration = Duration::from_micros(50);
 
+/// Acknowledged writes wait at most this long to be applied (unless a reader asks sooner).
+pub(crate) const APPLY_EVERY: Duration = Duration::from_millis(20);
+
+/// ... or until this many acknowledged writes wait.
+pub(crate) const APPLY_AFTER: u64 = 4096;
+
+/// While writes are queued, at most this many applied per turn (at least twice the last
+/// batch, so applying keeps up), so a slow apply does not hold back acknowledgements.
+const APPLY_SLICE: usize = 64;
+
 /// How long the most writers seen waiting at once counts as "everyone" (then it decays to
 /// what the next period saw, so a load that shrinks is followed within two periods).
 const PEAK_PERIOD: Duration = Duration::from_millis(250);
@@ -49,10 +62,18 @@ pub(crate) trait BatchWriter<T>: Send {
     /// Makes the batch durable; its writers are acknowledged once this returns `Ok`.
     fn persist(&mut self, batch: &mut Vec<T>) -> Result<(), FlushError>;
 
-    /// Makes a persisted batch visible to reads. Runs after the acknowledgements.
-    fn apply(&mut self, batch: Vec<T>) -> Result<(), FlushError> {
-        drop(batch);
-        Ok(())
+    /// Makes persisted writes visible to reads, at most `max` of them (keys, for a writer
+    /// that keeps the last write per key); returns whether none is left. Runs after the
+    /// acknowledgements.
+    fn apply(&mut self, max: usize) -> Result<bool, FlushError> {
+        let _ = max;
+        Ok(true)
+    }
+
+    /// Whether the persisted writes must be applied now, whatever the schedule (the log is
+    /// due for a checkpoint).
+    fn must_apply(&self) -> bool {
+        false
     }
 }
 
@@ -203,6 +224,10 @@ impl<T: Send + 'static> GroupCommit<T> {
             }
             rx
         };
+        // Writes are applied lazily: a reader has the store thread apply them now.
+        if applied && let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::FlushFailed(e)),
@@ -244,15 +269,69 @@ fn gather<T>(shared: &Shared<T>, linger: Duration) {
 
 fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut impl BatchWriter<T>) {
     let mut period = Instant::now();
+    // The last time every acknowledged write was applied.
+    let mut last_applied = Instant::now();
+    let mut last_batch = 0;
     loop {
-        if shared.state.lock().queue.is_empty() {
-            if shared.stop.load(Ordering::Acquire) {
+        let (queued, behind, reading) = {
+            let st = shared.state.lock();
+            (
+                !st.queue.is_empty(),
+                st.durable - st.applied,
+                !st.readers.is_empty(),
+            )
+        };
+        let stopping = shared.stop.load(Ordering::Acquire);
+        let apply_due = behind > 0
+            && (reading
+                || stopping
+                || behind >= APPLY_AFTER
+                || last_applied.elapsed() >= APPLY_EVERY
+                || write.must_apply());
+        if apply_due {
+            // Slices between batches while writers wait; everything when nobody does.
+            let max = if queued {
+                APPLY_SLICE.max(2 * last_batch)
+            } else {
+                usize::MAX
+            };
+            let target = shared.state.lock().durable;
+            match write.apply(max) {
+                Ok(true) => {
+                    last_applied = Instant::now();
+                    let ready: Vec<_> = {
+                        let mut st = shared.state.lock();
+                        st.applied = target;
+                        st.readers
+                            .extract_if(.., |(t, _)| *t <= target)
+                            .map(|(_, tx)| tx)
+                            .collect()
+                    };
+                    for tx in ready {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return fail(shared, e),
+            }
+        }
+        if !queued {
+            if apply_due {
+                continue;
+            }
+            if stopping {
                 shared.state.lock().stopped = true;
                 return;
             }
             // A submit between the check and here leaves an unpark token: no lost wake-up.
-            // The timeout only bounds how long a stop request can go unnoticed.
-            thread::park_timeout(Duration::from_millis(50));
+            // The timeout bounds how long a stop request goes unnoticed and how long
+            // acknowledged writes wait to be applied.
+            let wait = if behind > 0 {
+                APPLY_EVERY.saturating_sub(last_applied.elapsed())
+            } else {
+                Duration::from_millis(50)
+            };
+            thread::park_timeout(wait);
             continue;
         }
         if !linger.is_zero() {
@@ -262,56 +341,43 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut impl BatchWri
             let mut st = shared.state.lock();
             (std::mem::take(&mut st.queue), st.issued)
         };
-        let outcome = write.persist(&mut batch).and_then(|()| {
-            let ready: Vec<_> = {
-                let mut st = shared.state.lock();
-                st.durable = target;
-                if period.elapsed() >= PEAK_PERIOD {
-                    period = Instant::now();
-                    st.last_peak = std::mem::take(&mut st.peak);
-                }
-                st.waiters
-                    .extract_if(.., |(t, _)| *t <= target)
-                    .map(|(_, tx)| tx)
-                    .collect()
-            };
-            for tx in ready {
-                // The waiter may have gone away (request cancelled); nothing to do then.
-                let _ = tx.send(Ok(()));
-            }
-            write.apply(batch)
-        });
-        match outcome {
-            Ok(()) => {
-                let ready: Vec<_> = {
-                    let mut st = shared.state.lock();
-                    st.applied = target;
-                    st.readers
-                        .extract_if(.., |(t, _)| *t <= target)
-                        .map(|(_, tx)| tx)
-                        .collect()
-                };
-                for tx in ready {
-                    let _ = tx.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store write failed; refusing further acknowledgements");
-                let e = Arc::new(e);
-                let waiters = {
-                    let mut st = shared.state.lock();
-                    st.failed = Some(e.clone());
-                    st.stopped = true;
-                    let mut all = std::mem::take(&mut st.waiters);
-                    all.append(&mut st.readers);
-                    all
-                };
-                for (_, tx) in waiters {
-                    let _ = tx.send(Err(e.clone()));
-                }
-                return;
-            }
+        last_batch = batch.len();
+        if let Err(e) = write.persist(&mut batch) {
+            return fail(shared, e);
         }
+        let ready: Vec<_> = {
+            let mut st = shared.state.lock();
+            st.durable = target;
+            if period.elapsed() >= PEAK_PERIOD {
+                period = Instant::now();
+                st.last_peak = std::mem::take(&mut st.peak);
+            }
+            st.waiters
+                .extract_if(.., |(t, _)| *t <= target)
+                .map(|(_, tx)| tx)
+                .collect()
+        };
+        for tx in ready {
+            // The waiter may have gone away (request cancelled); nothing to do then.
+            let _ = tx.send(Ok(()));
+        }
+    }
+}
+
+/// A failed step: every pending and later writer and reader gets the error.
+fn fail<T>(shared: &Shared<T>, e: FlushError) {
+    tracing::error!(error = %e, "store write failed; refusing further acknowledgements");
+    let e = Arc::new(e);
+    let waiters = {
+        let mut st = shared.state.lock();
+        st.failed = Some(e.clone());
+        st.stopped = true;
+        let mut all = std::mem::take(&mut st.waiters);
+        all.append(&mut st.readers);
+        all
+    };
+    for (_, tx) in waiters {
+        let _ = tx.send(Err(e.clone()));
     }
 }
 
@@ -330,6 +396,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::path::PathBuf;
+    use std::sync::atomic::AtomicU64;
 
     type Recording = (
         GroupCommit<u64>,
@@ -418,6 +485,50 @@ mod tests {
             .await
             .expect("a batch waited for the linger");
         assert_eq!(batches.lock().iter().sum::<usize>(), 50 + 4 * 50);
+    }
+
+    /// A writer that persists into a list and applies from it, counting its apply calls.
+    #[derive(Default)]
+    struct Lazy {
+        persisted: Vec<u64>,
+        applied: Arc<Mutex<Vec<u64>>>,
+        applies: Arc<AtomicU64>,
+    }
+
+    impl BatchWriter<u64> for Lazy {
+        fn persist(&mut self, batch: &mut Vec<u64>) -> Result<(), FlushError> {
+            self.persisted.append(batch);
+            Ok(())
+        }
+
+        fn apply(&mut self, max: usize) -> Result<bool, FlushError> {
+            self.applies.fetch_add(1, Ordering::Relaxed);
+            let n = max.min(self.persisted.len());
+            self.applied.lock().extend(self.persisted.drain(..n));
+            Ok(self.persisted.is_empty())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_writes_are_applied_on_a_schedule_and_at_once_for_a_reader() {
+        let writer = Lazy::default();
+        let (applied, applies) = (writer.applied.clone(), writer.applies.clone());
+        let gc = GroupCommit::start(Path::new("test"), Duration::ZERO, writer).expect("start");
+        let started = Instant::now();
+        for value in 0..200 {
+            let ticket = gc.submit(value).expect("queued");
+            gc.wait(ticket).await.expect("durable");
+        }
+        // 200 batches of one write: applied once per APPLY_EVERY, not once per batch.
+        let rounds = started.elapsed().as_micros() / APPLY_EVERY.as_micros() + 2;
+        let calls = u128::from(applies.load(Ordering::Relaxed));
+        assert!(calls <= rounds, "{calls} applies in {rounds} rounds");
+        // A reader does not wait for the schedule.
+        tokio::time::timeout(Duration::from_secs(10), gc.wait_applied(gc.last_issued()))
+            .await
+            .expect("a reader is served at once")
+            .expect("applied");
+        assert_eq!(*applied.lock(), (0..200).collect::<Vec<_>>());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The sled side of the write-ahead log (`wal.rs`): the store thread's batch writer (log
 //! first, acknowledgements, then sled), checkpoints, and the replay into sled at open.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -15,13 +16,17 @@ use crate::store::{FlushError, StoreError};
 const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 /// Group mode with `fdatasync`: a batch is durable once it is in the write-ahead log; sled
-/// gets it after the acknowledgements and is flushed at checkpoints.
+/// gets it after the acknowledgements, lazily (the last write per channel), and is flushed
+/// at checkpoints.
 pub(super) struct LoggedWriter {
     wal: WriteAheadLog,
     db: sled::Db,
     tree: sled::Tree,
     data_file: (PathBuf, File),
-    /// The persisted batch, encoded, waiting for `apply`.
+    /// Persisted writes not yet in sled, the last one per key (its encoded record, or None
+    /// for a removal): sled is a copy of the log, so only the latest value of a key matters.
+    unapplied: HashMap<[u8; 32], Option<Vec<u8>>>,
+    /// The batch being persisted, encoded (reused between batches).
     encoded: Vec<([u8; 32], Option<Vec<u8>>)>,
 }
 
@@ -37,9 +42,20 @@ impl LoggedWriter {
             db,
             tree,
             data_file,
+            unapplied: HashMap::new(),
             encoded: Vec::new(),
         }
     }
+}
+
+/// Writes one key into sled.
+fn insert(tree: &sled::Tree, key: [u8; 32], value: Option<Vec<u8>>) -> Result<(), FlushError> {
+    match value {
+        Some(value) => tree.insert(key.as_slice(), value),
+        None => tree.remove(key.as_slice()),
+    }
+    .map(drop)
+    .map_err(FlushError::Sled)
 }
 
 impl BatchWriter<WriteOp> for LoggedWriter {
@@ -62,26 +78,40 @@ impl BatchWriter<WriteOp> for LoggedWriter {
         self.wal.commit().map_err(|source| FlushError::Log {
             path: self.wal.path().to_path_buf(),
             source,
-        })
+        })?;
+        // In log order, so a key's last write wins.
+        self.unapplied.extend(self.encoded.drain(..));
+        Ok(())
     }
 
-    fn apply(&mut self, _: Vec<WriteOp>) -> Result<(), FlushError> {
+    fn apply(&mut self, max: usize) -> Result<bool, FlushError> {
         // One write at a time, not `apply_batch`: sled 0.34 starts every atomic batch in a
         // fresh I/O buffer, sealing the current one and handing its write to sled's thread
         // pool, whose `notify_all` wakes all 7 of its idle threads (36,000 wake-ups a second
-        // at C = 8 in `scripts/bench.sh`). The log already makes the batch atomic: a crash
-        // between two inserts replays the whole batch at open (the last write per key wins).
-        for (key, value) in self.encoded.drain(..) {
-            match value {
-                Some(value) => self.tree.insert(key.as_slice(), value),
-                None => self.tree.remove(key.as_slice()),
+        // at C = 8 in `scripts/bench.sh`). The log makes the writes atomic: a crash between
+        // two inserts replays them all at open.
+        let checkpoint_due = self.must_apply();
+        if checkpoint_due || max >= self.unapplied.len() {
+            for (key, value) in self.unapplied.drain() {
+                insert(&self.tree, key, value)?;
             }
-            .map_err(FlushError::Sled)?;
+        } else {
+            let keys: Vec<[u8; 32]> = self.unapplied.keys().take(max).copied().collect();
+            for key in keys {
+                if let Some(value) = self.unapplied.remove(&key) {
+                    insert(&self.tree, key, value)?;
+                }
+            }
+            return Ok(false);
         }
-        if self.wal.used() >= CHECKPOINT_BYTES {
+        if checkpoint_due {
             checkpoint(&mut self.wal, &self.db, Some(&self.data_file))?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn must_apply(&self) -> bool {
+        self.wal.used() >= CHECKPOINT_BYTES
     }
 }
 
@@ -136,4 +166,68 @@ pub(super) fn replay_log(
     checkpoint(&mut wal, db, Some(&data_file)).map_err(|e| StoreError::FlushFailed(e.into()))?;
     tracing::info!(writes = ops.len(), "replayed the write-ahead log into sled");
     Ok(Some(wal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{ChannelRecord, OnchainState};
+    use crate::store::codec::test_config;
+    use crate::store::sled_store::open_data_file;
+    use crate::typed_data::ChannelId;
+    use alloy_primitives::B256;
+
+    fn record(key: u8, charged: u128) -> WriteOp {
+        let mut r = ChannelRecord::from_chain(
+            ChannelId(B256::repeat_byte(key)),
+            test_config(),
+            OnchainState::default(),
+            1,
+        );
+        r.charged = charged;
+        r.version = charged as u64;
+        WriteOp::Put(Box::new(r))
+    }
+
+    fn stored(tree: &sled::Tree, key: u8) -> Option<u128> {
+        tree.get([key; 32])
+            .expect("read")
+            .map(|v| codec::decode(&[key; 32], &v).expect("decode").charged)
+    }
+
+    #[test]
+    fn sled_gets_the_last_persisted_write_per_key_in_slices_and_the_log_keeps_them_all() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("sled");
+        let tree = db.open_tree("t").expect("tree");
+        let (wal, _) = open_log(dir.path()).expect("log");
+        let file = open_data_file(dir.path()).expect("data file");
+        let mut writer = LoggedWriter::new(wal, db, tree.clone(), file);
+        // Channel 1 paid three times over two batches, 2 twice, 3 once then removed.
+        let mut first = vec![record(1, 10), record(2, 10), record(3, 10)];
+        writer.persist(&mut first).expect("persist");
+        let mut second = vec![
+            record(1, 20),
+            record(2, 20),
+            record(1, 30),
+            WriteOp::Remove(ChannelId(B256::repeat_byte(3))),
+        ];
+        writer.persist(&mut second).expect("persist");
+        assert_eq!(writer.unapplied.len(), 3, "one pending write per key");
+        assert_eq!(stored(&tree, 1), None, "nothing in sled before apply");
+
+        assert!(!writer.apply(1).expect("a slice"), "two keys left");
+        assert!(writer.apply(usize::MAX).expect("the rest"));
+        assert_eq!(stored(&tree, 1), Some(30));
+        assert_eq!(stored(&tree, 2), Some(20));
+        assert_eq!(stored(&tree, 3), None);
+
+        // The log still holds every write, in order, for a replay.
+        drop(writer);
+        let (_, ops) = open_log(dir.path()).expect("reopen");
+        assert_eq!(ops.len(), 7);
+    }
 }
