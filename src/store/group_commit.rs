@@ -299,17 +299,12 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut impl BatchWri
             match write.apply(max) {
                 Ok(true) => {
                     last_applied = Instant::now();
-                    let ready: Vec<_> = {
+                    let ready = {
                         let mut st = shared.state.lock();
                         st.applied = target;
-                        st.readers
-                            .extract_if(.., |(t, _)| *t <= target)
-                            .map(|(_, tx)| tx)
-                            .collect()
+                        covered(&mut st.readers, target)
                     };
-                    for tx in ready {
-                        let _ = tx.send(Ok(()));
-                    }
+                    acknowledge(ready);
                 }
                 Ok(false) => {}
                 Err(e) => return fail(shared, e),
@@ -345,22 +340,35 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut impl BatchWri
         if let Err(e) = write.persist(&mut batch) {
             return fail(shared, e);
         }
-        let ready: Vec<_> = {
+        let ready = {
             let mut st = shared.state.lock();
             st.durable = target;
             if period.elapsed() >= PEAK_PERIOD {
                 period = Instant::now();
                 st.last_peak = std::mem::take(&mut st.peak);
             }
-            st.waiters
-                .extract_if(.., |(t, _)| *t <= target)
-                .map(|(_, tx)| tx)
-                .collect()
+            covered(&mut st.waiters, target)
         };
-        for tx in ready {
-            // The waiter may have gone away (request cancelled); nothing to do then.
-            let _ = tx.send(Ok(()));
-        }
+        acknowledge(ready);
+    }
+}
+
+/// Takes out of `waiting` everyone whose ticket is at most `target`.
+fn covered(
+    waiting: &mut Vec<(u64, oneshot::Sender<Outcome>)>,
+    target: u64,
+) -> Vec<oneshot::Sender<Outcome>> {
+    waiting
+        .extract_if(.., |(t, _)| *t <= target)
+        .map(|(_, tx)| tx)
+        .collect()
+}
+
+/// Wakes `ready` with success, outside the state's lock.
+fn acknowledge(ready: Vec<oneshot::Sender<Outcome>>) {
+    for tx in ready {
+        // The waiter may have gone away (request cancelled); nothing to do then.
+        let _ = tx.send(Ok(()));
     }
 }
 

@@ -14,17 +14,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 use serde_json::Value;
-use x402_upto::wire::{PAYMENT_RESPONSE, PAYMENT_SIGNATURE, PaymentRequirements};
+use x402_upto::wire::PaymentRequirements;
 
 use super::world;
 use crate::bench::cpu::{CpuMark, CpuUse};
 use crate::bench::presign::Template;
+use crate::bench::timed::{self, ClientResult};
 
 /// Which channel each virtual client visits next, kept across rounds.
 pub(super) struct Plan {
@@ -127,12 +126,6 @@ pub struct Window {
     pub cpu: Option<CpuUse>,
 }
 
-struct ClientOut {
-    ok: u64,
-    latencies_us: Vec<u32>,
-    error: Option<String>,
-}
-
 /// Runs one timed window of `duration` with the prepared headers; advances `plan`.
 pub(super) async fn window(
     plan: &mut Plan,
@@ -220,25 +213,13 @@ async fn client(
     stop: &AtomicBool,
     exhausted: &AtomicBool,
     start: &tokio::sync::Barrier,
-) -> ClientOut {
-    let mut out = ClientOut {
+) -> ClientResult {
+    let mut out = ClientResult {
         ok: 0,
         latencies_us: Vec::with_capacity(headers.len()),
         error: None,
     };
-    let connected = async {
-        let tcp = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        Ok::<_, String>(sender)
-    }
-    .await;
+    let connected = timed::connect(authority).await;
     // Everyone meets at the barrier, connected or not, so the run never hangs.
     start.wait().await;
     let mut sender = match connected {
@@ -252,51 +233,20 @@ async fn client(
         if stop.load(Ordering::Relaxed) {
             return out;
         }
-        let req = match http::Request::get(path)
-            .header(http::header::HOST, authority)
-            .header(PAYMENT_SIGNATURE, header)
-            .body(Empty::<Bytes>::new())
-        {
-            Ok(r) => r,
-            Err(e) => {
-                out.error = Some(format!("request: {e}"));
-                return out;
-            }
-        };
         let t = Instant::now();
-        let res = match sender.ready().await {
-            Ok(()) => sender.send_request(req).await,
-            Err(e) => Err(e),
-        };
-        let res = match res {
-            Ok(r) => r,
+        let answer = match timed::send_voucher(&mut sender, authority, path, header).await {
+            Ok(a) => a,
             Err(e) => {
-                out.error = Some(format!("transport: {e}"));
-                return out;
-            }
-        };
-        let status = res.status();
-        let paid = res.headers().contains_key(PAYMENT_RESPONSE);
-        let body = match res.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                out.error = Some(format!("body: {e}"));
+                out.error = Some(e);
                 return out;
             }
         };
         out.latencies_us
             .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-        if status != http::StatusCode::OK || !paid {
+        if answer.status != http::StatusCode::OK || !answer.paid {
             // Not charged: this client's later vouchers no longer match; it stops and the
             // run is reported as failed.
-            out.error = Some(format!(
-                "HTTP {status} after {} ok: {}",
-                out.ok,
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ));
+            out.error = Some(answer.failure(out.ok));
             return out;
         }
         out.ok += 1;
