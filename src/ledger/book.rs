@@ -322,7 +322,7 @@ impl Ledger {
     /// True when `id` is held here with exactly `config`. Every record's id was computed
     /// from its config when the channel was first seen (a deposit, the chain) and the store
     /// holds only what this engine wrote, so the decoder may then skip hashing `config`.
-    pub fn holds_config(&self, id: &ChannelId, config: &ChannelConfig) -> bool {
+    pub(crate) fn holds_config(&self, id: &ChannelId, config: &ChannelConfig) -> bool {
         self.lock(id)
             .get(id)
             .is_some_and(|slot| slot.record.config == *config)

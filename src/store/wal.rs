@@ -211,14 +211,14 @@ impl WriteAheadLog {
         if align_up(need) > self.len {
             self.grow(align_up(need) + GROW_BYTES)?;
         }
-        let mut result = self.write_direct();
+        let mut result = self.write_frames();
         if let Err(e) = &result
             && e.raw_os_error() == Some(libc::EINVAL)
         {
             // The file system takes no direct I/O at this alignment: use the page cache.
             tracing::warn!(path = %self.path.display(), "O_DIRECT refused; the log falls back to write + fdatasync");
             self.direct = None;
-            result = self.write_direct();
+            result = self.write_frames();
         }
         if result.is_ok() {
             self.end = need;
@@ -229,7 +229,7 @@ impl WriteAheadLog {
 
     /// One commit's write: the blocks from the one holding `end` to the batch's last, whole,
     /// with `O_DIRECT | O_DSYNC`; or, without a direct handle, the frames and `fdatasync`.
-    fn write_direct(&mut self) -> io::Result<()> {
+    fn write_frames(&mut self) -> io::Result<()> {
         let Some(direct) = &self.direct else {
             return self
                 .file
