@@ -298,7 +298,11 @@ impl<S: Store + 'static> Engine<S> {
     }
 
     /// [`Self::authorize`] for a payment that was sent: decode, then the payload's flow.
-    async fn authorize_payment(&self, raw: &[u8], price: u128) -> Result<Authorized, Reject> {
+    pub(crate) async fn authorize_payment(
+        &self,
+        raw: &[u8],
+        price: u128,
+    ) -> Result<Authorized, Reject> {
         let checked = self.decode_payment(raw, price)?;
         if !matches!(checked.payload, BatchPayload::Refund { .. }) {
             self.check_payer(checked.config.payer, Some(checked.channel_id))?;
@@ -508,7 +512,12 @@ impl<S: Store + 'static> Engine<S> {
 
     /// The edge: a rejection as a 402 with the offer for (`resource`, `price`); a cumulative
     /// mismatch carries the corrective state.
-    fn payment_refusal(&self, resource: &ResourceInfo, price: u128, reject: Reject) -> Refusal {
+    pub(crate) fn payment_refusal(
+        &self,
+        resource: &ResourceInfo,
+        price: u128,
+        reject: Reject,
+    ) -> Refusal {
         if let Detail::Unavailable(message) = &reject.detail {
             // Not a payment problem: a 503 without an offer, so clients retry rather than pay.
             return Refusal {

@@ -382,17 +382,15 @@ where
     I::Future: Send,
 {
     let price = layer.price.of(&req);
-    let resource = ResourceInfo {
-        url: resource_url(layer, &req),
-        description: layer.description.clone(),
-        mime_type: layer.mime_type.clone(),
-    };
     let mut headers = req.headers().get_all(PAYMENT_SIGNATURE).iter();
-    let header = headers.next().map(|v| v.as_bytes().to_vec());
+    // A clone shares the request's bytes (no copy): the header must outlive the request,
+    // which goes to the handler.
+    let header = headers.next().cloned();
+    let header = header.as_ref().map(HeaderValue::as_bytes);
     if headers.next().is_some() {
         // Which one would we charge? Neither: a client sends one payment per request.
         let refusal = layer.engine.refusal(
-            &resource,
+            &resource_info(layer, &req),
             price,
             Reason::InvalidPayload,
             "more than one PAYMENT-SIGNATURE header".into(),
@@ -405,14 +403,29 @@ where
         && let Some(id) = req.headers().get(STREAM_ID_HEADER)
     {
         // A renewal of a live stream of this route: no handler runs.
-        return stream::renew(layer, id.as_bytes(), header.as_deref(), &resource).await;
+        return stream::renew(layer, id.as_bytes(), header, &resource_info(layer, &req)).await;
     }
     let started = std::time::Instant::now();
-    let paid = match layer
-        .engine
-        .authorize(header.as_deref(), price, &resource)
-        .await
-    {
+    // The resource is described only in a refusal's offer: not built for a payment that
+    // passes.
+    let authorized = match header {
+        Some(raw) => layer
+            .engine
+            .authorize_payment(raw, price)
+            .await
+            .map_err(|reject| {
+                layer
+                    .engine
+                    .payment_refusal(&resource_info(layer, &req), price, reject)
+            }),
+        None => {
+            layer
+                .engine
+                .authorize(None, price, &resource_info(layer, &req))
+                .await
+        }
+    };
+    let paid = match authorized {
         Err(refusal) => {
             if let Some(reason) = refusal.reason {
                 metrics::counter!(telemetry::PAYMENTS_REJECTED, "reason" => reason.as_str())
@@ -490,6 +503,15 @@ pub fn is_reflectable_host(host: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// The resource of a request, as its 402 offer describes it.
+fn resource_info<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> ResourceInfo {
+    ResourceInfo {
+        url: resource_url(layer, req),
+        description: layer.description.clone(),
+        mime_type: layer.mime_type.clone(),
+    }
 }
 
 fn resource_url<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> String {

@@ -110,6 +110,9 @@ async fn a_stale_voucher_gets_a_corrective_402_with_the_last_voucher() {
         a.reason(),
         "invalid_batch_settlement_evm_cumulative_amount_mismatch"
     );
+    // The offer describes the resource as the unpaid 402 does (built only for a refusal).
+    assert_eq!(a.required()["resource"]["url"], "http://localhost/paid");
+    assert_eq!(a.required()["resource"]["description"], "test resource");
     let extra = &a.required()["accepts"][0]["extra"];
     assert_eq!(extra["channelState"]["chargedCumulativeAmount"], "250");
     assert_eq!(extra["voucherState"]["signedMaxClaimable"], "1000");

@@ -190,6 +190,20 @@ impl Fixture {
         )
     }
 
+    /// [`Self::new`] with a store of another durability (the benches use `None` to leave
+    /// the disk out of a paid request's time).
+    pub fn with_durability(durability: Durability) -> Self {
+        let chain = MockChain::shared();
+        Self::build(
+            engine_config(),
+            offchain::domain(),
+            chain.clone(),
+            chain,
+            PrivateKeySigner::random(),
+            durability,
+        )
+    }
+
     /// A fixture over any chain access (the anvil tests pass the real escrow client).
     pub fn with(
         config: EngineConfig,
@@ -198,9 +212,20 @@ impl Fixture {
         chain: Arc<MockChain>,
         payer: PrivateKeySigner,
     ) -> Self {
+        Self::build(config, domain, access, chain, payer, Durability::Group)
+    }
+
+    fn build(
+        config: EngineConfig,
+        domain: EscrowDomain,
+        access: Arc<dyn ChainAccess>,
+        chain: Arc<MockChain>,
+        payer: PrivateKeySigner,
+        durability: Durability,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
-            SledStore::open(dir.path(), SledOptions::with_durability(Durability::Group)).unwrap(),
+            SledStore::open(dir.path(), SledOptions::with_durability(durability)).unwrap(),
         );
         let engine = Engine::new(config, Ledger::new(domain), store, Some(access)).unwrap();
         let handler_runs = Arc::new(AtomicUsize::new(0));
