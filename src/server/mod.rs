@@ -323,7 +323,6 @@ where
         // still credited and upstream work already started is still charged (durably).
         Box::pin(FinishOnDrop {
             request: Some(Box::pin(async move { handle(&layer, inner, req).await })),
-            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 }
@@ -333,7 +332,6 @@ where
 /// the runtime to run to the end. A panic in it is answered 500, as a failed task was.
 struct FinishOnDrop {
     request: Option<BoxFuture<'static, Response>>,
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Future for FinishOnDrop {
@@ -361,7 +359,13 @@ impl Future for FinishOnDrop {
 
 impl Drop for FinishOnDrop {
     fn drop(&mut self) {
-        if let (Some(request), Some(runtime)) = (self.request.take(), &self.runtime) {
+        // The runtime is looked up here, on a hang-up, not per request: a handle kept in
+        // every request was an `Arc` clone that both workers contended for
+        // (docs/benchmarks.md). A connection is dropped on a runtime thread; without one
+        // (the runtime shutting down) the request ends here.
+        if let Some(request) = self.request.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
             runtime.spawn(async move {
                 let _ = request.await;
             });

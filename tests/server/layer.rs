@@ -432,3 +432,74 @@ async fn no_request_is_served_on_a_channel_while_its_refund_is_in_flight() {
     assert_eq!(r.response()["amount"], "9900");
     assert!(f.engine.ledger().snapshot(&id).is_none());
 }
+
+/// The client hangs up while the handler runs: the request still runs to the end on the
+/// runtime, and what the handler charged becomes durable (the upstream work was done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_request_whose_client_hangs_up_still_finishes_and_is_charged() {
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::{Extension, Router};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tower::ServiceExt;
+    use x402_upto::server::{Charge, PaymentLayer};
+    use x402_upto::wire::encode_header;
+
+    let f = Fixture::new().await;
+    let config = f.config(9);
+    let id = f.fund(&config, 10_000);
+    let (entered, gate) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (e, g) = (entered.clone(), gate.clone());
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move |Extension(charge): Extension<Charge>| {
+                let (e, g) = (e.clone(), g.clone());
+                async move {
+                    e.notify_one();
+                    g.notified().await;
+                    charge.set(300);
+                    "done"
+                }
+            }),
+        )
+        .layer(PaymentLayer::fixed(f.engine.clone(), support::PRICE));
+    let req = http::Request::get("/slow")
+        .header("host", "localhost")
+        .header(
+            "PAYMENT-SIGNATURE",
+            encode_header(&f.voucher_payload(&config, 1000)),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let mut call = Box::pin(app.oneshot(req));
+    tokio::select! {
+        _ = &mut call => panic!("answered before the handler was let go"),
+        () = entered.notified() => {}
+    }
+    // The connection drops the request mid-handler, as hyper does when the client hangs up.
+    drop(call);
+    gate.notify_one();
+    let charged = || {
+        f.engine
+            .ledger()
+            .records()
+            .into_iter()
+            .find(|r| r.channel_id == id)
+            .map(|r| r.charged)
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while charged() != Some(300) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the abandoned request was charged");
+    // Durable, not only in memory.
+    let stored = f.engine.store().load(id).await.unwrap().expect("stored");
+    assert_eq!(stored.charged, 300);
+}
