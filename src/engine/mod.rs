@@ -283,26 +283,35 @@ impl<S: Store + 'static> Engine<S> {
         price: u128,
         resource: &ResourceInfo,
     ) -> Result<Authorized, Refusal> {
+        self.authorize_with(header, price, || resource.clone())
+            .await
+    }
+
+    /// [`Self::authorize`] with the resource described by `resource`, called only for a
+    /// refusal's offer: a payment that passes builds no description (the layer's URL is
+    /// formatted per request).
+    pub(crate) async fn authorize_with(
+        &self,
+        header: Option<&[u8]>,
+        price: u128,
+        resource: impl FnOnce() -> ResourceInfo,
+    ) -> Result<Authorized, Refusal> {
         let Some(raw) = header else {
             return Err(Refusal {
                 status: StatusCode::PAYMENT_REQUIRED,
                 reason: None,
                 message: "this resource requires payment".into(),
-                required: Some(self.payment_required(resource, price, None)),
+                required: Some(self.payment_required(&resource(), price, None)),
                 response: None,
             });
         };
         self.authorize_payment(raw, price)
             .await
-            .map_err(|reject| self.payment_refusal(resource, price, reject))
+            .map_err(|reject| self.payment_refusal(&resource(), price, reject))
     }
 
     /// [`Self::authorize`] for a payment that was sent: decode, then the payload's flow.
-    pub(crate) async fn authorize_payment(
-        &self,
-        raw: &[u8],
-        price: u128,
-    ) -> Result<Authorized, Reject> {
+    async fn authorize_payment(&self, raw: &[u8], price: u128) -> Result<Authorized, Reject> {
         let checked = self.decode_payment(raw, price)?;
         if !matches!(checked.payload, BatchPayload::Refund { .. }) {
             self.check_payer(checked.config.payer, Some(checked.channel_id))?;
@@ -512,12 +521,7 @@ impl<S: Store + 'static> Engine<S> {
 
     /// The edge: a rejection as a 402 with the offer for (`resource`, `price`); a cumulative
     /// mismatch carries the corrective state.
-    pub(crate) fn payment_refusal(
-        &self,
-        resource: &ResourceInfo,
-        price: u128,
-        reject: Reject,
-    ) -> Refusal {
+    fn payment_refusal(&self, resource: &ResourceInfo, price: u128, reject: Reject) -> Refusal {
         if let Detail::Unavailable(message) = &reject.detail {
             // Not a payment problem: a 503 without an offer, so clients retry rather than pay.
             return Refusal {

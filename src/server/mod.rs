@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::response::Response;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST};
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
@@ -394,7 +394,7 @@ where
     if headers.next().is_some() {
         // Which one would we charge? Neither: a client sends one payment per request.
         let refusal = layer.engine.refusal(
-            &resource_info(layer, &req),
+            &resource_info(layer, req.uri(), req.headers()),
             price,
             Reason::InvalidPayload,
             "more than one PAYMENT-SIGNATURE header".into(),
@@ -407,28 +407,17 @@ where
         && let Some(id) = req.headers().get(STREAM_ID_HEADER)
     {
         // A renewal of a live stream of this route: no handler runs.
-        return stream::renew(layer, id.as_bytes(), header, &resource_info(layer, &req)).await;
+        let resource = resource_info(layer, req.uri(), req.headers());
+        return stream::renew(layer, id.as_bytes(), header, &resource).await;
     }
     let started = std::time::Instant::now();
-    // The resource is described only in a refusal's offer: not built for a payment that
-    // passes.
-    let authorized = match header {
-        Some(raw) => layer
-            .engine
-            .authorize_payment(raw, price)
-            .await
-            .map_err(|reject| {
-                layer
-                    .engine
-                    .payment_refusal(&resource_info(layer, &req), price, reject)
-            }),
-        None => {
-            layer
-                .engine
-                .authorize(None, price, &resource_info(layer, &req))
-                .await
-        }
-    };
+    // Borrowed apart from the request: the body is not `Sync`, and the closure is held
+    // across the engine's awaits.
+    let (uri, headers) = (req.uri(), req.headers());
+    let authorized = layer
+        .engine
+        .authorize_with(header, price, || resource_info(layer, uri, headers))
+        .await;
     let paid = match authorized {
         Err(refusal) => {
             if let Some(reason) = refusal.reason {
@@ -509,27 +498,27 @@ pub fn is_reflectable_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
-/// The resource of a request, as its 402 offer describes it.
-fn resource_info<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> ResourceInfo {
+/// The resource of a request (its URI and headers: they are `Sync`, the body is not), as
+/// its 402 offer describes it.
+fn resource_info<S>(layer: &PaymentLayer<S>, uri: &Uri, headers: &HeaderMap) -> ResourceInfo {
     ResourceInfo {
-        url: resource_url(layer, req),
+        url: resource_url(layer, uri, headers),
         description: layer.description.clone(),
         mime_type: layer.mime_type.clone(),
     }
 }
 
-fn resource_url<S>(layer: &PaymentLayer<S>, req: &Request<Body>) -> String {
-    let path = req.uri().path();
+fn resource_url<S>(layer: &PaymentLayer<S>, uri: &Uri, headers: &HeaderMap) -> String {
+    let path = uri.path();
     match &layer.base_url {
         Some(base) => format!("{}{path}", base.trim_end_matches('/')),
         None => {
             // The Host is the client's to choose: only a bounded `host[:port]` is reflected
             // into the offer, anything else becomes `localhost`.
-            let host = req
-                .headers()
+            let host = headers
                 .get(HOST)
                 .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .or_else(|| uri.authority().map(|a| a.as_str()))
                 .filter(|h| is_reflectable_host(h))
                 .unwrap_or("localhost");
             format!("http://{host}{path}")

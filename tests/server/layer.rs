@@ -437,14 +437,12 @@ async fn no_request_is_served_on_a_channel_while_its_refund_is_in_flight() {
 /// runtime, and what the handler charged becomes durable (the upstream work was done).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_request_whose_client_hangs_up_still_finishes_and_is_charged() {
-    use axum::body::Body;
     use axum::routing::get;
     use axum::{Extension, Router};
     use std::sync::Arc;
     use std::time::Duration;
     use tower::ServiceExt;
     use x402_upto::server::{Charge, PaymentLayer};
-    use x402_upto::wire::encode_header;
 
     let f = Fixture::new().await;
     let config = f.config(9);
@@ -468,14 +466,7 @@ async fn a_paid_request_whose_client_hangs_up_still_finishes_and_is_charged() {
             }),
         )
         .layer(PaymentLayer::fixed(f.engine.clone(), support::PRICE));
-    let req = http::Request::get("/slow")
-        .header("host", "localhost")
-        .header(
-            "PAYMENT-SIGNATURE",
-            encode_header(&f.voucher_payload(&config, 1000)),
-        )
-        .body(Body::empty())
-        .unwrap();
+    let req = f.paid_request("/slow", &f.voucher_payload(&config, 1000));
     let mut call = Box::pin(app.oneshot(req));
     tokio::select! {
         _ = &mut call => panic!("answered before the handler was let go"),

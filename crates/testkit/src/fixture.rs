@@ -356,6 +356,16 @@ impl Fixture {
         self.payload(PRICE, p)
     }
 
+    /// The GET of `path` paying with `payload`, for a caller that drives the app itself
+    /// ([`Self::send`] sends the same request).
+    pub fn paid_request(&self, path: &str, payload: &Value) -> Request<Body> {
+        Request::get(path)
+            .header("host", "localhost")
+            .header("PAYMENT-SIGNATURE", encode_header(payload))
+            .body(Body::empty())
+            .unwrap()
+    }
+
     /// Sends a request with an optional raw `PAYMENT-SIGNATURE` value.
     pub async fn send_raw(&self, path: &str, header: Option<String>) -> Answer {
         let mut req = Request::get(path).header("host", "localhost");

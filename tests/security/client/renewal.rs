@@ -89,14 +89,7 @@ async fn a_renewal_on_a_stale_mirror_is_refused_and_changes_nothing() {
     let id = f.fund(&config, 10_000);
 
     // Opened on a mirror read just now: fresh.
-    let req = Request::get("/gpu")
-        .header("host", "localhost")
-        .header(
-            "PAYMENT-SIGNATURE",
-            encode_header(&f.voucher_payload(&config, 1000)),
-        )
-        .body(Body::empty())
-        .unwrap();
+    let req = f.paid_request("/gpu", &f.voucher_payload(&config, 1000));
     let res = f.app.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let stream_id = res.headers()[STREAM_ID_HEADER].to_str().unwrap().to_owned();
