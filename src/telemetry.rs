@@ -42,8 +42,18 @@ pub const TARGETS_REFUSED: &str = "x402_targets_refused_total";
 pub const UPSTREAM_ERRORS: &str = "x402_upstream_errors_total";
 /// Connections `serve` closed for a timeout (label `kind`: `header_read`, `idle`).
 pub const CONNECTIONS_TIMED_OUT: &str = "x402_connections_timed_out_total";
-/// Writes per group commit of the PostgreSQL store.
+/// Writes per group commit (the sled store's write-ahead log, or the PostgreSQL store).
 pub const STORE_BATCH_SIZE: &str = "x402_store_batch_writes";
+/// Time to make one group commit durable: the log's synchronous write (sled store), or the
+/// transaction (PostgreSQL store). Every writer in the batch waits this long for its answer.
+pub const STORE_WRITE_SECONDS: &str = "x402_store_write_seconds";
+/// Time a sled group commit waited for more writes to join before writing (its adaptive
+/// linger; see `SledOptions::group_linger`).
+pub const STORE_GATHER_SECONDS: &str = "x402_store_gather_seconds";
+/// Sled group commits by what ended their wait (label `until`: `everyone`, every writer seen
+/// recently was queued; `gap`, no new write for a while; `linger`, the full `group_linger`
+/// passed while writes kept arriving; `stop`, the store is stopping).
+pub const STORE_GATHERS: &str = "x402_store_gathers_total";
 /// Requests refused because the channel store was unavailable.
 pub const STORE_UNAVAILABLE: &str = "x402_store_unavailable_total";
 /// Channels reloaded from a shared store because another instance moved them (label `why`).
@@ -83,7 +93,24 @@ pub fn describe() {
         CONNECTIONS_TIMED_OUT,
         "connections closed by a timeout, by kind"
     );
-    describe_histogram!(STORE_BATCH_SIZE, "writes per PostgreSQL group commit");
+    describe_histogram!(
+        STORE_BATCH_SIZE,
+        "writes per group commit (sled write-ahead log or PostgreSQL)"
+    );
+    describe_histogram!(
+        STORE_WRITE_SECONDS,
+        Unit::Seconds,
+        "time to make one group commit durable (log write or PostgreSQL transaction)"
+    );
+    describe_histogram!(
+        STORE_GATHER_SECONDS,
+        Unit::Seconds,
+        "time a sled group commit waited for more writes before writing"
+    );
+    describe_counter!(
+        STORE_GATHERS,
+        "sled group commits by what ended their wait for more writes (until)"
+    );
     describe_counter!(
         STORE_UNAVAILABLE,
         "requests refused with 503: channel store unavailable"

@@ -17,7 +17,9 @@
 //! written, not when a timer fires), or when no write arrived for a [`GATHER_GAP`]; it
 //! lasts the whole `linger` only while writes keep arriving. Each waiter parks on its own
 //! oneshot, so a flush wakes exactly the writers it covered. The wait is async and
-//! runtime-agnostic.
+//! runtime-agnostic. Each batch records its size, its gather time and what ended the
+//! gather, and its write time (`x402_store_*` in `crate::telemetry`): the operator's view of
+//! how much of a paid request's latency is the store.
 //!
 //! A batch has two steps ([`BatchWriter`]): `persist` makes it durable, and its writers are
 //! acknowledged as soon as that returns; `apply` then makes it visible to reads (sled's tree,
@@ -37,6 +39,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::store::{FlushError, StoreError, WriteTicket};
+use crate::telemetry;
 
 type Outcome = Result<(), Arc<FlushError>>;
 
@@ -236,9 +239,34 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 }
 
+/// What ended a batch's wait for more writes (the `until` label of
+/// [`crate::telemetry::STORE_GATHERS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GatherEnd {
+    /// Every writer seen recently was queued.
+    Everyone,
+    /// No new write for a [`GATHER_GAP`].
+    Gap,
+    /// The whole linger passed while writes kept arriving.
+    Linger,
+    /// The store is stopping.
+    Stop,
+}
+
+impl GatherEnd {
+    const fn label(self) -> &'static str {
+        match self {
+            Self::Everyone => "everyone",
+            Self::Gap => "gap",
+            Self::Linger => "linger",
+            Self::Stop => "stop",
+        }
+    }
+}
+
 /// Waits, at most `linger`, for more writes to join the queued ones: until every writer
 /// seen recently is waiting, or a [`GATHER_GAP`] passes with no new write.
-fn gather<T>(shared: &Shared<T>, linger: Duration) {
+fn gather<T>(shared: &Shared<T>, linger: Duration) -> GatherEnd {
     let deadline = Instant::now() + linger;
     let (mut seen, mut last_arrival) = (0, Instant::now());
     loop {
@@ -251,13 +279,20 @@ fn gather<T>(shared: &Shared<T>, linger: Duration) {
             if queued != seen {
                 (seen, last_arrival) = (queued, now);
             }
-            if queued >= everyone
-                || now >= deadline
-                || now >= last_arrival + GATHER_GAP
-                || shared.stop.load(Ordering::Acquire)
-            {
+            let end = if queued >= everyone {
+                Some(GatherEnd::Everyone)
+            } else if shared.stop.load(Ordering::Acquire) {
+                Some(GatherEnd::Stop)
+            } else if now >= deadline {
+                Some(GatherEnd::Linger)
+            } else if now >= last_arrival + GATHER_GAP {
+                Some(GatherEnd::Gap)
+            } else {
+                None
+            };
+            if let Some(end) = end {
                 st.wake_at = 0;
-                return;
+                return end;
             }
             st.wake_at = everyone;
         }
@@ -330,16 +365,23 @@ fn store_loop<T>(shared: &Shared<T>, linger: Duration, write: &mut impl BatchWri
             continue;
         }
         if !linger.is_zero() {
-            gather(shared, linger);
+            let started = Instant::now();
+            let end = gather(shared, linger);
+            metrics::histogram!(telemetry::STORE_GATHER_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(telemetry::STORE_GATHERS, "until" => end.label()).increment(1);
         }
         let (mut batch, target) = {
             let mut st = shared.state.lock();
             (std::mem::take(&mut st.queue), st.issued)
         };
         last_batch = batch.len();
+        metrics::histogram!(telemetry::STORE_BATCH_SIZE).record(batch.len() as f64);
+        let started = Instant::now();
         if let Err(e) = write.persist(&mut batch) {
             return fail(shared, e);
         }
+        metrics::histogram!(telemetry::STORE_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
         let ready = {
             let mut st = shared.state.lock();
             st.durable = target;
@@ -411,6 +453,52 @@ mod tests {
         Arc<Mutex<HashSet<u64>>>,
         Arc<Mutex<Vec<usize>>>,
     );
+
+    /// Shared state as the store thread sees it while gathering: `queued` writes waiting,
+    /// `peak` writers seen at once recently.
+    fn gathering(queued: u64, peak: u64) -> Shared<u64> {
+        Shared {
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State {
+                issued: queued,
+                durable: 0,
+                applied: 0,
+                failed: None,
+                stopped: false,
+                queue: (0..queued).collect(),
+                waiters: Vec::new(),
+                readers: Vec::new(),
+                peak,
+                last_peak: 0,
+                wake_at: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_gather_reports_what_ended_it() {
+        // Every writer seen recently is queued: no wait at all.
+        let started = Instant::now();
+        assert_eq!(
+            gather(&gathering(4, 4), Duration::from_secs(5)),
+            GatherEnd::Everyone
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Others were seen but none comes: the gap ends it, long before the linger would.
+        let started = Instant::now();
+        assert_eq!(
+            gather(&gathering(1, 4), Duration::from_secs(5)),
+            GatherEnd::Gap
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // A linger shorter than the gap runs out first.
+        let linger = GATHER_GAP / 5;
+        assert_eq!(gather(&gathering(1, 4), linger), GatherEnd::Linger);
+        // A stopping store writes what it has.
+        let stopping = gathering(1, 4);
+        stopping.stop.store(true, Ordering::Release);
+        assert_eq!(gather(&stopping, Duration::from_secs(5)), GatherEnd::Stop);
+    }
 
     /// A store thread whose "flush" records each batch as durable after a short sleep.
     fn recording(linger: Duration) -> Recording {

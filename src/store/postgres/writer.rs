@@ -53,7 +53,10 @@ impl Writer {
             next_batch(&mut queue, &mut next, self.max_batch, |op| op.id).await
         {
             metrics::histogram!(crate::telemetry::STORE_BATCH_SIZE).record(batch.len() as f64);
+            let started = std::time::Instant::now();
             self.commit(&mut batch).await;
+            metrics::histogram!(crate::telemetry::STORE_WRITE_SECONDS)
+                .record(started.elapsed().as_secs_f64());
         }
     }
 

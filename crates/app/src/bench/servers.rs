@@ -89,6 +89,11 @@ pub struct BenchServerArgs {
     /// This instance's name in the shared store (several bench servers on one database).
     #[arg(long)]
     pub instance: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, as `serve` does: e.g. the
+    /// store's group commits (`x402_store_*`) under a load run. None by default: the
+    /// recorder's own work is then absent from the measured server.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Arguments of `internal bench-ceiling`.
@@ -170,6 +175,9 @@ pub fn run_server_blocking(args: &BenchServerArgs) -> crate::Result<()> {
 }
 
 async fn run_server(args: &BenchServerArgs) -> crate::Result<()> {
+    if let Some(addr) = args.metrics {
+        crate::telemetry::install_prometheus(addr).map_err(|e| fail("--metrics", e))?;
+    }
     use alloy::network::EthereumWallet;
     use alloy::providers::{Provider, ProviderBuilder};
 
