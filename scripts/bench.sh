@@ -9,6 +9,9 @@
 #   bash scripts/bench.sh --pin [...]     # servers on CPU 0, load generator + anvil on CPU 1 (taskset)
 #   bash scripts/bench.sh -- --concurrency 8 --duration 5 --json out.json   # anything after `--`
 #                                         # goes to `x402-upto bench` (see its --help)
+#   bash scripts/bench.sh --store-metrics 127.0.0.1:9471 [...]   # our sled server exports
+#                                         # Prometheus metrics there; the store's (x402_store_*)
+#                                         # are printed after the run
 #
 # What it does: installs anvil (scripts/tools.sh) and the stock SDK (interop/setup.sh) if
 # missing, builds the release binary (or uses $X402_BENCH_BIN), starts anvil, installs our
@@ -22,11 +25,13 @@ cd "$root"
 
 quick=0
 pin=0
+store_metrics=""
 pass=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --pin) pin=1 ;;
+    --store-metrics) shift; store_metrics="${1:?--store-metrics needs an address}" ;;
     --) shift; pass+=("$@"); break ;;
     *) pass+=("$1") ;;
   esac
@@ -93,8 +98,10 @@ payer="0x90F79bf6EB2c4f870365E785982E1f101E93b906" # anvil #3, the load generato
 relayer_none="0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
 node interop/chain.mjs fund --rpc "$rpc" --key anvil:0 --token "$token" --to "$payer" --amount 100000000000000 >/dev/null
 
+ours_metrics=()
+[ -n "$store_metrics" ] && ours_metrics=(--metrics "$store_metrics")
 "${server_cpu[@]}" "$bin" internal bench-server --rpc "$rpc" --token "$token" --price 1000 --charge 500 \
-  >"$work/ours.log" 2>"$work/ours.err" &
+  "${ours_metrics[@]}" >"$work/ours.log" 2>"$work/ours.err" &
 pids+=($!); ours_pid=$!
 (cd interop && exec "${server_cpu[@]}" node stock-server.mjs --rpc "$rpc" --token "$token" --port 0 --price 1000 --quiet) \
   >"$work/stock.log" 2>"$work/stock.err" &
@@ -164,6 +171,22 @@ status=0
 "${client_cpu[@]}" "$bin" bench --ours "$ours" --stock "$stock" --ceiling "$ceiling" "${extra[@]}" "${mode[@]}" \
   --note "Machine: $cpu, $(date -u +%Y-%m-%dT%H:%MZ), load average $(cut -d' ' -f1-3 /proc/loadavg) at the start. $note" \
   "${pass[@]}" || status=$?
+if [ -n "$store_metrics" ]; then
+  # Sums and counts over the server's whole life (warm-up included). The quantiles are the
+  # exporter's, over its last minute, which other targets' turns may have emptied.
+  echo
+  echo "Our sled server's group commits (x402_store_*, http://$store_metrics/metrics):"
+  curl -fsS "http://$store_metrics/metrics" | awk '
+    /^x402_store_/ { v[$1] = $2 }
+    END {
+      n = v["x402_store_batch_writes_count"]
+      if (n == 0) { print "  (no commits scraped)"; exit }
+      printf "  commits %d, writes per commit %.1f, write %.0f us and gather %.0f us per commit (means)\n",
+        n, v["x402_store_batch_writes_sum"] / n,
+        1e6 * v["x402_store_write_seconds_sum"] / n, 1e6 * v["x402_store_gather_seconds_sum"] / n
+      for (k in v) if (k ~ /^x402_store_gathers_total/) printf "  %s %d\n", k, v[k]
+    }' || echo "  (no scrape)"
+fi
 if [ "$status" != 0 ]; then
   echo "bench.sh: the load generator reported a failure (exit $status); server logs:" >&2
   tail -n 20 "$work"/*.err >&2 || true
