@@ -181,23 +181,26 @@ impl Fixture {
     /// The default engine and a random payer over `access`: a wrapper of `chain` (from
     /// [`MockChain::shared`]), the double the payload builders fund.
     pub fn over(access: Arc<dyn ChainAccess>, chain: Arc<MockChain>) -> Self {
-        Self::with(
-            engine_config(),
-            offchain::domain(),
-            access,
-            chain,
-            PrivateKeySigner::random(),
-        )
+        Self::over_store(access, chain, Durability::Group)
     }
 
     /// [`Self::new`] with a store of another durability (the benches use `None` to leave
     /// the disk out of a paid request's time).
     pub fn with_durability(durability: Durability) -> Self {
         let chain = MockChain::shared();
+        Self::over_store(chain.clone(), chain, durability)
+    }
+
+    fn over_store(
+        access: Arc<dyn ChainAccess>,
+        chain: Arc<MockChain>,
+        durability: Durability,
+    ) -> Self {
+        let (config, domain) = (engine_config(), offchain::domain());
         Self::build(
-            engine_config(),
-            offchain::domain(),
-            chain.clone(),
+            config,
+            domain,
+            access,
             chain,
             PrivateKeySigner::random(),
             durability,

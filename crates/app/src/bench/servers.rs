@@ -175,12 +175,12 @@ pub fn run_server_blocking(args: &BenchServerArgs) -> crate::Result<()> {
 }
 
 async fn run_server(args: &BenchServerArgs) -> crate::Result<()> {
-    if let Some(addr) = args.metrics {
-        crate::telemetry::install_prometheus(addr).map_err(|e| fail("--metrics", e))?;
-    }
     use alloy::network::EthereumWallet;
     use alloy::providers::{Provider, ProviderBuilder};
 
+    if let Some(addr) = args.metrics {
+        crate::telemetry::install_prometheus(addr).map_err(|e| fail("--metrics", e))?;
+    }
     if args.charge > args.price {
         return Err(fail("--charge", "must not exceed --price"));
     }
