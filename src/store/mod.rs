@@ -9,7 +9,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `sled_store.rs` | [`SledStore`], tree names, open options |
-//! | `group_commit.rs` | the store thread: queued writes persisted as one batch, waiters woken, then applied |
+//! | `group_commit/` | group commit: the writers' handle (`mod.rs`: tickets, waits) and the store thread (`store_thread.rs`: a batch gathered, persisted, its waiters woken, then applied) |
 //! | `wal.rs` | the write-ahead log of [`SledStore`]'s group mode: one synchronous write per batch, sled flushed at checkpoints |
 //! | `sled_wal.rs` | the log's sled side: the store thread's batch writer, checkpoints, replay at open |
 //! | `codec.rs` | on-disk format of channel records and journal entries: format byte, bincode 2 payload |

@@ -40,7 +40,7 @@ pub struct SledOptions {
     /// Ignored in [`Durability::None`].
     pub fdatasync: bool,
     /// Group mode only: the longest the flusher lets writes gather once it sees one pending.
-    /// The wait is adaptive (`group_commit.rs`): it ends as soon as every recent writer is
+    /// The wait is adaptive (`group_commit/`): it ends as soon as every recent writer is
     /// waiting, or 50 µs pass without a new write, so the full linger is paid only while
     /// writes keep arriving. Adds at most this to an acknowledgement.
     pub group_linger: Duration,
